@@ -1,0 +1,44 @@
+"""Postgres change data capture for dlt, on logical replication with the pgoutput plugin.
+
+- `pg_replication()`: a dlt source with the changes since the last load (config from
+  `[sources.pg_replication]`).
+- `init_replication(...)`: creates publication and slot; with `persist_snapshots=True` returns the
+  initial copy, read at the slot's consistent point.
+- `replication_resource(...)`: the change stream as a single dlt resource.
+"""
+
+from typing import Any, Dict, Optional, Sequence
+
+import dlt
+from dlt.extract.source import DltSource
+
+from .changes import Position, SegmentResult
+from .helpers import SOURCE_NAME, init_replication, replication_resource
+from .schema import DeleteMode, MergeStrategy
+
+__all__ = ["pg_replication", "init_replication", "replication_resource", "Position",
+           "SegmentResult"]
+
+
+@dlt.source(name=SOURCE_NAME, section=SOURCE_NAME)
+def pg_replication(
+    credentials: Any = dlt.secrets.value,
+    slot_name: str = dlt.config.value,
+    pub_name: str = dlt.config.value,
+    schema_name: str = "public",
+    include_columns: Optional[Dict[str, Sequence[str]]] = None,
+    columns: Optional[Dict[str, Dict[str, Any]]] = None,
+    target_batch_size: int = 50_000,
+    flush_slot: bool = True,
+    deletes: DeleteMode = "hard",
+    merge_strategy: MergeStrategy = "delete-insert",
+    max_changes: Optional[int] = None,
+    max_seconds: Optional[float] = None,
+    result: Optional[SegmentResult] = None,
+) -> Any:
+    """The changes in the replication slot since the last load, merged into one table per source
+    table. See `replication_resource` for the arguments."""
+    return replication_resource(
+        slot_name, pub_name, credentials, schema_name, include_columns, columns,
+        target_batch_size, flush_slot, deletes, merge_strategy, max_changes, max_seconds, result,
+    )

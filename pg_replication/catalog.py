@@ -1,0 +1,159 @@
+"""Reads what the pipeline needs from the source's system catalogs: tables, columns, keys, types."""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from psycopg2 import sql
+
+from .exceptions import ConfigError
+from .types import ColumnKind, PgTypeRow, resolve_kind
+
+
+@dataclass
+class ColumnInfo:
+    name: str
+    type_oid: int
+    type_modifier: int
+    type_sql: str  # format_type(): usable in a cast
+    not_null: bool
+
+
+@dataclass
+class TableInfo:
+    schema: str
+    name: str
+    oid: int
+    is_partitioned: bool
+    replica_identity: str  # d(efault), n(othing), f(ull), i(ndex)
+    columns: List[ColumnInfo]
+    primary_key: List[str]  # empty when there is none
+    identity_index_columns: List[str] = field(default_factory=list)
+
+    @property
+    def merge_key(self) -> List[str]:
+        """The columns that identify a row in the change stream, or [] when nothing does.
+
+        The primary key, or the unique index named by REPLICA IDENTITY USING INDEX. A table with
+        neither cannot publish UPDATE/DELETE without making the application's writes fail.
+        """
+        if self.replica_identity == "i" and self.identity_index_columns:
+            return self.identity_index_columns
+        if self.replica_identity in ("d", "f") and self.primary_key:
+            return self.primary_key
+        return []
+
+    def column(self, name: str) -> Optional[ColumnInfo]:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+_TABLES_SQL = """
+SELECT c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ORDER BY c.relname
+"""
+
+_DESCRIBE_SQL = """
+SELECT c.oid, c.relname, c.relkind = 'p', c.relreplident,
+       a.attname, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       COALESCE(a.attnum = ANY (pk.conkey), false),
+       COALESCE(a.attnum = ANY (ri.indkey::int2[]), false)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_constraint pk ON pk.conrelid = c.oid AND pk.contype = 'p'
+LEFT JOIN pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident
+WHERE n.nspname = %s AND c.relname = ANY (%s) AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ORDER BY c.relname, a.attnum
+"""
+
+_TYPES_SQL = """
+SELECT oid, typname, typtype, typbasetype, typtypmod, typelem, typcategory FROM pg_type
+"""
+
+
+def list_tables(conn, schema: str) -> List[str]:
+    """Every table of `schema`: plain and partitioned roots, no partitions, views or matviews."""
+    with conn.cursor() as cur:
+        cur.execute(_TABLES_SQL, (schema,))
+        return [row[0] for row in cur.fetchall()]
+
+
+def describe_tables(conn, schema: str, names: Sequence[str]) -> Dict[str, TableInfo]:
+    """Columns, keys and replica identity of the named tables, in the order given.
+
+    Raises:
+        ConfigError: A name is not a table of `schema` (a view, a partition or missing).
+    """
+    with conn.cursor() as cur:
+        cur.execute(_DESCRIBE_SQL, (schema, list(names)))
+        rows = cur.fetchall()
+    tables: Dict[str, TableInfo] = {}
+    for (oid, relname, partitioned, identity, attname, typid, typmod, type_sql, not_null,
+         in_pk, in_identity_index) in rows:
+        table = tables.get(relname)
+        if table is None:
+            table = tables[relname] = TableInfo(schema, relname, oid, partitioned, identity, [], [])
+        table.columns.append(ColumnInfo(attname, typid, typmod, type_sql, not_null))
+        if in_pk:
+            table.primary_key.append(attname)
+        if in_identity_index:
+            table.identity_index_columns.append(attname)
+    missing = [name for name in names if name not in tables]
+    if missing:
+        raise ConfigError(
+            f"unknown table{'s' if len(missing) > 1 else ''} in schema {schema!r}: "
+            + ", ".join(sorted(missing))
+        )
+    return {name: tables[name] for name in names}
+
+
+def load_type_catalog(conn) -> Dict[int, PgTypeRow]:
+    """pg_type by OID: a few hundred rows, read once a run so the stream never queries mid-way."""
+    with conn.cursor() as cur:
+        cur.execute(_TYPES_SQL)
+        return {row[0]: PgTypeRow(*row) for row in cur.fetchall()}
+
+
+def column_kinds(table: TableInfo, catalog: Dict[int, PgTypeRow]) -> Dict[str, ColumnKind]:
+    return {c.name: resolve_kind(c.type_oid, c.type_modifier, catalog) for c in table.columns}
+
+
+def fetch_current_values(conn, table: TableInfo, key_columns: List[str], keys: List[tuple],
+                         columns: List[str]) -> Dict[tuple, List[Optional[bytes]]]:
+    """Current text values of `columns` for rows identified by `keys` (text bytes per key column).
+
+    Values come back as the columns' text output, the same form pgoutput sends.
+    """
+    found: Dict[tuple, List[Optional[bytes]]] = {}
+    for start in range(0, len(keys), 1000):
+        found.update(_fetch_chunk(conn, table, key_columns, keys[start:start + 1000], columns))
+    return found
+
+
+def _fetch_chunk(conn, table: TableInfo, key_columns: List[str], keys: List[tuple],
+                 columns: List[str]) -> Dict[tuple, List[Optional[bytes]]]:
+    if not keys or not columns:
+        return {}
+    key_types = [table.column(name).type_sql for name in key_columns]
+    row_template = sql.SQL("({})").format(sql.SQL(", ").join(
+        sql.SQL("%s::{}").format(sql.SQL(type_sql)) for type_sql in key_types
+    ))
+    only = sql.SQL("") if table.is_partitioned else sql.SQL("ONLY ")
+    query = sql.SQL("SELECT {}, {} FROM {}{} WHERE ({}) IN (VALUES {})").format(
+        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in key_columns),
+        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
+        only,
+        sql.Identifier(table.schema, table.name),
+        sql.SQL(", ").join(sql.Identifier(k) for k in key_columns),
+        sql.SQL(", ").join([row_template] * len(keys)),
+    )
+    params = [None if v is None else bytes(v).decode() for key in keys for v in key]
+    width = len(key_columns)
+    found: Dict[tuple, List[Optional[bytes]]] = {}
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        for row in cur.fetchall():
+            key = tuple(None if v is None else v.encode() for v in row[:width])
+            found[key] = [None if v is None else v.encode() for v in row[width:]]
+    return found

@@ -1,0 +1,413 @@
+"""From decoded pgoutput messages to per-table Arrow batches, with exact resume positions.
+
+The contract with the destination is at-least-once delivery made exactly-once in effect by the
+merge: every row carries `_pg_lsn`, the WAL position of its change, and the merge keeps the highest
+per key. Progress is a `Position`, saved in dlt state with each load; the slot is confirmed only up
+to a position the destination has committed.
+
+A run reads in segments; one segment is one dlt load. A segment ends early, in the middle of a
+transaction if need be, when
+- a TRUNCATE arrives: the changes before it are loaded, then the truncate alone (as an empty
+  `replace` of the table), then the changes after it; so they apply in order;
+- a key repeats and the destination merges with `upsert` (local Delta): a MERGE must not see two
+  source rows for one key.
+The position then records how many changes of the open transaction are loaded, and the next
+segment skips exactly those when the server sends the transaction again.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import pyarrow as pa
+
+from .catalog import TableInfo
+from .exceptions import DecodeError
+from .protocol import (
+    UNCHANGED_TOAST, Begin, Commit, Delete, Insert, LogicalMessage, Message, Origin, Relation,
+    StreamAbort, StreamCommit, StreamStart, StreamStop, Truncate, TupleValue, TypeInfo, Update,
+)
+from .schema import (
+    COMMIT_TS_COLUMN, DELETED_AT_COLUMN, DELETED_COLUMN, LSN_COLUMN, META_ARROW_TYPES, DeleteMode,
+    MergeStrategy, table_hints,
+)
+from .types import ColumnKind, PgTypeRow, raw_values_to_arrow, resolve_kind
+
+Key = Tuple[TupleValue, ...]
+# (table, key column names, keys, wanted column names) -> {key: values of the wanted columns}
+FetchCurrent = Callable[[TableInfo, List[str], List[Key], List[str]], Dict[Key, List[Optional[bytes]]]]
+
+
+@dataclass
+class Position:
+    """How far the destination holds the slot's changes. Kept in dlt state.
+
+    Every transaction whose commit LSN is below `lsn` is loaded; of the transaction committing at
+    `partial_commit_lsn` (if any), the first `partial_changes` changes are loaded too.
+    """
+
+    lsn: int = 0
+    partial_commit_lsn: Optional[int] = None
+    partial_changes: int = 0
+
+    def to_state(self) -> Dict[str, Any]:
+        return {"lsn": self.lsn, "partial_commit_lsn": self.partial_commit_lsn,
+                "partial_changes": self.partial_changes}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "Position":
+        return cls(int(state.get("lsn") or 0), state.get("partial_commit_lsn"),
+                   int(state.get("partial_changes") or 0))
+
+
+@dataclass
+class SegmentResult:
+    """What one segment read, filled in while its batches are consumed."""
+
+    position: Position
+    confirm_lsn: int = 0  # the slot may be confirmed up to here once the segment is loaded
+    more: bool = False  # ended early (truncate, repeated key): read again after loading
+    changes: Dict[str, int] = field(default_factory=dict)
+    first_lsn: Optional[int] = None
+    last_lsn: Optional[int] = None
+    transactions: int = 0
+    exhausted: bool = False  # the stream ended by itself: nothing more to read before the stop
+
+
+@dataclass
+class TableBatch:
+    table_name: str
+    hints: Dict[str, Any]
+    data: pa.Table
+    replace: bool = False  # the truncate of a table: load it as an empty replace
+
+
+@dataclass
+class _RelationState:
+    """A relation as last described by the server, with its rows not yet handed to dlt."""
+
+    relation: Relation
+    table: TableInfo
+    kinds: List[ColumnKind]
+    key_indexes: List[int]
+    hints: Dict[str, Any]
+    rows: List[List[TupleValue]] = field(default_factory=list)
+    meta: List[Tuple[int, int, bool]] = field(default_factory=list)  # lsn, commit ts, deleted
+    has_unchanged_toast: bool = False
+
+    @property
+    def column_names(self) -> List[str]:
+        return [c.name for c in self.relation.columns]
+
+    def key_of(self, values: Sequence[TupleValue]) -> Key:
+        return tuple(values[i] for i in self.key_indexes)
+
+
+class ChangeCollector:
+    """Buffers rows per relation, column values still as raw text, and turns them into Arrow.
+
+    Args:
+        tables (Mapping[str, TableInfo]): Published tables by name (keys, column types for casts).
+        types (Dict[int, PgTypeRow]): pg_type rows for the Relation messages' type OIDs.
+        fetch_current (FetchCurrent): Reads current values of unchanged TOASTed columns.
+        deletes (DeleteMode): "hard" removes deleted rows, "soft" keeps them with `_pg_deleted_at`.
+        merge_strategy (MergeStrategy): "upsert" makes a repeated key end the segment.
+    """
+
+    def __init__(self, tables: Mapping[str, TableInfo], types: Dict[int, PgTypeRow],
+                 fetch_current: FetchCurrent, deletes: DeleteMode = "hard",
+                 merge_strategy: MergeStrategy = "delete-insert") -> None:
+        self.tables = tables
+        self.types = types
+        self.fetch_current = fetch_current
+        self.deletes = deletes
+        self.merge_strategy = merge_strategy
+        self.relations: Dict[int, _RelationState] = {}
+        self.buffered = 0
+        self.segment_keys: Dict[str, set] = {}
+        self.segment_has_data = False
+
+    # -- relations ------------------------------------------------------------------------------
+
+    def on_relation(self, relation: Relation) -> List[TableBatch]:
+        """Registers a (possibly changed) relation; rows of its previous shape are flushed first."""
+        previous = self.relations.get(relation.relation_id)
+        flushed = self._flush_relation(previous) if previous is not None else []
+        table = self.tables.get(relation.name) or _table_from_relation(relation)
+        kinds = [resolve_kind(c.type_oid, c.type_modifier, self.types) for c in relation.columns]
+        names = [c.name for c in relation.columns]
+        merge_key = [n for n in table.merge_key if n in names]
+        if not merge_key and relation.replica_identity != "f":
+            merge_key = [c.name for c in relation.columns if c.is_key]
+        hints = table_hints(relation.name, list(zip(names, kinds)), merge_key, self.deletes,
+                            self.merge_strategy)
+        self.relations[relation.relation_id] = _RelationState(
+            relation, table, kinds, [names.index(n) for n in merge_key], hints
+        )
+        return flushed
+
+    def _state(self, relation_id: int, tag: str) -> _RelationState:
+        state = self.relations.get(relation_id)
+        if state is None:
+            raise DecodeError(f"pgoutput message '{tag}' refers to relation {relation_id} "
+                              "that no Relation message described")
+        return state
+
+    # -- row changes ----------------------------------------------------------------------------
+
+    def keys_of(self, message: Message) -> List[Tuple[str, Key]]:
+        """The (table, key) pairs a change writes, for the repeated-key check."""
+        if isinstance(message, Insert):
+            state = self._state(message.relation_id, "I")
+            return [(state.relation.name, state.key_of(message.new_tuple))]
+        if isinstance(message, Update):
+            state = self._state(message.relation_id, "U")
+            keys = [(state.relation.name, state.key_of(message.new_tuple))]
+            if message.old_tuple is not None:
+                keys.append((state.relation.name, state.key_of(message.old_tuple)))
+            return keys
+        state = self._state(message.relation_id, "D")
+        return [(state.relation.name, state.key_of(message.old_tuple))]
+
+    def would_repeat_key(self, message: Message) -> bool:
+        """True when an `upsert` merge would see this change's key twice in the segment."""
+        if self.merge_strategy != "upsert":
+            return False
+        for table, key in self.keys_of(message):
+            seen = self.segment_keys.get(table)
+            if seen and key in seen and self._has_key(table):
+                return True
+        return False
+
+    def _has_key(self, table_name: str) -> bool:
+        return any(s.key_indexes for s in self.relations.values() if s.relation.name == table_name)
+
+    def add(self, message: Message, lsn: int, commit_ts_us: int) -> None:
+        if isinstance(message, Insert):
+            state = self._state(message.relation_id, "I")
+            self._append(state, message.new_tuple, lsn, commit_ts_us, False)
+        elif isinstance(message, Update):
+            self._add_update(message, lsn, commit_ts_us)
+        else:
+            state = self._state(message.relation_id, "D")
+            self._append(state, message.old_tuple, lsn, commit_ts_us, True)
+        if self.merge_strategy == "upsert":
+            for table, key in self.keys_of(message):
+                self.segment_keys.setdefault(table, set()).add(key)
+
+    def _add_update(self, message: Update, lsn: int, commit_ts_us: int) -> None:
+        state = self._state(message.relation_id, "U")
+        new = message.new_tuple
+        old = message.old_tuple
+        if old is not None and message.old_kind == "O" and UNCHANGED_TOAST in new:
+            # REPLICA IDENTITY FULL sends the whole old row, TOASTed values included.
+            new = [o if v is UNCHANGED_TOAST and o is not UNCHANGED_TOAST else v
+                   for v, o in zip(new, old)]
+        if old is not None and state.key_indexes and state.key_of(old) != state.key_of(new):
+            # The key changed: the row under the old key is gone.
+            self._append(state, old, lsn, commit_ts_us, True)
+        self._append(state, new, lsn, commit_ts_us, False)
+
+    def _append(self, state: _RelationState, values: List[TupleValue], lsn: int,
+                commit_ts_us: int, deleted: bool) -> None:
+        if deleted and self.deletes == "hard":
+            values = [v if i in state.key_indexes else None for i, v in enumerate(values)]
+        elif not deleted and UNCHANGED_TOAST in values:
+            state.has_unchanged_toast = True
+        state.rows.append(values)
+        state.meta.append((lsn, commit_ts_us, deleted))
+        self.buffered += 1
+        self.segment_has_data = True
+
+    # -- truncate -------------------------------------------------------------------------------
+
+    def truncate_batches(self, message: Truncate) -> List[TableBatch]:
+        """Empty `replace` batches for the truncated tables (the truncate itself)."""
+        batches = []
+        for relation_id in message.relation_ids:
+            state = self._state(relation_id, "T")
+            data = _empty_table(state, self.deletes)
+            hints = dict(state.hints, write_disposition="replace")
+            batches.append(TableBatch(state.relation.name, hints, data, replace=True))
+        return batches
+
+    # -- flushing -------------------------------------------------------------------------------
+
+    def flush(self) -> List[TableBatch]:
+        batches: List[TableBatch] = []
+        for state in self.relations.values():
+            batches.extend(self._flush_relation(state))
+        return batches
+
+    def start_segment(self) -> None:
+        self.segment_keys.clear()
+        self.segment_has_data = False
+
+    def _flush_relation(self, state: _RelationState) -> List[TableBatch]:
+        if not state.rows:
+            return []
+        if state.has_unchanged_toast:
+            self._fill_unchanged_toast(state)
+        rows, meta = state.rows, state.meta
+        state.rows, state.meta, state.has_unchanged_toast = [], [], False
+        self.buffered -= len(meta)
+        if not rows:
+            return []
+        columns = list(zip(*rows))
+        arrays = [raw_values_to_arrow(columns[i], kind) for i, kind in enumerate(state.kinds)]
+        lsns, commit_ts, deleted = zip(*meta)
+        arrays.append(pa.array(lsns, META_ARROW_TYPES[LSN_COLUMN]))
+        arrays.append(pa.array(commit_ts, pa.int64()).cast(META_ARROW_TYPES[COMMIT_TS_COLUMN]))
+        if self.deletes == "hard":
+            arrays.append(pa.array(deleted, pa.bool_()))
+            marker = DELETED_COLUMN
+        else:
+            arrays.append(pa.array([ts if d else None for ts, d in zip(commit_ts, deleted)],
+                                   pa.int64()).cast(META_ARROW_TYPES[DELETED_AT_COLUMN]))
+            marker = DELETED_AT_COLUMN
+        names = state.column_names + [LSN_COLUMN, COMMIT_TS_COLUMN, marker]
+        data = pa.Table.from_arrays(arrays, names=names)
+        return [TableBatch(state.relation.name, state.hints, data)]
+
+    def _fill_unchanged_toast(self, state: _RelationState) -> None:
+        """Gives every UPDATE that left a TOASTed column unchanged that column's value.
+
+        pgoutput does not send a TOASTed value an UPDATE did not change (marker 'u'), and the
+        merge writes whole rows, so sending NULL would wipe the column in the destination. The
+        value is read from the source table by key instead. It is the *current* value; should a
+        later transaction have changed it, that change is in the stream after this one and is
+        applied after it, so the destination still ends equal to the source. A row that no longer
+        exists at the source was deleted (or re-keyed) later, and that change is also in the
+        stream: the update is dropped instead of writing a NULL.
+        """
+        names = state.column_names
+        wanted = sorted({i for row, (_, _, deleted) in zip(state.rows, state.meta) if not deleted
+                         for i, v in enumerate(row) if v is UNCHANGED_TOAST})
+        needing = [r for r, row in enumerate(state.rows) if UNCHANGED_TOAST in row]
+        keys = list({state.key_of(state.rows[r]) for r in needing})
+        current = self.fetch_current(
+            state.table, [names[i] for i in state.key_indexes], keys, [names[i] for i in wanted]
+        ) if state.key_indexes else {}
+        kept_rows, kept_meta = [], []
+        for row, meta in zip(state.rows, state.meta):
+            if UNCHANGED_TOAST in row:
+                found = current.get(state.key_of(row))
+                if found is None:
+                    continue
+                row = list(row)
+                for position, column in enumerate(wanted):
+                    if row[column] is UNCHANGED_TOAST:
+                        row[column] = found[position]
+            kept_rows.append(row)
+            kept_meta.append(meta)
+        self.buffered -= len(state.rows) - len(kept_rows)
+        state.rows, state.meta = kept_rows, kept_meta
+
+
+def _empty_table(state: _RelationState, deletes: DeleteMode) -> pa.Table:
+    marker = DELETED_COLUMN if deletes == "hard" else DELETED_AT_COLUMN
+    fields = [pa.field(name, kind.arrow_type) for name, kind in zip(state.column_names, state.kinds)]
+    fields += [pa.field(n, META_ARROW_TYPES[n]) for n in (LSN_COLUMN, COMMIT_TS_COLUMN, marker)]
+    return pa.schema(fields).empty_table()
+
+
+def _table_from_relation(relation: Relation) -> TableInfo:
+    """A table the catalog did not list (published by someone else): keys from the message."""
+    key = [c.name for c in relation.columns if c.is_key] if relation.replica_identity != "f" else []
+    return TableInfo(relation.namespace, relation.name, relation.relation_id, False,
+                     relation.replica_identity, [], key, key)
+
+
+_DATA_MESSAGES = (Insert, Update, Delete)
+
+
+def read_changes(
+    messages: Iterator[Tuple[int, Message]],
+    collector: ChangeCollector,
+    position: Position,
+    stop_lsn: int,
+    result: SegmentResult,
+    batch_size: int = 50_000,
+    max_changes: Optional[int] = None,
+    deadline_reached: Callable[[], bool] = lambda: False,
+) -> Iterator[TableBatch]:
+    """Consumes one segment of the stream and yields its batches; fills `result` as it goes.
+
+    Args:
+        messages: (WAL position, message) pairs from ReplicationStream.messages().
+        collector (ChangeCollector): Row buffers.
+        position (Position): Where the destination stands (from dlt state).
+        stop_lsn (int): A transaction committing after this is left for the next run.
+        result (SegmentResult): Receives the new position, what may be confirmed, and counts.
+        batch_size (int): Rows buffered before Arrow tables are handed on.
+        max_changes (Optional[int]): Stop at the first commit after this many changes.
+        deadline_reached: Stop at the next commit when it returns True.
+
+    Yields:
+        TableBatch: Arrow tables with their dlt hints.
+    """
+    collector.start_segment()
+    result.confirm_lsn = position.lsn
+    current: Optional[Begin] = None
+    skipping = False
+    ordinal = 0
+    already_loaded = 0
+    taken = 0
+    for lsn, message in messages:
+        if isinstance(message, Begin):
+            if message.final_lsn > stop_lsn:
+                result.confirm_lsn = max(result.confirm_lsn, message.final_lsn)
+                break
+            current, ordinal = message, 0
+            skipping = message.final_lsn < position.lsn
+            already_loaded = (position.partial_changes
+                              if message.final_lsn == position.partial_commit_lsn else 0)
+        elif isinstance(message, Commit):
+            if not skipping:
+                result.transactions += 1
+                position = Position(message.end_lsn)
+                result.position = position
+            result.confirm_lsn = max(result.confirm_lsn, message.end_lsn)
+            current, skipping = None, False
+            if (max_changes is not None and taken >= max_changes) or deadline_reached():
+                break
+        elif isinstance(message, Relation):
+            for batch in collector.on_relation(message):
+                yield batch
+        elif isinstance(message, _DATA_MESSAGES) or isinstance(message, Truncate):
+            if skipping:
+                continue
+            ordinal += 1
+            if ordinal <= already_loaded:
+                continue
+            partial = Position(position.lsn, current.final_lsn, ordinal - 1)
+            if isinstance(message, Truncate):
+                if collector.segment_has_data:
+                    result.position, result.more = partial, True
+                    break
+                for batch in collector.truncate_batches(message):
+                    result.changes[batch.table_name] = result.changes.get(batch.table_name, 0) + 1
+                    yield batch
+                result.position = Position(position.lsn, current.final_lsn, ordinal)
+                result.more = True
+                return
+            if collector.would_repeat_key(message):
+                result.position, result.more = partial, True
+                break
+            collector.add(message, lsn, current.commit_ts_us)
+            taken += 1
+            table = collector.relations[message.relation_id].relation.name
+            result.changes[table] = result.changes.get(table, 0) + 1
+            result.first_lsn = lsn if result.first_lsn is None else result.first_lsn
+            result.last_lsn = lsn
+            if collector.buffered >= batch_size:
+                yield from collector.flush()
+        elif isinstance(message, (TypeInfo, Origin, LogicalMessage)):
+            continue  # types resolve through the catalog; origins and messages carry no rows
+        elif isinstance(message, (StreamStart, StreamStop, StreamCommit, StreamAbort)):
+            raise DecodeError(f"pgoutput sent a streamed transaction ({type(message).__name__}) "
+                              "although streaming was not requested")
+        else:
+            raise DecodeError(f"unhandled pgoutput message {type(message).__name__}")
+    else:
+        result.exhausted = True
+    yield from collector.flush()

@@ -1,0 +1,90 @@
+"""Connections to the source database, with the session settings every reader relies on."""
+
+from typing import Any, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+
+from .exceptions import ConfigError, SourceConnectionError, mask_secrets
+
+# Text output must be identical in the snapshot (COPY) and in CDC (pgoutput), and parseable by
+# types.text_to_arrow: ISO dates, UTC offsets, hex bytea, shortest exact floats.
+SESSION_OPTIONS = (
+    "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC -c bytea_output=hex "
+    "-c extra_float_digits=1 -c client_encoding=UTF8"
+)
+APPLICATION_NAME = "pg_replication"
+
+
+def to_dsn(credentials: Any) -> str:
+    """Turns what a user configured (libpq URL, SQLAlchemy URL, dlt credentials) into a libpq URL.
+
+    Raises:
+        ConfigError: Nothing usable was configured.
+    """
+    if credentials is None or credentials == "":
+        raise ConfigError(
+            "no source credentials: set sources.pg_replication.credentials "
+            "(or SOURCES__PG_REPLICATION__CREDENTIALS) to a postgresql:// URL"
+        )
+    if hasattr(credentials, "to_native_representation"):
+        credentials = credentials.to_native_representation()
+    text = str(credentials).strip()
+    parts = urlsplit(text)
+    if parts.scheme.startswith("postgres"):
+        # SQLAlchemy spellings ("postgresql+psycopg2://") are not libpq's.
+        return urlunsplit(("postgresql",) + tuple(parts)[1:])
+    if "=" in text:  # libpq key=value form
+        return text
+    raise ConfigError("source credentials must be a postgresql:// URL or libpq key=value pairs")
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """The same connection for SQLAlchemy with psycopg2 (SQLAlchemy 2.1 defaults to psycopg 3)."""
+    return "postgresql+psycopg2://" + dsn.split("://", 1)[1] if "://" in dsn else dsn
+
+
+def connect(dsn: str, replication: bool = False, autocommit: bool = True):
+    """Opens a connection (a logical replication one when `replication`) with the session settings.
+
+    Raises:
+        SourceConnectionError: The server cannot be reached or refuses the login; the message has
+            no password in it.
+    """
+    kwargs = {"options": SESSION_OPTIONS, "application_name": APPLICATION_NAME,
+              "connect_timeout": 10}
+    if replication:
+        kwargs["connection_factory"] = psycopg2.extras.LogicalReplicationConnection
+    try:
+        conn = psycopg2.connect(dsn, **kwargs)
+    except psycopg2.OperationalError as e:
+        raise SourceConnectionError(
+            "cannot connect to the source database: " + describe_pg_error(e, dsn)
+        ) from None
+    if not replication:
+        conn.autocommit = autocommit
+    return conn
+
+
+def describe_pg_error(error: Exception, dsn: Optional[str] = None) -> str:
+    """One line from a psycopg2 error: the server's primary message, no secrets."""
+    diag = getattr(error, "diag", None)
+    text = getattr(diag, "message_primary", None) if diag is not None else None
+    if not text:
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        text = lines[0] if lines else type(error).__name__
+        for prefix in ("FATAL:", "ERROR:"):
+            if text.startswith(prefix):
+                text = text[len(prefix):].strip()
+        # libpq puts the reason after 'connection to server at "...", port N failed:'.
+        if len(lines) > 1 and text.endswith("failed:"):
+            text = f"{text} {lines[1].replace('FATAL:', '').strip()}"
+    secrets = ()
+    if dsn:
+        try:
+            secrets = (urlsplit(dsn).password,)
+        except ValueError:
+            pass
+    return mask_secrets(text, secrets)

@@ -1,0 +1,300 @@
+"""dlt-facing building blocks: `init_replication` (slot, publication, snapshot) and
+`replication_resource` (the change stream).
+
+Progress lives in the dlt source state of the source named `pg_replication` (shared by the snapshot
+and the change stream): `{"position": Position.to_state(), "slot_name": ...}`. dlt commits that state
+with each load, so the destination and the position never disagree.
+"""
+
+import functools
+import time
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import dlt
+import pyarrow as pa
+from dlt.extract.source import DltSource
+
+from .catalog import (TableInfo, column_kinds, describe_tables, fetch_current_values,
+                      list_tables, load_type_catalog)
+from .changes import ChangeCollector, Position, SegmentResult, TableBatch, read_changes
+from .connect import connect, to_dsn
+from .exceptions import SlotError
+from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, META_ARROW_TYPES, DeleteMode, MergeStrategy,
+                     snapshot_hints, table_hints)
+from .slots import (advance_slot, check_server, check_slot_usable, create_slot_with_snapshot,
+                    current_database, current_wal_lsn, drop_publications, drop_slot,
+                    ensure_publications, existing_publications, get_slot, publication_tables,
+                    validate_slot_name)
+from .snapshot import begin_snapshot_transaction, read_table, snapshot_wal_lsn
+from .stream import ReplicationStream, emit_heartbeat
+
+SOURCE_NAME = "pg_replication"
+STATE_KEY = "position"
+
+
+def source_position() -> Position:
+    """The position in the current pipeline's `pg_replication` source state."""
+    return Position.from_state(dlt.current.source_state().get(STATE_KEY, {}))
+
+
+def _save_position(position: Position) -> None:
+    dlt.current.source_state()[STATE_KEY] = position.to_state()
+
+
+def select_tables(conn, schema_name: str, table_names: Optional[Sequence[str]]) -> Dict[str, TableInfo]:
+    """The tables to replicate: those named, or every table of the schema."""
+    names = list(table_names) if table_names else list_tables(conn, schema_name)
+    return describe_tables(conn, schema_name, names)
+
+
+def init_replication(
+    slot_name: str,
+    pub_name: str,
+    schema_name: str = "public",
+    table_names: Optional[Sequence[str]] = None,
+    credentials: Any = dlt.secrets.value,
+    persist_snapshots: bool = False,
+    include_columns: Optional[Dict[str, Sequence[str]]] = None,
+    columns: Optional[Dict[str, Dict[str, Any]]] = None,
+    reset: bool = False,
+    deletes: DeleteMode = "hard",
+) -> Optional[DltSource]:
+    """Creates the publication and the replication slot; optionally returns the initial copy.
+
+    The copy is read inside the snapshot the slot exported at its consistent point, and that
+    point becomes the stored position: the change stream then applies exactly the changes after
+    it, none twice and none missed.
+
+    When the slot already exists there is no exported snapshot to join. The tables are then read in
+    a fresh REPEATABLE READ snapshot taken *after* the slot's confirmed position, and the stored
+    position is left alone. The next `cdc` replays every change from that position: changes the
+    copy already contains are applied again, which only rewrites rows with values they held
+    earlier, and each key's last change in the stream is its current state. Deletes and truncates
+    replay the same way. So the destination converges to the source once `cdc` has run.
+
+    Args:
+        slot_name (str): Replication slot (lower-case letters, digits, underscores).
+        pub_name (str): Publication; tables without a row identity go to `<pub_name>_insert_only`.
+        schema_name (str): Source schema.
+        table_names (Optional[Sequence[str]]): Tables to replicate; default every table of the schema.
+        credentials: libpq URL or dlt credentials of the source.
+        persist_snapshots (bool): Return a dlt source with the initial copy of the tables.
+        include_columns (Optional[Dict[str, Sequence[str]]]): Per table, the columns to copy.
+        columns (Optional[Dict[str, Dict[str, Any]]]): Per table, extra dlt column hints.
+        reset (bool): Drop the slot and publications first (starts over: needs a new snapshot).
+        deletes (DeleteMode): "hard" or "soft" (sets the delete marker column of the tables).
+
+    Returns:
+        Optional[DltSource]: The snapshot source when `persist_snapshots`, else None.
+    """
+    dsn = to_dsn(credentials)
+    validate_slot_name(slot_name)
+    conn = connect(dsn)
+    try:
+        check_server(conn)
+        tables = select_tables(conn, schema_name, table_names)
+        if reset:
+            drop_slot(conn, slot_name)
+            drop_publications(conn, pub_name)
+        ensure_publications(conn, pub_name, list(tables.values()))
+        types = load_type_catalog(conn)
+        slot = get_slot(conn, slot_name)
+        if slot is not None:
+            check_slot_usable(slot, slot_name, current_database(conn))
+        if slot is None and not persist_snapshots:
+            create_slot_with_snapshot(dsn, slot_name)[0].close()
+            return None
+        if not persist_snapshots:
+            return None
+        reader = connect(dsn)
+        if slot is None:
+            exporter, handoff_lsn, snapshot_name = create_slot_with_snapshot(dsn, slot_name)
+            try:
+                begin_snapshot_transaction(reader, snapshot_name)
+            finally:
+                exporter.close()  # the importing transaction keeps the snapshot alive
+            copy_lsn = handoff_lsn
+        else:
+            begin_snapshot_transaction(reader, None)
+            copy_lsn, handoff_lsn = snapshot_wal_lsn(reader), None
+    finally:
+        conn.close()
+    return snapshot_source(reader, list(tables.values()), types, copy_lsn, handoff_lsn,
+                           include_columns, columns, deletes)
+
+
+def snapshot_source(reader, tables: List[TableInfo], types, copy_lsn: int,
+                    handoff_lsn: Optional[int], include_columns=None, columns=None,
+                    deletes: DeleteMode = "hard", counts: Optional[Dict[str, int]] = None
+                    ) -> DltSource:
+    """A `pg_replication` source whose one resource copies `tables` on `reader`'s transaction."""
+    counts = {} if counts is None else counts
+
+    def snapshot_rows() -> Iterator[Any]:
+        try:
+            for table in tables:
+                kinds = column_kinds(table, types)
+                names = _included(table.name, [c.name for c in table.columns], include_columns)
+                hints = table_hints(table.name, [(n, kinds[n]) for n in names], table.merge_key,
+                                    deletes)
+                hints = snapshot_hints(_with_column_hints(hints, columns))
+                counts[table.name] = 0
+                marker = DELETED_COLUMN if deletes == "hard" else DELETED_AT_COLUMN
+                first = True
+                for data in read_table(reader, table, kinds, copy_lsn, marker):
+                    data = data.select([n for n in data.column_names if n in hints["columns"]])
+                    counts[table.name] += data.num_rows
+                    yield _mark(data, hints, first)
+                    first = False
+                if first:  # empty table: still replace what the destination holds
+                    yield _mark(_empty_like(hints, kinds, marker), hints, True)
+            if handoff_lsn is not None:
+                _save_position(Position(handoff_lsn))
+        finally:
+            reader.close()
+
+    resource = dlt.resource(snapshot_rows, name="snapshot", write_disposition="replace")
+    return DltSource(dlt.Schema(SOURCE_NAME), SOURCE_NAME, [resource()])
+
+
+def _included(table_name: str, names: List[str], include_columns) -> List[str]:
+    if not include_columns or table_name not in include_columns:
+        return names
+    wanted = set(include_columns[table_name])
+    return [n for n in names if n in wanted]
+
+
+def _with_column_hints(hints: Dict[str, Any], columns) -> Dict[str, Any]:
+    extra = (columns or {}).get(hints["table_name"])
+    if not extra:
+        return hints
+    merged = {name: dict(column) for name, column in hints["columns"].items()}
+    for name, column in extra.items():
+        merged.setdefault(name, {"name": name}).update(column)
+    return dict(hints, columns=merged)
+
+
+def _empty_like(hints: Dict[str, Any], kinds, marker: str) -> pa.Table:
+    fields = []
+    for name in hints["columns"]:
+        arrow_type = kinds[name].arrow_type if name in kinds else META_ARROW_TYPES[name]
+        fields.append(pa.field(name, arrow_type))
+    return pa.schema(fields).empty_table()
+
+
+def _mark(data: pa.Table, hints: Dict[str, Any], with_hints: bool) -> Any:
+    if not with_hints:
+        return dlt.mark.with_table_name(data, hints["table_name"])
+    return dlt.mark.with_hints(data, dlt.mark.make_hints(**hints), create_table_variant=True)
+
+
+def replication_resource(
+    slot_name: str = dlt.config.value,
+    pub_name: str = dlt.config.value,
+    credentials: Any = dlt.secrets.value,
+    schema_name: str = "public",
+    include_columns: Optional[Dict[str, Sequence[str]]] = None,
+    columns: Optional[Dict[str, Dict[str, Any]]] = None,
+    target_batch_size: int = 50_000,
+    flush_slot: bool = True,
+    deletes: DeleteMode = "hard",
+    merge_strategy: MergeStrategy = "delete-insert",
+    max_changes: Optional[int] = None,
+    max_seconds: Optional[float] = None,
+    result: Optional[SegmentResult] = None,
+) -> Any:
+    """A dlt resource with the changes in the slot since the stored position, one table each.
+
+    Reads up to the server's WAL position at the start (or a bound), in Arrow batches of
+    `target_batch_size` rows, and stores the new position in the source state, which dlt commits
+    with the load. The slot itself is confirmed only after a load succeeded: `jobs.run_cdc` does it
+    right after loading; with `flush_slot` the resource also confirms, before reading, the stored
+    position of a pipeline that has no pending load.
+
+    Must run inside a source named `pg_replication` (see `pg_replication()`), which holds the state.
+
+    Args:
+        slot_name (str): The pgoutput slot.
+        pub_name (str): The publication (and `<pub_name>_insert_only` when it exists).
+        credentials: libpq URL or dlt credentials of the source.
+        schema_name (str): Schema of the published tables.
+        include_columns (Optional[Dict[str, Sequence[str]]]): Per table, the columns to load.
+        columns (Optional[Dict[str, Dict[str, Any]]]): Per table, extra dlt column hints.
+        target_batch_size (int): Rows buffered before they are handed to dlt; bounds memory.
+        flush_slot (bool): Confirm the already-loaded position to the slot before reading.
+        deletes (DeleteMode): "hard" deletes rows, "soft" keeps them with `_pg_deleted_at`.
+        merge_strategy (MergeStrategy): "delete-insert" (SQL destinations), "upsert" (Delta).
+        max_changes (Optional[int]): Stop at the first commit after this many changes.
+        max_seconds (Optional[float]): Stop at the first commit after this many seconds.
+        result (Optional[SegmentResult]): Receives counts, positions and whether more is waiting.
+    """
+    dsn = to_dsn(credentials)
+    validate_slot_name(slot_name)
+
+    def changes() -> Iterator[Any]:
+        segment = result if result is not None else SegmentResult(Position())
+        position = source_position()
+        segment.position = position
+        yield from _read_segment(dsn, slot_name, pub_name, schema_name, position, segment,
+                                 target_batch_size, flush_slot, deletes, merge_strategy,
+                                 max_changes, max_seconds, include_columns, columns)
+        _save_position(segment.position)
+
+    return dlt.resource(changes, name="changes", write_disposition="merge")()
+
+
+def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
+                  segment: SegmentResult, batch_size: int, flush_slot: bool, deletes, strategy,
+                  max_changes, max_seconds, include_columns, columns) -> Iterator[Any]:
+    started = time.monotonic()
+    conn = connect(dsn)
+    try:
+        slot = get_slot(conn, slot_name)
+        if slot is None:
+            raise SlotError(f"slot {slot_name!r} does not exist; run `snapshot` to create it")
+        check_slot_usable(slot, slot_name, current_database(conn))
+        if flush_slot and not _pipeline_has_pending_data():
+            advance_slot(conn, slot_name, position.lsn)
+        publications = existing_publications(conn, pub_name)
+        published = _published_tables(conn, schema_name, publications)
+        stop_lsn = emit_heartbeat(conn) or current_wal_lsn(conn)
+        collector = ChangeCollector(published, load_type_catalog(conn),
+                                    functools.partial(fetch_current_values, conn), deletes, strategy)
+        deadline = started + max_seconds if max_seconds else None
+        with ReplicationStream(dsn, slot_name, publications, stop_lsn, deadline) as stream:
+            sent_hints: Dict[str, int] = {}
+            for batch in read_changes(
+                stream.messages(), collector, position, stop_lsn, segment, batch_size,
+                max_changes, lambda: deadline is not None and time.monotonic() >= deadline,
+            ):
+                yield _batch_item(batch, sent_hints, include_columns, columns)
+            if segment.exhausted and not segment.more:
+                segment.confirm_lsn = max(segment.confirm_lsn, stream.wal_end)
+    finally:
+        conn.close()
+
+
+def _published_tables(conn, schema_name: str, publications: List[str]) -> Dict[str, TableInfo]:
+    names = sorted({name for pub in publications for schema, name in publication_tables(conn, pub)
+                    if schema == schema_name})
+    return describe_tables(conn, schema_name, names) if names else {}
+
+
+def _batch_item(batch: TableBatch, sent_hints: Dict[str, int], include_columns, columns) -> Any:
+    data, hints = batch.data, batch.hints
+    if include_columns and batch.table_name in include_columns:
+        keep = set(include_columns[batch.table_name]) | set(hints.get("primary_key") or [])
+        keep |= {n for n in data.column_names if n.startswith("_pg_")}
+        data = data.select([n for n in data.column_names if n in keep])
+        hints = dict(hints, columns={k: v for k, v in hints["columns"].items() if k in keep})
+    hints = _with_column_hints(hints, columns)
+    fresh = sent_hints.get(batch.table_name) != id(batch.hints) or batch.replace
+    sent_hints[batch.table_name] = id(batch.hints)
+    return _mark(data, hints, fresh)
+
+
+def _pipeline_has_pending_data() -> bool:
+    try:
+        return dlt.current.pipeline().has_pending_data
+    except Exception:
+        return True  # no pipeline context: confirm nothing

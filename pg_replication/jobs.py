@@ -1,0 +1,225 @@
+"""The two jobs the CLI runs, `snapshot` and `cdc`, as dlt pipeline runs with a safe slot protocol.
+
+Order of a cdc run:
+1. take the run lock (an advisory lock named after the slot), so runs never overlap;
+2. load any package a crashed run left behind (dlt would otherwise load it and silently ignore
+   the new data) and confirm the slot up to the position that package carried;
+3. read a segment of changes, load it, and only then confirm the slot up to what was loaded;
+   repeat while a segment ended early (truncate, repeated key).
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import dlt
+from dlt.common.pipeline import LoadInfo
+
+from . import pg_replication
+from .changes import Position, SegmentResult
+from .connect import connect
+from .exceptions import SlotError
+from .helpers import SOURCE_NAME, STATE_KEY, init_replication, select_tables
+from .protocol import int_to_lsn
+from .schema import DeleteMode
+from .slots import (acquire_run_lock, advance_slot, check_server, check_slot_usable, create_slot,
+                    current_database, ensure_publications, get_slot, validate_slot_name)
+
+
+@dataclass
+class JobSettings:
+    dsn: str
+    slot_name: str
+    pub_name: str
+    schema_name: str = "public"
+    table_names: Optional[List[str]] = None
+    deletes: DeleteMode = "hard"
+    target_batch_size: int = 50_000
+
+
+@dataclass
+class SnapshotReport:
+    rows: Dict[str, int]
+    handoff_lsn: Optional[int]
+    slot_created: bool
+    seconds: float
+
+
+@dataclass
+class CdcReport:
+    changes: Dict[str, int] = field(default_factory=dict)
+    first_lsn: Optional[int] = None
+    last_lsn: Optional[int] = None
+    confirmed_lsn: Optional[int] = None
+    slot_created: bool = False
+    pending_loaded: bool = False
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.changes.values())
+
+    def summary(self) -> str:
+        if self.slot_created:
+            return ("cdc: created the replication slot; capturing changes from now on. "
+                    "Run `snapshot` to copy the rows that already exist.")
+        per_table = ", ".join(f"{t} {n}" for t, n in sorted(self.changes.items()))
+        lsn_range = (f"LSN {int_to_lsn(self.first_lsn)}..{int_to_lsn(self.last_lsn)}"
+                     if self.first_lsn is not None else "no new changes")
+        confirmed = (f", slot confirmed to {int_to_lsn(self.confirmed_lsn)}"
+                     if self.confirmed_lsn else "")
+        tables = f" ({per_table})" if per_table else ""
+        return (f"cdc: {self.total} changes{tables}, {lsn_range}{confirmed}, "
+                f"{self.seconds:.1f}s")
+
+
+def merge_strategy_for(pipeline: dlt.Pipeline) -> str:
+    """delete-insert deduplicates in SQL; Delta tables (filesystem) only take upsert."""
+    return "upsert" if pipeline.destination.destination_name == "filesystem" else "delete-insert"
+
+
+def table_format_for(pipeline: dlt.Pipeline) -> Optional[str]:
+    return "delta" if pipeline.destination.destination_name == "filesystem" else None
+
+
+def stored_position(pipeline: dlt.Pipeline) -> Position:
+    state = pipeline.state.get("sources", {}).get(SOURCE_NAME, {}).get(STATE_KEY, {})
+    return Position.from_state(state)
+
+
+def finish_pending_load(pipeline: dlt.Pipeline, conn, slot_name: str) -> bool:
+    """Loads what a crashed run left extracted or normalized, then confirms its position."""
+    if not pipeline.has_pending_data:
+        return False
+    pipeline.normalize()
+    pipeline.load()
+    if get_slot(conn, slot_name) is not None:
+        advance_slot(conn, slot_name, stored_position(pipeline).lsn)
+    return True
+
+
+def _apply_table_format(source, pipeline: dlt.Pipeline) -> None:
+    table_format = table_format_for(pipeline)
+    if table_format:
+        for resource in source.resources.values():
+            resource.apply_hints(table_format=table_format)
+
+
+def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotReport:
+    """Creates publication and slot if needed and copies the tables as of the slot's start."""
+    started = time.monotonic()
+    validate_slot_name(settings.slot_name)
+    lock = connect(settings.dsn)
+    try:
+        check_server(lock)
+        acquire_run_lock(lock, settings.slot_name)
+        select_tables(lock, settings.schema_name, settings.table_names)  # fail fast on bad names
+        finish_pending_load(pipeline, lock, settings.slot_name)
+        slot_existed = get_slot(lock, settings.slot_name) is not None
+        source = init_replication(
+            settings.slot_name, settings.pub_name, settings.schema_name, settings.table_names,
+            credentials=settings.dsn, persist_snapshots=True, deletes=settings.deletes,
+        )
+        rows = _run_snapshot_source(source, pipeline)
+        handoff = stored_position(pipeline).lsn if not slot_existed else None
+        return SnapshotReport(rows, handoff, not slot_existed, time.monotonic() - started)
+    finally:
+        lock.close()
+
+
+def _run_snapshot_source(source, pipeline: dlt.Pipeline) -> Dict[str, int]:
+    _apply_table_format(source, pipeline)
+    pipeline.run(source, loader_file_format="parquet")
+    trace = pipeline.last_trace
+    counts: Dict[str, int] = {}
+    normalize = trace.last_normalize_info if trace else None
+    if normalize is not None:
+        for table, count in normalize.row_counts.items():
+            if not table.startswith("_dlt"):
+                counts[table] = counts.get(table, 0) + count
+    return counts
+
+
+def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional[int] = None,
+            max_seconds: Optional[float] = None) -> CdcReport:
+    """Loads the changes since the stored position and confirms the slot after each load."""
+    started = time.monotonic()
+    validate_slot_name(settings.slot_name)
+    report = CdcReport()
+    lock = connect(settings.dsn)
+    try:
+        check_server(lock)
+        acquire_run_lock(lock, settings.slot_name)
+        slot = get_slot(lock, settings.slot_name)
+        if slot is None:
+            _create_slot_for_cdc(lock, settings)
+            report.slot_created = True
+            return report
+        check_slot_usable(slot, settings.slot_name, current_database(lock))
+        report.pending_loaded = finish_pending_load(pipeline, lock, settings.slot_name)
+        deadline = started + max_seconds if max_seconds else None
+        while True:
+            remaining_seconds = max(deadline - time.monotonic(), 0.001) if deadline else None
+            remaining_changes = max_changes - report.total if max_changes else None
+            segment = _load_segment(settings, pipeline, remaining_changes, remaining_seconds)
+            if segment.confirm_lsn:
+                advance_slot(lock, settings.slot_name, segment.confirm_lsn)
+                report.confirmed_lsn = segment.confirm_lsn
+            _add_counts(report, segment)
+            if not segment.more:
+                break
+    finally:
+        lock.close()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _create_slot_for_cdc(conn, settings: JobSettings) -> None:
+    tables = select_tables(conn, settings.schema_name, settings.table_names)
+    if not tables:
+        raise SlotError(f"no tables in schema {settings.schema_name!r} to replicate")
+    ensure_publications(conn, settings.pub_name, list(tables.values()))
+    create_slot(conn, settings.slot_name)
+
+
+def _load_segment(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional[int],
+                  max_seconds: Optional[float]) -> SegmentResult:
+    segment = SegmentResult(Position())
+    source = pg_replication(
+        credentials=settings.dsn, slot_name=settings.slot_name, pub_name=settings.pub_name,
+        schema_name=settings.schema_name, target_batch_size=settings.target_batch_size,
+        flush_slot=False, deletes=settings.deletes, merge_strategy=merge_strategy_for(pipeline),
+        max_changes=max_changes, max_seconds=max_seconds, result=segment,
+    )
+    _apply_table_format(source, pipeline)
+    pipeline.run(source, loader_file_format="parquet")
+    return segment
+
+
+def _add_counts(report: CdcReport, segment: SegmentResult) -> None:
+    for table, count in segment.changes.items():
+        report.changes[table] = report.changes.get(table, 0) + count
+    if segment.first_lsn is not None:
+        report.first_lsn = report.first_lsn if report.first_lsn is not None else segment.first_lsn
+        report.last_lsn = segment.last_lsn
+
+
+def make_pipeline(pipeline_name: str, destination: str, dataset_name: str,
+                  progress: Optional[str] = None) -> dlt.Pipeline:
+    options = {"progress": progress} if progress else {}
+    return dlt.pipeline(pipeline_name=pipeline_name, destination=destination,
+                        dataset_name=dataset_name, **options)
+
+
+def table_names_from_option(option: Optional[str]) -> Optional[List[str]]:
+    if not option:
+        return None
+    return [name.strip() for name in option.split(",") if name.strip()]
+
+
+def default_table_names(value: Optional[Sequence[str]]) -> Optional[List[str]]:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return table_names_from_option(value)
+    return list(value)

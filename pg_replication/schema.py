@@ -1,0 +1,72 @@
+"""The destination table of a source table: its columns, the metadata columns, and dlt hints."""
+
+from typing import Any, Dict, List, Literal, Sequence, Tuple
+
+import pyarrow as pa
+
+from .types import ColumnKind
+
+DeleteMode = Literal["hard", "soft"]
+MergeStrategy = Literal["delete-insert", "upsert"]
+
+LSN_COLUMN = "_pg_lsn"  # WAL position of the change (snapshot rows: the hand-off LSN)
+COMMIT_TS_COLUMN = "_pg_commit_ts"  # commit time of the change (NULL for snapshot rows)
+DELETED_COLUMN = "_pg_deleted"  # True marks a delete (the hard_delete hint)
+DELETED_AT_COLUMN = "_pg_deleted_at"  # soft deletes: when the row was deleted
+
+TIMESTAMP_UTC = pa.timestamp("us", tz="UTC")
+
+_META_HINTS: Dict[str, Dict[str, Any]] = {
+    LSN_COLUMN: {"data_type": "bigint", "nullable": False},
+    COMMIT_TS_COLUMN: {"data_type": "timestamp", "timezone": True, "precision": 6, "nullable": True},
+    DELETED_COLUMN: {"data_type": "bool", "nullable": True},
+    DELETED_AT_COLUMN: {"data_type": "timestamp", "timezone": True, "precision": 6,
+                        "nullable": True},
+}
+META_ARROW_TYPES = {LSN_COLUMN: pa.int64(), COMMIT_TS_COLUMN: TIMESTAMP_UTC,
+                    DELETED_COLUMN: pa.bool_(), DELETED_AT_COLUMN: TIMESTAMP_UTC}
+
+
+def meta_columns(deletes: DeleteMode) -> List[str]:
+    marker = DELETED_COLUMN if deletes == "hard" else DELETED_AT_COLUMN
+    return [LSN_COLUMN, COMMIT_TS_COLUMN, marker]
+
+
+def table_hints(
+    table_name: str,
+    columns: Sequence[Tuple[str, ColumnKind]],
+    merge_key: Sequence[str],
+    deletes: DeleteMode = "hard",
+    merge_strategy: MergeStrategy = "delete-insert",
+) -> Dict[str, Any]:
+    """dlt hints for one table: merge on the row identity, latest `_pg_lsn` wins.
+
+    A table without a row identity (no primary key, no REPLICA IDENTITY index) only ever receives
+    inserts (see slots.ensure_publications), so it is appended.
+    """
+    column_hints: Dict[str, Dict[str, Any]] = {}
+    for name, kind in columns:
+        column_hints[name] = kind.column_schema(name, nullable=name not in merge_key)
+        if name in merge_key:
+            column_hints[name]["primary_key"] = True
+    for name in meta_columns(deletes):
+        column_hints[name] = {"name": name, **_META_HINTS[name]}
+    if not merge_key:
+        return {"table_name": table_name, "write_disposition": "append", "columns": column_hints}
+    column_hints[LSN_COLUMN]["dedup_sort"] = "desc"
+    if deletes == "hard":
+        column_hints[DELETED_COLUMN]["hard_delete"] = True
+    return {
+        "table_name": table_name,
+        "write_disposition": {"disposition": "merge", "strategy": merge_strategy},
+        "primary_key": list(merge_key),
+        "columns": column_hints,
+    }
+
+
+def snapshot_hints(hints: Dict[str, Any]) -> Dict[str, Any]:
+    """The same table for an initial copy: replaced whole, so no dedup or delete handling."""
+    columns = {}
+    for name, column in hints["columns"].items():
+        columns[name] = {k: v for k, v in column.items() if k not in ("dedup_sort", "hard_delete")}
+    return dict(hints, columns=columns, write_disposition="replace")

@@ -1,0 +1,291 @@
+"""Replication slot and publication management, server checks, and the run lock.
+
+Every identifier is quoted with psycopg2.sql; nothing is built from names by plain formatting.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import psycopg2
+from psycopg2 import sql
+
+from .catalog import TableInfo
+from .connect import connect, describe_pg_error
+from .exceptions import ConfigError, SlotError, SlotInUseError, SourceNotReadyError
+from .protocol import int_to_lsn, lsn_to_int
+
+_SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
+INSERT_ONLY_SUFFIX = "_insert_only"
+
+
+@dataclass
+class SlotInfo:
+    name: str
+    plugin: str
+    database: str
+    active: bool
+    active_pid: Optional[int]
+    restart_lsn: Optional[int]
+    confirmed_flush_lsn: Optional[int]
+    wal_status: Optional[str]
+    safe_wal_size: Optional[int]
+
+
+def validate_slot_name(slot_name: str) -> str:
+    if not slot_name or not _SLOT_NAME.match(slot_name):
+        raise ConfigError(
+            f"invalid slot name {slot_name!r}: use 1-63 lower-case letters, digits and underscores"
+        )
+    return slot_name
+
+
+def check_server(conn) -> None:
+    """Fails early, with the fix in the message, when the server cannot do logical replication."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_setting('wal_level')")
+        (wal_level,) = cur.fetchone()
+    if wal_level != "logical":
+        raise SourceNotReadyError(
+            f"the source has wal_level={wal_level}; logical replication needs wal_level=logical "
+            "(set it in postgresql.conf and restart the server)"
+        )
+
+
+def get_slot(conn, slot_name: str) -> Optional[SlotInfo]:
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT slot_name, plugin, database, active, active_pid, restart_lsn::text,
+                      confirmed_flush_lsn::text, wal_status, safe_wal_size
+               FROM pg_replication_slots WHERE slot_name = %s""",
+            (slot_name,),
+        )
+        row = cur.fetchone()
+    if row is None:
+        return None
+    to_int = lambda lsn: lsn_to_int(lsn) if lsn else None  # noqa: E731
+    return SlotInfo(row[0], row[1], row[2], row[3], row[4], to_int(row[5]), to_int(row[6]),
+                    row[7], row[8])
+
+
+def check_slot_usable(slot: SlotInfo, slot_name: str, database: str) -> None:
+    if slot.plugin != "pgoutput":
+        raise SlotError(f"slot {slot_name!r} uses plugin {slot.plugin!r}, not pgoutput")
+    if slot.database != database:
+        raise SlotError(f"slot {slot_name!r} belongs to database {slot.database!r}, not {database!r}")
+    if slot.wal_status == "lost":
+        raise SlotError(
+            f"slot {slot_name!r} was invalidated by the server (wal_status=lost): changes were "
+            "lost on the source side; drop the slot and run `snapshot` again"
+        )
+
+
+def current_wal_lsn(conn) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_lsn()::text")
+        return lsn_to_int(cur.fetchone()[0])
+
+
+def current_database(conn) -> str:
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        return cur.fetchone()[0]
+
+
+def publication_tables(conn, pub_name: str) -> Optional[List[Tuple[str, str]]]:
+    """(schema, table) pairs in the publication, or None when it does not exist."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (pub_name,))
+        if cur.fetchone() is None:
+            return None
+        cur.execute(
+            """SELECT pr.prrelid::regclass::text, n.nspname, c.relname
+               FROM pg_publication p
+               JOIN pg_publication_rel pr ON pr.prpubid = p.oid
+               JOIN pg_class c ON c.oid = pr.prrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE p.pubname = %s ORDER BY 2, 3""",
+            (pub_name,),
+        )
+        return [(schema, name) for _, schema, name in cur.fetchall()]
+
+
+def _table_identifier(table: TableInfo) -> sql.Composable:
+    return sql.Identifier(table.schema, table.name)
+
+
+def ensure_publications(conn, pub_name: str, tables: Sequence[TableInfo]) -> List[str]:
+    """Creates or extends the publications so that every table is published safely.
+
+    Tables with a row identity (primary key or REPLICA IDENTITY USING INDEX) go into `pub_name`,
+    which publishes everything. Tables without one go into `<pub_name>_insert_only`, which
+    publishes only INSERT and TRUNCATE: PostgreSQL rejects UPDATE and DELETE on a table that is in
+    a publication publishing them and has no replica identity, so putting such a table into the
+    main publication would make the application's own writes fail.
+
+    Returns:
+        List[str]: The publication names to stream from.
+    """
+    keyed = [t for t in tables if t.merge_key]
+    keyless = [t for t in tables if not t.merge_key]
+    targets = [
+        (pub_name, keyed, "insert, update, delete, truncate"),
+        (pub_name + INSERT_ONLY_SUFFIX, keyless, "insert, truncate"),
+    ]
+    for name, wanted, publish in targets:
+        for other, other_tables, _ in targets:
+            if other != name:
+                _drop_from_publication(conn, other, wanted)
+        if wanted:
+            _add_to_publication(conn, name, wanted, publish)
+    return [name for name, _, _ in targets if publication_tables(conn, name) is not None]
+
+
+def _add_to_publication(conn, pub_name: str, tables: Sequence[TableInfo], publish: str) -> None:
+    existing = publication_tables(conn, pub_name)
+    with conn.cursor() as cur:
+        if existing is None:
+            cur.execute(
+                sql.SQL(
+                    "CREATE PUBLICATION {} FOR TABLE {} "
+                    "WITH (publish = {}, publish_via_partition_root = true)"
+                ).format(
+                    sql.Identifier(pub_name),
+                    sql.SQL(", ").join(_table_identifier(t) for t in tables),
+                    sql.Literal(publish),
+                )
+            )
+            return
+        missing = [t for t in tables if (t.schema, t.name) not in existing]
+        if missing:
+            cur.execute(
+                sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                    sql.Identifier(pub_name),
+                    sql.SQL(", ").join(_table_identifier(t) for t in missing),
+                )
+            )
+
+
+def _drop_from_publication(conn, pub_name: str, tables: Sequence[TableInfo]) -> None:
+    existing = publication_tables(conn, pub_name)
+    if not existing:
+        return
+    present = [t for t in tables if (t.schema, t.name) in existing]
+    if present:
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+                    sql.Identifier(pub_name),
+                    sql.SQL(", ").join(_table_identifier(t) for t in present),
+                )
+            )
+
+
+def existing_publications(conn, pub_name: str) -> List[str]:
+    return [name for name in (pub_name, pub_name + INSERT_ONLY_SUFFIX)
+            if publication_tables(conn, name) is not None]
+
+
+def create_slot_with_snapshot(dsn: str, slot_name: str) -> Tuple[object, int, str]:
+    """Creates the pgoutput slot and exports the snapshot of its consistent point.
+
+    The returned replication connection must stay open and idle until every reader has imported
+    the snapshot (`SET TRANSACTION SNAPSHOT`); the snapshot dies with it.
+
+    Returns:
+        (connection, consistent point LSN, snapshot name)
+    """
+    conn = connect(dsn, replication=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT").format(
+                    sql.Identifier(slot_name)
+                )
+            )
+            _, consistent_point, snapshot_name, _ = cur.fetchone()
+    except psycopg2.Error as e:
+        conn.close()
+        raise _slot_error(e, slot_name) from None
+    return conn, lsn_to_int(consistent_point), snapshot_name
+
+
+def create_slot(conn, slot_name: str) -> int:
+    """Creates the pgoutput slot without a snapshot; returns its consistent point."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
+                (slot_name,),
+            )
+            return lsn_to_int(cur.fetchone()[0])
+    except psycopg2.Error as e:
+        raise _slot_error(e, slot_name) from None
+
+
+def _slot_error(error: psycopg2.Error, slot_name: str) -> Exception:
+    message = describe_pg_error(error)
+    if "all replication slots are in use" in message:
+        return SourceNotReadyError(
+            f"cannot create slot {slot_name!r}: all replication slots are in use "
+            "(raise max_replication_slots or drop an unused slot)"
+        )
+    if "permission denied" in message or "must be superuser or replication" in message:
+        return SourceNotReadyError(
+            f"cannot create slot {slot_name!r}: the user needs the REPLICATION attribute ({message})"
+        )
+    if "wal_level" in message:
+        return SourceNotReadyError(f"cannot create slot {slot_name!r}: {message}")
+    return SlotError(f"cannot create slot {slot_name!r}: {message}")
+
+
+def advance_slot(conn, slot_name: str, lsn: int) -> None:
+    """Confirms the slot up to `lsn` (never backwards), releasing the WAL before it.
+
+    Called only with an LSN whose changes the destination has committed.
+    """
+    slot = get_slot(conn, slot_name)
+    if slot is None or slot.confirmed_flush_lsn is None or lsn <= slot.confirmed_flush_lsn:
+        return
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
+                    (slot_name, int_to_lsn(lsn)))
+
+
+def acquire_run_lock(conn, slot_name: str) -> None:
+    """Takes a session advisory lock named after the slot, so two runs never overlap.
+
+    Raises:
+        SlotInUseError: Another run (snapshot or cdc) holds it.
+    """
+    with conn.cursor() as cur:
+        cur.execute("SELECT hashtextextended(%s, 0)", ("pg_replication:" + slot_name,))
+        (key,) = cur.fetchone()
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+        if cur.fetchone()[0]:
+            return
+        # A bigint advisory key shows in pg_locks split into classid (high) and objid (low).
+        cur.execute(
+            """SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
+               AND classid::bigint = %s AND objid::bigint = %s""",
+            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+        )
+        row = cur.fetchone()
+    holder = f" (pid {row[0]})" if row else ""
+    raise SlotInUseError(f"slot {slot_name!r} is in use by another run{holder}; try again later")
+
+
+def drop_slot(conn, slot_name: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE slot_name = %s",
+            (slot_name,),
+        )
+
+
+def drop_publications(conn, pub_name: str) -> None:
+    with conn.cursor() as cur:
+        for name in (pub_name, pub_name + INSERT_ONLY_SUFFIX):
+            cur.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+

@@ -1,0 +1,130 @@
+"""The initial copy of tables, read inside one consistent snapshot and streamed as Arrow tables.
+
+Each table is read with `COPY (SELECT ...) TO STDOUT (FORMAT csv)`: PostgreSQL's text output of
+every column, the same text pgoutput sends for a change, parsed by Arrow's CSV reader in C and then
+converted by `types.text_to_arrow` exactly as CDC converts it.
+"""
+
+import os
+import threading
+from typing import Dict, Iterator, List, Optional
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg2 import sql
+
+from .catalog import TableInfo
+from .protocol import lsn_to_int
+from .schema import COMMIT_TS_COLUMN, DELETED_COLUMN, LSN_COLUMN, META_ARROW_TYPES
+from .types import ColumnKind, text_to_arrow
+
+CSV_BLOCK_BYTES = 8 << 20
+
+
+def begin_snapshot_transaction(conn, snapshot_name: Optional[str]) -> None:
+    """Starts a read-only REPEATABLE READ transaction, inside the exported snapshot when given.
+
+    Without a snapshot name the transaction sees the database as of its first query.
+    """
+    conn.autocommit = False
+    with conn.cursor() as cur:
+        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        if snapshot_name:
+            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_name,))
+
+
+def snapshot_wal_lsn(conn) -> int:
+    """The WAL position when a self-made snapshot transaction took its snapshot (approximately)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_lsn()::text")
+        return lsn_to_int(cur.fetchone()[0])
+
+
+def _copy_sql(table: TableInfo) -> sql.Composable:
+    # ONLY: a plain table's inheritance children are tables of their own. A partitioned root has
+    # no rows itself and must be read with its partitions.
+    only = sql.SQL("") if table.is_partitioned else sql.SQL("ONLY ")
+    columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
+    return sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT (FORMAT csv)").format(
+        columns, only, sql.Identifier(table.schema, table.name)
+    )
+
+
+def read_table(
+    conn,
+    table: TableInfo,
+    kinds: Dict[str, ColumnKind],
+    lsn: int,
+    deleted_column: str = DELETED_COLUMN,
+) -> Iterator[pa.Table]:
+    """Streams one table as Arrow tables with the metadata columns, in bounded memory.
+
+    Args:
+        conn: A connection inside the snapshot transaction.
+        table (TableInfo): The table.
+        kinds (Dict[str, ColumnKind]): Conversion per column.
+        lsn (int): Value of `_pg_lsn` for every row (the hand-off LSN).
+        deleted_column (str): `_pg_deleted` (hard deletes) or `_pg_deleted_at` (soft).
+
+    Yields:
+        pa.Table: Up to one CSV block of rows each; nothing for an empty table.
+    """
+    names = [c.name for c in table.columns]
+    copy_sql = _copy_sql(table).as_string(conn)
+    for batch in _copy_csv_batches(conn, copy_sql, names):
+        rows = batch.num_rows
+        arrays: List[pa.Array] = [text_to_arrow(batch.column(i), kinds[name])
+                                  for i, name in enumerate(names)]
+        arrays.append(pa.array([lsn] * rows, META_ARROW_TYPES[LSN_COLUMN]))
+        arrays.append(pa.nulls(rows, META_ARROW_TYPES[COMMIT_TS_COLUMN]))
+        arrays.append(_live_marker(deleted_column, rows))
+        yield pa.Table.from_arrays(arrays, names=names + [LSN_COLUMN, COMMIT_TS_COLUMN,
+                                                          deleted_column])
+
+
+def _live_marker(deleted_column: str, rows: int) -> pa.Array:
+    """Snapshot rows are live: `_pg_deleted` False, or `_pg_deleted_at` NULL."""
+    if deleted_column == DELETED_COLUMN:
+        return pa.array([False] * rows, pa.bool_())
+    return pa.nulls(rows, META_ARROW_TYPES[deleted_column])
+
+
+def _copy_csv_batches(conn, copy_sql: str, names: List[str]) -> Iterator[pa.RecordBatch]:
+    """Runs COPY in a thread writing into a pipe that Arrow's streaming CSV reader consumes."""
+    read_fd, write_fd = os.pipe()
+    failure: List[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(write_fd, "wb", buffering=1 << 20) as sink, conn.cursor() as cur:
+                cur.copy_expert(copy_sql, sink, size=1 << 18)
+        except BaseException as e:  # reported to the consumer below
+            failure.append(e)
+
+    producer = threading.Thread(target=produce, name="snapshot-copy", daemon=True)
+    producer.start()
+    source = os.fdopen(read_fd, "rb", buffering=1 << 20)
+    try:
+        try:
+            reader = pacsv.open_csv(
+                source,
+                read_options=pacsv.ReadOptions(column_names=names, block_size=CSV_BLOCK_BYTES),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={name: pa.string() for name in names},
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=False,  # "" is an empty string, bare empty is NULL
+                    null_values=[""],
+                ),
+            )
+        except pa.ArrowInvalid as e:
+            if "Empty CSV file" not in str(e):
+                raise
+            reader = iter(())
+        for batch in reader:
+            yield batch
+    finally:
+        source.close()  # unblocks the producer if the consumer stopped early
+        producer.join()
+    if failure:
+        raise failure[0]

@@ -1,0 +1,133 @@
+"""Reading a logical replication slot with psycopg2, bounded by a stop position and a deadline.
+
+The stream never confirms anything to the server: psycopg2 only reports the LSNs we give it, and
+this module gives none. Confirming happens after the destination has committed (slots.advance_slot).
+"""
+
+import select
+import time
+from typing import Iterator, Optional, Sequence, Tuple
+
+import psycopg2
+
+from .connect import connect, describe_pg_error
+from .exceptions import SlotError, SlotInUseError
+from .protocol import Begin, Commit, Message, StreamStart, StreamStop, decode_message, lsn_to_int
+
+POLL_SECONDS = 0.2
+# With nothing arriving and the server's sent position not moving for this long, the slot has
+# nothing more for us: the stop position may sit in a page header the decoder never "reaches".
+IDLE_SECONDS = 1.5
+
+
+class ReplicationStream:
+    """Messages of one slot from its confirmed position until `stop_lsn` (or a deadline).
+
+    Args:
+        dsn (str): Source connection.
+        slot_name (str): The pgoutput slot.
+        publication_names (Sequence[str]): Publications to decode.
+        stop_lsn (int): Stop at the first transaction boundary once the server has sent WAL up to
+            here (normally pg_current_wal_lsn() at the start of the run).
+        deadline (float): time.monotonic() after which to stop at the next transaction boundary.
+    """
+
+    def __init__(self, dsn: str, slot_name: str, publication_names: Sequence[str], stop_lsn: int,
+                 deadline: Optional[float] = None) -> None:
+        self.dsn = dsn
+        self.slot_name = slot_name
+        self.publication_names = list(publication_names)
+        self.stop_lsn = stop_lsn
+        self.deadline = deadline
+        self.in_transaction = False
+        self.wal_end = 0  # what the server says it has sent up to
+        self._conn = None
+        self._cursor = None
+
+    def __enter__(self) -> "ReplicationStream":
+        self._conn = connect(self.dsn, replication=True)
+        self._cursor = self._conn.cursor()
+        options = {"proto_version": "1", "publication_names": ",".join(self.publication_names)}
+        try:
+            self._cursor.start_replication(slot_name=self.slot_name, decode=False,
+                                           options=options)
+        except psycopg2.Error as e:
+            message = describe_pg_error(e)
+            self.close()
+            if "is active for PID" in message:
+                raise SlotInUseError(f"slot {self.slot_name!r} is in use: {message}") from None
+            if "does not exist" in message:
+                raise SlotError(
+                    f"slot {self.slot_name!r} does not exist; run `snapshot` to create it"
+                ) from None
+            raise SlotError(f"cannot read slot {self.slot_name!r}: {message}") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def messages(self) -> Iterator[Tuple[int, Message]]:
+        """Yields (WAL position of the message, decoded message) until the stop condition.
+
+        Between transactions it stops once the server has sent everything up to `stop_lsn`, once
+        the slot is idle, or after the deadline. Inside a transaction it always reads on to its end.
+        A transaction whose commit lies beyond `stop_lsn` is still yielded by its Begin; the
+        consumer decides whether to take it (see changes.read_changes).
+        """
+        cursor = self._cursor
+        in_stream = False
+        last_progress = time.monotonic()
+        last_reply_request = 0.0
+        while True:
+            message = cursor.read_message()
+            if message is not None:
+                decoded = decode_message(message.payload, in_stream)
+                if isinstance(decoded, Begin):
+                    self.in_transaction = True
+                elif isinstance(decoded, Commit):
+                    self.in_transaction = False
+                elif isinstance(decoded, StreamStart):
+                    in_stream = True
+                elif isinstance(decoded, StreamStop):
+                    in_stream = False
+                self.wal_end = max(self.wal_end, cursor.wal_end)
+                last_progress = time.monotonic()
+                yield message.data_start, decoded
+                continue
+            now = time.monotonic()
+            if cursor.wal_end > self.wal_end:
+                self.wal_end = cursor.wal_end
+                last_progress = now
+            if not self.in_transaction and self._should_stop(now, last_progress):
+                return
+            if now - last_reply_request > POLL_SECONDS:
+                cursor.send_feedback(reply=True)  # asks for a keepalive carrying the sent position
+                last_reply_request = now
+            select.select([cursor], [], [], POLL_SECONDS)
+
+    def _should_stop(self, now: float, last_progress: float) -> bool:
+        if self.wal_end >= self.stop_lsn:
+            return True
+        if self.deadline is not None and now >= self.deadline:
+            return True
+        return now - last_progress >= IDLE_SECONDS
+
+
+def emit_heartbeat(conn) -> Optional[int]:
+    """Writes a tiny non-transactional logical message, so an idle slot has a position to reach.
+
+    Returns its LSN, or None when the role may not call pg_logical_emit_message.
+    """
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_logical_emit_message(false, 'pg_replication', 'heartbeat')::text")
+            return lsn_to_int(cur.fetchone()[0])
+    except psycopg2.Error:
+        return None

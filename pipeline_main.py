@@ -1,0 +1,242 @@
+"""Postgres -> Databricks change data capture on dlt.
+
+Parses options, reads configuration, runs a job from pg_replication.jobs and turns every expected
+failure into one line on stderr with its own exit code.
+"""
+
+import functools
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+
+EXIT_CODES = {
+    "ConfigError": 2,
+    "SourceConnectionError": 3,
+    "SourceNotReadyError": 4,
+    "SlotInUseError": 5,
+    "SlotError": 6,
+    "LoadError": 7,
+    "DecodeError": 8,
+}
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success
+  1  unexpected error (run with --debug for the traceback)
+  2  configuration error (credentials, table names, slot name, config file)
+  3  cannot connect to the source database
+  4  source not ready for logical replication (wal_level, slots, privileges)
+  5  the slot is in use by another run
+  6  slot missing, invalidated or unusable
+  7  the destination failed to load; the slot was not advanced
+  8  a replication message could not be decoded
+"""
+
+DEFAULT_DESTINATION = "databricks"
+DEFAULT_DATASET = "bronze_postgres_raw"
+DEFAULT_PIPELINE = "postgres_prod_to_databricks"
+
+
+class CliError(click.ClickException):
+    """One line on stderr and an exit code of its own."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def _prepare_environment(env_file: Optional[str]) -> None:
+    from dotenv import load_dotenv
+
+    if env_file:
+        if not Path(env_file).is_file():
+            raise CliError(f"env file not found: {env_file}", EXIT_CODES["ConfigError"])
+        load_dotenv(env_file, override=False)
+    elif Path(".env").is_file():
+        load_dotenv(".env", override=False)
+    # Cron starts jobs elsewhere: read .dlt/ next to this file unless told otherwise.
+    os.environ.setdefault("DLT_PROJECT_DIR", str(Path(__file__).resolve().parent))
+
+
+def _as_cli_error(error: BaseException) -> CliError:
+    from pg_replication.exceptions import LoadError, ReplicationError, mask_secrets
+
+    inner = error
+    step = None
+    while True:
+        if type(inner).__name__ == "PipelineStepFailed":
+            step = getattr(inner, "step", None)
+            inner = getattr(inner, "exception", inner)
+            continue
+        cause = getattr(inner, "__cause__", None) or getattr(inner, "__context__", None)
+        if not isinstance(inner, ReplicationError) and isinstance(cause, ReplicationError):
+            inner = cause
+            continue
+        break
+    if isinstance(inner, ReplicationError):
+        for cls in type(inner).__mro__:
+            if cls.__name__ in EXIT_CODES:
+                return CliError(mask_secrets(str(inner)), EXIT_CODES[cls.__name__])
+    config_error = _config_error_text(inner)
+    if config_error:
+        return CliError(mask_secrets(config_error), EXIT_CODES["ConfigError"])
+    first_line = (str(inner).strip().splitlines() or [type(inner).__name__])[0]
+    if step in ("load", "normalize") or isinstance(inner, LoadError):
+        return CliError(
+            mask_secrets(f"the destination failed during {step or 'load'}: {first_line}; "
+                         "the slot was not advanced, the next run retries"),
+            EXIT_CODES["LoadError"],
+        )
+    return CliError(mask_secrets(f"{type(inner).__name__}: {first_line}"), 1)
+
+
+def _config_error_text(error: BaseException) -> Optional[str]:
+    name = type(error).__name__
+    if name in ("TomlDecodeError", "TOMLKitError", "ParseError", "UnexpectedCharError",
+                "EmptyKeyError", "UnexpectedEofError", "InvalidCharInStringError"):
+        return f"malformed configuration file (.dlt/config.toml or secrets.toml): {error}"
+    if name in ("ConfigFieldMissingException", "ConfigValueCannotBeCoercedException"):
+        return f"missing or invalid configuration: {str(error).splitlines()[0]}"
+    if name == "UnknownDestinationModule" or name == "InvalidDestinationReference":
+        return f"unknown destination: {str(error).splitlines()[0]}"
+    return None
+
+
+def handle_errors(command: Callable) -> Callable:
+    """Runs a command; expected failures become CliError, --debug adds the traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return command(*args, **kwargs)
+        except (click.ClickException, click.Abort, click.exceptions.Exit):
+            raise
+        except Exception as e:  # noqa: BLE001 - the CLI's edge: every failure becomes one line
+            if ctx.obj.get("debug"):
+                traceback.print_exc()
+            raise _as_cli_error(e) from None
+
+    return wrapper
+
+
+def _config(key: str, default: Any = None) -> Any:
+    import dlt
+
+    value = dlt.config.get(f"sources.pg_replication.{key}")
+    return default if value is None else value
+
+
+def _source_credentials() -> Any:
+    import dlt
+
+    for key in ("sources.pg_replication.credentials", "sources.sql_database.credentials"):
+        value = dlt.secrets.get(key)
+        if value:
+            if isinstance(value, dict):
+                from dlt.common.configuration.specs import ConnectionStringCredentials
+
+                value = ConnectionStringCredentials(value).to_native_representation()
+            return value
+    return None
+
+
+def _job_settings(tables: Optional[str] = None, deletes: Optional[str] = None):
+    from pg_replication.connect import to_dsn
+    from pg_replication.jobs import JobSettings, default_table_names, table_names_from_option
+
+    return JobSettings(
+        dsn=to_dsn(_source_credentials()),
+        slot_name=_config("slot_name", "pg_replication_slot"),
+        pub_name=_config("pub_name", "pg_replication_pub"),
+        schema_name=_config("schema_name", "public"),
+        table_names=table_names_from_option(tables) or default_table_names(_config("table_names")),
+        deletes=deletes or _config("deletes", "hard"),
+        target_batch_size=int(_config("target_batch_size", 50_000)),
+    )
+
+
+def _pipeline(ctx: click.Context):
+    from pg_replication.jobs import make_pipeline
+
+    progress = "log" if sys.stderr.isatty() else None
+    return make_pipeline(ctx.obj["pipeline_name"], ctx.obj["destination"], ctx.obj["dataset"],
+                         progress)
+
+
+@click.group(epilog=EXIT_CODES_HELP)
+@click.option("--destination", envvar="PIPELINE_DESTINATION", default=DEFAULT_DESTINATION,
+              show_default=True, help="dlt destination name (duckdb for a local run).")
+@click.option("--dataset", default=DEFAULT_DATASET, show_default=True,
+              help="Destination dataset (the Unity Catalog schema on Databricks).")
+@click.option("--pipeline-name", default=DEFAULT_PIPELINE, show_default=True)
+@click.option("--env-file", type=click.Path(dir_okay=False), default=None,
+              help="A .env file to load (default: .env in the working directory, if any).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, destination: str, dataset: str, pipeline_name: str,
+        env_file: Optional[str], debug: bool) -> None:
+    """Replicates PostgreSQL tables into Databricks (or any dlt destination) with dlt."""
+    ctx.obj = {"destination": destination, "dataset": dataset, "pipeline_name": pipeline_name,
+               "debug": debug}
+    _prepare_environment(env_file)
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+
+
+@cli.command()
+@click.option("--tables", default=None, help="Comma-separated table names (default: all).")
+@click.pass_context
+@handle_errors
+def snapshot(ctx: click.Context, tables: Optional[str]) -> None:
+    """Copy the tables as of the replication slot's start (creates slot and publication).
+
+    \b
+    Example:
+        python pipeline_main.py --destination duckdb snapshot --tables film,actor
+    """
+    from pg_replication.jobs import run_snapshot
+
+    report = run_snapshot(_job_settings(tables), _pipeline(ctx))
+    for table, rows in sorted(report.rows.items()):
+        click.echo(f"{table}: {rows} rows")
+    total = sum(report.rows.values())
+    handoff = ""
+    if report.handoff_lsn:
+        from pg_replication.protocol import int_to_lsn
+
+        handoff = f", hand-off LSN {int_to_lsn(report.handoff_lsn)}"
+    click.echo(f"total: {total} rows in {len(report.rows)} tables{handoff}, "
+               f"{report.seconds:.1f}s")
+
+
+@cli.command()
+@click.option("--max-changes", type=click.IntRange(min=1), default=None,
+              help="Stop at the first commit after this many changes.")
+@click.option("--max-seconds", type=click.FloatRange(min=0.1), default=None,
+              help="Stop at the first commit after this many seconds.")
+@click.option("--deletes", type=click.Choice(["hard", "soft"]), default=None,
+              help="hard: remove deleted rows (default); soft: keep them with _pg_deleted_at.")
+@click.pass_context
+@handle_errors
+def cdc(ctx: click.Context, max_changes: Optional[int], max_seconds: Optional[float],
+        deletes: Optional[str]) -> None:
+    """Merge the changes since the last run into the destination, then confirm the slot.
+
+    \b
+    Example (cron, every 5 minutes):
+        */5 * * * * cd /opt/pipeline && .venv/bin/python pipeline_main.py cdc
+    """
+    from pg_replication.jobs import run_cdc
+
+    report = run_cdc(_job_settings(deletes=deletes), _pipeline(ctx), max_changes, max_seconds)
+    click.echo(report.summary())
+
+
+if __name__ == "__main__":
+    cli()

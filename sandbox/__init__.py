@@ -1,0 +1,1 @@
+"""Throw-away PostgreSQL and sample data, shared by the tests and the demo."""

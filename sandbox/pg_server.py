@@ -1,0 +1,127 @@
+"""A throw-away PostgreSQL cluster for tests and the demo, started with the installed binaries.
+
+Runs as an unprivileged OS user when started as root (PostgreSQL refuses root), on a free port,
+with wal_level=logical, and is removed on stop.
+"""
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional
+
+SERVER_USER = "postgres"
+
+
+def find_bindir() -> str:
+    """Where initdb and pg_ctl live: PG_BINDIR, `pg_config --bindir`, PATH, Debian's layout."""
+    candidates: List[str] = []
+    if os.environ.get("PG_BINDIR"):
+        candidates.append(os.environ["PG_BINDIR"])
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        candidates.append(out.stdout.strip())
+    if shutil.which("initdb"):
+        candidates.append(str(Path(shutil.which("initdb")).resolve().parent))
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    for directory in candidates:
+        if directory and (Path(directory) / "initdb").exists() and (Path(directory) / "pg_ctl").exists():
+            return directory
+    raise RuntimeError(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql or set PG_BINDIR"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresCluster:
+    """initdb + pg_ctl start; `url` is a superuser libpq URL to database `postgres`."""
+
+    def __init__(self, port: Optional[int] = None, extra_settings: Optional[dict] = None) -> None:
+        self.bindir = find_bindir()
+        self.port = port or free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="pgtest-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.settings = {
+            "wal_level": "logical",
+            "max_replication_slots": "40",
+            "max_wal_senders": "40",
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": str(self.root),
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "wal_sender_timeout": "60s",
+            "max_connections": "200",
+        }
+        self.settings.update(extra_settings or {})
+        self._as_user = os.geteuid() == 0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, args: List[str], check: bool = True) -> subprocess.CompletedProcess:
+        if self._as_user:
+            args = ["runuser", "-u", SERVER_USER, "--"] + args
+        return subprocess.run(args, capture_output=True, text=True, check=check)
+
+    def _prepare_user(self) -> None:
+        if not self._as_user:
+            return
+        try:
+            pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", SERVER_USER], check=True)
+        shutil.chown(self.root, SERVER_USER)
+
+    def start(self) -> "PostgresCluster":
+        self._prepare_user()
+        initdb = self._run([f"{self.bindir}/initdb", "-D", str(self.data), "-A", "trust",
+                            "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"], check=False)
+        if initdb.returncode != 0:
+            raise RuntimeError(f"initdb failed: {initdb.stderr.strip()}")
+        with open(self.data / "postgresql.conf", "a") as conf:
+            for key, value in self.settings.items():
+                conf.write(f"{key} = '{value}'\n")
+        self.pg_ctl("start")
+        return self
+
+    def pg_ctl(self, action: str, *extra: str) -> None:
+        args = [f"{self.bindir}/pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w",
+                "-t", "60", "-o", f"-p {self.port}", action, *extra]
+        result = self._run(args, check=False)
+        if result.returncode != 0 and action != "stop":
+            log = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"pg_ctl {action} failed: {result.stderr.strip()} {log}")
+
+    def set_setting(self, key: str, value: str) -> None:
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(f"{key} = '{value}'\n")
+
+    def stop(self) -> None:
+        self.pg_ctl("stop", "-m", "immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        import psycopg2
+
+        deadline = time.time() + timeout
+        while True:
+            try:
+                psycopg2.connect(self.url, connect_timeout=2).close()
+                return
+            except psycopg2.OperationalError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)

@@ -1,0 +1,195 @@
+"""Test helpers: running the CLI as a user would, reading the destination, comparing with the source."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import psycopg2
+
+from pg_replication.catalog import describe_tables, load_type_catalog
+from pg_replication.types import resolve_kind
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = "bronze_postgres_raw"
+
+
+@dataclass
+class CliRunResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+class Project:
+    """A user's working setup: env vars for source, slot, destination, and dlt's folders."""
+
+    def __init__(self, tmp: Path, source_url: str, destination: str = "duckdb") -> None:
+        self.dir = tmp
+        self.source_url = source_url
+        self.destination = destination
+        suffix = uuid.uuid4().hex[:8]
+        self.slot = f"slot_{suffix}"
+        self.pub = f"pub_{suffix}"
+        self.pipeline_name = f"p_{suffix}"
+        self.duckdb_path = tmp / "dest.duckdb"
+        self.delta_root = tmp / "delta"
+        (tmp / "project" / ".dlt").mkdir(parents=True, exist_ok=True)
+        self.env = {
+            "SOURCES__PG_REPLICATION__CREDENTIALS": source_url,
+            "SOURCES__PG_REPLICATION__SLOT_NAME": self.slot,
+            "SOURCES__PG_REPLICATION__PUB_NAME": self.pub,
+            "DESTINATION__DUCKDB__CREDENTIALS": str(self.duckdb_path),
+            "DESTINATION__FILESYSTEM__BUCKET_URL": self.delta_root.as_uri(),
+            "DLT_DATA_DIR": str(tmp / "dlt_data"),
+            "DLT_PROJECT_DIR": str(tmp / "project"),
+            "RUNTIME__DLTHUB_TELEMETRY": "false",
+            "RUNTIME__LOG_LEVEL": "ERROR",
+        }
+
+    def command(self, *args: str) -> List[str]:
+        return [sys.executable, str(REPO / "pipeline_main.py"), "--destination", self.destination,
+                "--pipeline-name", self.pipeline_name, *args]
+
+    def environment(self, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SOURCES__", "DESTINATION__"))}
+        env.update(self.env)
+        env.update(extra or {})
+        return env
+
+    def run(self, *args: str, expect: Optional[int] = 0, env: Optional[Dict[str, str]] = None,
+            timeout: float = 300) -> CliRunResult:
+        proc = subprocess.run(self.command(*args), capture_output=True, text=True,
+                              env=self.environment(env), cwd=self.dir, timeout=timeout)
+        result = CliRunResult(proc.returncode, proc.stdout, proc.stderr)
+        if expect is not None:
+            assert result.exit_code == expect, (
+                f"exit {result.exit_code} (expected {expect})\nstdout:\n{result.stdout}\n"
+                f"stderr:\n{result.stderr}"
+            )
+        return result
+
+    def start(self, *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+        return subprocess.Popen(self.command(*args), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=self.environment(env),
+                                cwd=self.dir)
+
+    # -- destination ----------------------------------------------------------------------------
+
+    def dest_rows(self, table: str) -> List[Dict[str, Any]]:
+        if self.destination == "filesystem":
+            from deltalake import DeltaTable
+
+            return DeltaTable(str(self.delta_root / DATASET / table)).to_pyarrow_table().to_pylist()
+        import duckdb
+
+        with duckdb.connect(str(self.duckdb_path), read_only=True) as con:
+            cursor = con.execute(f'SELECT * FROM {DATASET}."{table}"')
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def dest_tables(self) -> List[str]:
+        if self.destination == "filesystem":
+            root = self.delta_root / DATASET
+            return sorted(p.name for p in root.iterdir() if (p / "_delta_log").exists())
+        import duckdb
+
+        with duckdb.connect(str(self.duckdb_path), read_only=True) as con:
+            rows = con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = ?",
+                [DATASET]).fetchall()
+        return sorted(r[0] for r in rows if not r[0].startswith("_dlt"))
+
+    def dest_column_types(self, table: str) -> Dict[str, str]:
+        import duckdb
+
+        with duckdb.connect(str(self.duckdb_path), read_only=True) as con:
+            rows = con.execute(f'DESCRIBE {DATASET}."{table}"').fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def slot_confirmed_lsn(self) -> Optional[int]:
+        with psycopg2.connect(self.source_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots "
+                        "WHERE slot_name = %s", (self.slot,))
+            row = cur.fetchone()
+        conn.close()
+        return int(row[0]) if row else None
+
+
+# -- comparing source and destination -----------------------------------------------------------
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, memoryview):
+        return bytes(value)
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if isinstance(value, float):
+        return round(value, 10)
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(timezone.utc)
+    if isinstance(value, Decimal):
+        return value.normalize() if value == value else "NaN"
+    return value
+
+
+def source_rows(conn, schema: str, table: str) -> List[Dict[str, Any]]:
+    """Rows read with psycopg2, each column as the destination should hold it (see types.py)."""
+    info = describe_tables(conn, schema, [table])[table]
+    catalog = load_type_catalog(conn)
+    selects = []
+    for column in info.columns:
+        kind = resolve_kind(column.type_oid, column.type_modifier, catalog)
+        quoted = '"' + column.name.replace('"', '""') + '"'
+        if kind.conversion in ("json", "array"):
+            selects.append(f"to_jsonb({quoted})")
+        elif kind.conversion == "text" and column.type_oid not in (25, 1042, 1043):
+            # (bpchar::text would strip the padding that char(n) output keeps)
+            selects.append(f"{quoted}::text")
+        else:
+            selects.append(quoted)
+    with conn.cursor() as cur:
+        cur.execute(f'SELECT {", ".join(selects)} FROM "{schema}"."{table}"')
+        rows = cur.fetchall()
+    return [dict(zip([c.name for c in info.columns], row)) for row in rows]
+
+
+def _comparable(rows: Sequence[Dict[str, Any]], columns: Sequence[str], json_columns: set) -> list:
+    out = []
+    for row in rows:
+        values = []
+        for name in columns:
+            value = row.get(name)
+            if name in json_columns and isinstance(value, str):
+                value = json.loads(value)
+            values.append(_normal(value))
+        out.append(tuple(values))
+    return sorted(out, key=repr)
+
+
+def assert_table_matches(conn, project: Project, table: str, schema: str = "public",
+                         dest_table: Optional[str] = None) -> int:
+    """Asserts the destination table equals the source table, value by value. Returns row count."""
+    info = describe_tables(conn, schema, [table])[table]
+    catalog = load_type_catalog(conn)
+    json_columns = {c.name for c in info.columns
+                    if resolve_kind(c.type_oid, c.type_modifier, catalog).conversion
+                    in ("json", "array")}
+    columns = [c.name for c in info.columns]
+    expected = _comparable(source_rows(conn, schema, table), columns, json_columns)
+    actual = _comparable(project.dest_rows(dest_table or table), columns, json_columns)
+    assert len(actual) == len(expected), f"{table}: {len(actual)} rows, source has {len(expected)}"
+    for got, want in zip(actual, expected):
+        assert got == want, f"{table}: destination row {got} != source row {want}"
+    return len(expected)
