@@ -28,7 +28,7 @@ from .protocol import (
 )
 from .schema import (
     COMMIT_TS_COLUMN, DELETED_AT_COLUMN, DELETED_COLUMN, LSN_COLUMN, META_ARROW_TYPES, DeleteMode,
-    MergeStrategy, table_hints,
+    ExistingColumn, MergeStrategy, output_column_names, table_hints,
 )
 from .types import ColumnKind, PgTypeRow, raw_values_to_arrow, resolve_kind
 
@@ -90,6 +90,7 @@ class _RelationState:
     kinds: List[ColumnKind]
     key_indexes: List[int]
     hints: Dict[str, Any]
+    output_names: List[str]  # destination column names (a variant after a type change)
     rows: List[List[TupleValue]] = field(default_factory=list)
     meta: List[Tuple[int, int, bool]] = field(default_factory=list)  # lsn, commit ts, deleted
     has_unchanged_toast: bool = False
@@ -115,12 +116,14 @@ class ChangeCollector:
 
     def __init__(self, tables: Mapping[str, TableInfo], types: Dict[int, PgTypeRow],
                  fetch_current: FetchCurrent, deletes: DeleteMode = "hard",
-                 merge_strategy: MergeStrategy = "delete-insert") -> None:
+                 merge_strategy: MergeStrategy = "delete-insert",
+                 existing_column: Optional[ExistingColumn] = None) -> None:
         self.tables = tables
         self.types = types
         self.fetch_current = fetch_current
         self.deletes = deletes
         self.merge_strategy = merge_strategy
+        self.existing_column = existing_column
         self.relations: Dict[int, _RelationState] = {}
         self.buffered = 0
         self.segment_keys: Dict[str, set] = {}
@@ -138,10 +141,13 @@ class ChangeCollector:
         merge_key = [n for n in table.merge_key if n in names]
         if not merge_key and relation.replica_identity != "f":
             merge_key = [c.name for c in relation.columns if c.is_key]
-        hints = table_hints(relation.name, list(zip(names, kinds)), merge_key, self.deletes,
-                            self.merge_strategy)
+        output_names = output_column_names(relation.name, list(zip(names, kinds)),
+                                           self.existing_column)
+        output_key = [output_names[names.index(n)] for n in merge_key]
+        hints = table_hints(relation.name, list(zip(output_names, kinds)), output_key,
+                            self.deletes, self.merge_strategy)
         self.relations[relation.relation_id] = _RelationState(
-            relation, table, kinds, [names.index(n) for n in merge_key], hints
+            relation, table, kinds, [names.index(n) for n in merge_key], hints, output_names
         )
         return flushed
 
@@ -264,7 +270,7 @@ class ChangeCollector:
             arrays.append(pa.array([ts if d else None for ts, d in zip(commit_ts, deleted)],
                                    pa.int64()).cast(META_ARROW_TYPES[DELETED_AT_COLUMN]))
             marker = DELETED_AT_COLUMN
-        names = state.column_names + [LSN_COLUMN, COMMIT_TS_COLUMN, marker]
+        names = state.output_names + [LSN_COLUMN, COMMIT_TS_COLUMN, marker]
         data = pa.Table.from_arrays(arrays, names=names)
         return [TableBatch(state.relation.name, state.hints, data)]
 
@@ -305,7 +311,7 @@ class ChangeCollector:
 
 def _empty_table(state: _RelationState, deletes: DeleteMode) -> pa.Table:
     marker = DELETED_COLUMN if deletes == "hard" else DELETED_AT_COLUMN
-    fields = [pa.field(name, kind.arrow_type) for name, kind in zip(state.column_names, state.kinds)]
+    fields = [pa.field(name, kind.arrow_type) for name, kind in zip(state.output_names, state.kinds)]
     fields += [pa.field(n, META_ARROW_TYPES[n]) for n in (LSN_COLUMN, COMMIT_TS_COLUMN, marker)]
     return pa.schema(fields).empty_table()
 

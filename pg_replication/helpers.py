@@ -19,8 +19,9 @@ from .catalog import (TableInfo, column_kinds, describe_tables, fetch_current_va
 from .changes import ChangeCollector, Position, SegmentResult, TableBatch, read_changes
 from .connect import connect, to_dsn
 from .exceptions import SlotError
-from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, META_ARROW_TYPES, DeleteMode, MergeStrategy,
-                     snapshot_hints, table_hints)
+from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, META_ARROW_TYPES, DeleteMode,
+                     ExistingColumn, MergeStrategy, output_column_names, snapshot_hints,
+                     table_hints)
 from .slots import (advance_slot, check_server, check_slot_usable, create_slot_with_snapshot,
                     current_database, current_wal_lsn, drop_publications, drop_slot,
                     ensure_publications, existing_publications, get_slot, publication_tables,
@@ -135,13 +136,18 @@ def snapshot_source(reader, tables: List[TableInfo], types, copy_lsn: int,
             for table in tables:
                 kinds = column_kinds(table, types)
                 names = _included(table.name, [c.name for c in table.columns], include_columns)
-                hints = table_hints(table.name, [(n, kinds[n]) for n in names], table.merge_key,
-                                    deletes)
+                outputs = output_column_names(table.name, [(n, kinds[n]) for n in names],
+                                              existing_destination_column())
+                renames = dict(zip(names, outputs))
+                kinds = {renames.get(n, n): k for n, k in kinds.items()}
+                hints = table_hints(table.name, [(renames[n], kinds[renames[n]]) for n in names],
+                                    [renames.get(k, k) for k in table.merge_key], deletes)
                 hints = snapshot_hints(_with_column_hints(hints, columns))
                 counts[table.name] = 0
                 marker = DELETED_COLUMN if deletes == "hard" else DELETED_AT_COLUMN
                 first = True
-                for data in read_table(reader, table, kinds, copy_lsn, marker):
+                for data in read_table(reader, table, column_kinds(table, types), copy_lsn, marker):
+                    data = data.rename_columns([renames.get(n, n) for n in data.column_names])
                     data = data.select([n for n in data.column_names if n in hints["columns"]])
                     counts[table.name] += data.num_rows
                     yield _mark(data, hints, first)
@@ -155,6 +161,22 @@ def snapshot_source(reader, tables: List[TableInfo], types, copy_lsn: int,
 
     resource = dlt.resource(snapshot_rows, name="snapshot", write_disposition="replace")
     return DltSource(dlt.Schema(SOURCE_NAME), SOURCE_NAME, [resource()])
+
+
+def existing_destination_column() -> ExistingColumn:
+    """Looks up a column in the schema the current extract updates (for type-change variants)."""
+    try:
+        schema = dlt.current.source_schema()
+    except Exception:
+        return lambda table, column: None
+
+    def lookup(table: str, column: str) -> Optional[Dict[str, Any]]:
+        found = schema.tables.get(schema.naming.normalize_table_identifier(table))
+        if not found:
+            return None
+        return found.get("columns", {}).get(schema.naming.normalize_identifier(column))
+
+    return lookup
 
 
 def _included(table_name: str, names: List[str], include_columns) -> List[str]:
@@ -259,7 +281,8 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
         published = _published_tables(conn, schema_name, publications)
         stop_lsn = emit_heartbeat(conn) or current_wal_lsn(conn)
         collector = ChangeCollector(published, load_type_catalog(conn),
-                                    functools.partial(fetch_current_values, conn), deletes, strategy)
+                                    functools.partial(fetch_current_values, conn), deletes, strategy,
+                                    existing_destination_column())
         deadline = started + max_seconds if max_seconds else None
         with ReplicationStream(dsn, slot_name, publications, stop_lsn, deadline) as stream:
             sent_hints: Dict[str, int] = {}

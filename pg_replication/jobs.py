@@ -8,6 +8,7 @@ Order of a cdc run:
    repeat while a segment ended early (truncate, repeated key).
 """
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -206,6 +207,8 @@ def _add_counts(report: CdcReport, segment: SegmentResult) -> None:
 
 def make_pipeline(pipeline_name: str, destination: str, dataset_name: str,
                   progress: Optional[str] = None) -> dlt.Pipeline:
+    # Batches of one table may gain columns mid-run (ADD COLUMN): let dlt's writer null-fill.
+    os.environ.setdefault("DATA_WRITER__ARROW_CONCAT_PROMOTE_OPTIONS", "default")
     options = {"progress": progress} if progress else {}
     return dlt.pipeline(pipeline_name=pipeline_name, destination=destination,
                         dataset_name=dataset_name, **options)

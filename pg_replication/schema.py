@@ -1,6 +1,6 @@
 """The destination table of a source table: its columns, the metadata columns, and dlt hints."""
 
-from typing import Any, Dict, List, Literal, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import pyarrow as pa
 
@@ -70,3 +70,33 @@ def snapshot_hints(hints: Dict[str, Any]) -> Dict[str, Any]:
     for name, column in hints["columns"].items():
         columns[name] = {k: v for k, v in column.items() if k not in ("dedup_sort", "hard_delete")}
     return dict(hints, columns=columns, write_disposition="replace")
+
+
+ExistingColumn = Callable[[str, str], Optional[Dict[str, Any]]]
+
+
+def output_column_names(table_name: str, columns: Sequence[Tuple[str, ColumnKind]],
+                        existing: Optional[ExistingColumn] = None) -> List[str]:
+    """Destination names: the source names, or a variant where the type no longer fits."""
+    names = []
+    for name, kind in columns:
+        current = existing(table_name, name) if existing else None
+        if current and current.get("data_type") and type_signature(current) != type_signature(kind.hint):
+            names.append(variant_name(name, kind.hint))
+        else:
+            names.append(name)
+    return names
+
+
+def type_signature(column: Dict[str, Any]) -> Tuple[Any, ...]:
+    return (column.get("data_type"), column.get("precision"), column.get("scale"),
+            column.get("timezone"))
+
+
+def variant_name(name: str, column: Dict[str, Any]) -> str:
+    """Where a column goes after its source type changed to one the destination column cannot
+    hold: `<name>__v_<type>`, like dlt's own variant columns. Old values stay where they were."""
+    parts = [str(column["data_type"])]
+    if column.get("data_type") == "decimal":
+        parts += [str(column.get("precision")), str(column.get("scale"))]
+    return f"{name}__v_{'_'.join(parts)}"

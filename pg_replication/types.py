@@ -6,6 +6,7 @@ output (COPY ... CSV) and CDC receives the same text output from pgoutput, so on
 whichever path carried it.
 
 Documented choices (README "Types"):
+- smallint, integer, bigint: bigint (so widening a column later changes nothing downstream).
 - `time`, `timetz`, `interval`, `money`, `uuid`, enums, `tsvector`, network and geometric types: text.
 - `numeric(p, s)` with p <= 38 and 0 <= s <= p: decimal(p, s), with `NaN` as NULL. Any other
   `numeric` (no precision, p > 38, negative scale): text, so no digit is ever lost.
@@ -58,14 +59,16 @@ class ColumnKind:
 
 
 TEXT_KIND = ColumnKind("text", pa.string(), {"data_type": "text"})
+# Every integer lands as bigint: the most common type change, int -> bigint, then needs nothing.
+_INTEGER = ColumnKind("int", pa.int64(), {"data_type": "bigint"})
 
 _BASE_KINDS: Dict[int, ColumnKind] = {
     BOOL: ColumnKind("bool", pa.bool_(), {"data_type": "bool"}),
     BYTEA: ColumnKind("bytea", pa.binary(), {"data_type": "binary"}),
-    INT2: ColumnKind("int", pa.int16(), {"data_type": "bigint", "precision": 16}),
-    INT4: ColumnKind("int", pa.int32(), {"data_type": "bigint", "precision": 32}),
-    INT8: ColumnKind("int", pa.int64(), {"data_type": "bigint", "precision": 64}),
-    OID: ColumnKind("int", pa.int64(), {"data_type": "bigint", "precision": 64}),
+    INT2: _INTEGER,
+    INT4: _INTEGER,
+    INT8: _INTEGER,
+    OID: _INTEGER,
     FLOAT4: ColumnKind("float", pa.float64(), {"data_type": "double"}),
     FLOAT8: ColumnKind("float", pa.float64(), {"data_type": "double"}),
     JSON: ColumnKind("json", pa.string(), {"data_type": "json"}),
