@@ -86,7 +86,7 @@ def _as_cli_error(error: BaseException) -> CliError:
     config_error = _config_error_text(inner)
     if config_error:
         return CliError(mask_secrets(config_error), EXIT_CODES["ConfigError"])
-    first_line = (str(inner).strip().splitlines() or [type(inner).__name__])[0]
+    first_line = _essential_line(inner)
     if step in ("load", "normalize") or isinstance(inner, LoadError):
         return CliError(
             mask_secrets(f"the destination failed during {step or 'load'}: {first_line}; "
@@ -94,6 +94,16 @@ def _as_cli_error(error: BaseException) -> CliError:
             EXIT_CODES["LoadError"],
         )
     return CliError(mask_secrets(f"{type(inner).__name__}: {first_line}"), 1)
+
+
+def _essential_line(error: BaseException) -> str:
+    """The line of an exception's text that says what went wrong (not a traceback header)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if any("Traceback (most recent call last)" in line for line in lines):
+        return lines[-1]
+    return lines[0]
 
 
 def _config_error_text(error: BaseException) -> Optional[str]:
@@ -187,6 +197,8 @@ def cli(ctx: click.Context, destination: str, dataset: str, pipeline_name: str,
                "debug": debug}
     _prepare_environment(env_file)
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    # Failures are reported once, as one line; dlt's own log would repeat them with tracebacks.
+    os.environ.setdefault("RUNTIME__LOG_LEVEL", "INFO" if debug else "CRITICAL")
 
 
 @cli.command()

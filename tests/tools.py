@@ -55,7 +55,6 @@ class Project:
             "DLT_DATA_DIR": str(tmp / "dlt_data"),
             "DLT_PROJECT_DIR": str(tmp / "project"),
             "RUNTIME__DLTHUB_TELEMETRY": "false",
-            "RUNTIME__LOG_LEVEL": "ERROR",
         }
 
     def command(self, *args: str) -> List[str]:

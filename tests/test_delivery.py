@@ -1,0 +1,140 @@
+"""Delivery guarantees: the slot moves only after the destination committed; failed and killed runs
+converge on the next run; overlapping runs are refused."""
+
+import random
+import signal
+import subprocess
+import time
+
+import duckdb
+import psycopg2
+import pytest
+
+from tests.tools import DATASET, assert_table_matches
+
+
+def _sql(conn, *statements):
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+
+
+def _items(conn, rows=50):
+    _sql(conn, "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int)",
+         f"INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, {rows}) g")
+
+
+def test_failed_load_keeps_the_slot_and_the_pending_package_loads_first(source, project):
+    _items(source)
+    project.run("snapshot")
+    confirmed = project.slot_confirmed_lsn()
+    # The destination starts refusing NULL names: the next load fails after extract/normalize.
+    with duckdb.connect(str(project.duckdb_path)) as con:
+        con.execute(f"ALTER TABLE {DATASET}.items ALTER COLUMN name SET NOT NULL")
+    _sql(source, "UPDATE items SET name = NULL WHERE id = 1", "UPDATE items SET qty = 0 WHERE id = 2")
+
+    failed = project.run("cdc", expect=7)
+    assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("Error: ")
+    assert "slot was not advanced" in failed.stderr
+    assert project.slot_confirmed_lsn() == confirmed
+
+    with duckdb.connect(str(project.duckdb_path)) as con:
+        con.execute(f"ALTER TABLE {DATASET}.items ALTER COLUMN name DROP NOT NULL")
+    _sql(source, "UPDATE items SET qty = 3 WHERE id = 3")
+    project.run("cdc")  # the failed package first, then the new change
+    assert_table_matches(source, project, "items")
+    assert project.slot_confirmed_lsn() > confirmed
+    # and nothing is left to do
+    assert "cdc: 0 changes" in project.run("cdc").stdout
+
+
+def test_killed_runs_lose_nothing_and_duplicate_nothing(source, project):
+    seed = random.randrange(1_000_000)
+    rng = random.Random(seed)
+    _items(source, rows=1000)
+    project.run("snapshot")
+    for round_number in range(3):
+        _sql(source,
+             f"INSERT INTO items SELECT g, 'r{round_number}', g FROM "
+             f"generate_series({100_000 * (round_number + 1)}, {100_000 * (round_number + 1) + 40_000}) g",
+             f"UPDATE items SET qty = qty + 1 WHERE id % 3 = {round_number}",
+             f"DELETE FROM items WHERE id % 17 = {round_number}")
+        process = project.start("cdc")
+        time.sleep(rng.uniform(0.5, 4.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    project.run("cdc")
+    assert_table_matches(source, project, "items"), f"seed {seed}"
+    assert "cdc: 0 changes" in project.run("cdc").stdout, f"seed {seed}"
+
+
+def test_a_second_run_while_one_holds_the_slot_exits_with_one_line(source, project):
+    _items(source)
+    project.run("snapshot")
+    holder = psycopg2.connect(project.source_url)
+    with holder.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))",
+                    ("pg_replication:" + project.slot,))
+    try:
+        refused = project.run("cdc", expect=5)
+        assert refused.stderr.strip().splitlines() == [
+            f"Error: slot '{project.slot}' is in use by another run (pid {holder.get_backend_pid()}); "
+            "try again later"
+        ]
+        assert project.run("snapshot", expect=5).stderr.count("\n") == 1
+    finally:
+        holder.close()
+
+    # A foreign consumer streaming from the slot is refused the same way.
+    receiver = subprocess.Popen(
+        ["pg_recvlogical", "-d", project.source_url, "--slot", project.slot, "--start", "-o",
+         "proto_version=1", "-o", f"publication_names={project.pub}", "-f", "/dev/null"],
+        stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            with source.cursor() as cur:
+                cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                            (project.slot,))
+                if cur.fetchone()[0]:
+                    break
+            time.sleep(0.1)
+        busy = project.run("cdc", expect=5)
+        assert "is in use" in busy.stderr and busy.stderr.count("\n") == 1
+    finally:
+        receiver.terminate()
+        receiver.wait()
+
+
+def test_two_cdc_runs_started_together_never_corrupt(source, project):
+    _items(source, rows=100)
+    project.run("snapshot")
+    _sql(source, "INSERT INTO items SELECT g, 'x', g FROM generate_series(1000, 60000) g",
+         "UPDATE items SET qty = -1 WHERE id < 50")
+    first, second = project.start("cdc"), project.start("cdc")
+    codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
+    assert codes[0] == 0 and codes[1] in (0, 5)
+    project.run("cdc")
+    assert_table_matches(source, project, "items")
+
+
+def test_nothing_to_read_returns_and_max_seconds_bounds_a_run(source, project):
+    _items(source)
+    project.run("snapshot")
+    idle = project.run("cdc", timeout=60)
+    assert "cdc: 0 changes, no new changes" in idle.stdout
+    transactions = 20_000
+    _sql(source, f"DO $$ BEGIN FOR i IN 1..{transactions} LOOP "
+                 "UPDATE items SET qty = i WHERE id = 1 + i % 50; COMMIT; END LOOP; END $$")
+    bounded = project.run("cdc", "--max-seconds", "0.1")
+    loaded = int(bounded.stdout.split("cdc: ")[1].split(" changes")[0])
+    assert 1 <= loaded < transactions
+    rest = project.run("cdc")
+    assert f"cdc: {transactions - loaded} changes" in rest.stdout
+    assert_table_matches(source, project, "items")
+
+
+@pytest.mark.parametrize("bad_slot", ["Bad-Slot", "x" * 64])
+def test_invalid_slot_name_is_a_config_error(source, project, bad_slot):
+    _items(source)
+    result = project.run("cdc", expect=2, env={"SOURCES__PG_REPLICATION__SLOT_NAME": bad_slot})
+    assert result.stderr.startswith("Error: invalid slot name") and result.stderr.count("\n") == 1
