@@ -81,8 +81,11 @@ def check_slot_usable(slot: SlotInfo, slot_name: str, database: str) -> None:
 
 
 def current_wal_lsn(conn) -> int:
+    """The WAL insert position: past every commit so far, asynchronous commits included (the
+    write position, pg_current_wal_lsn(), can lag behind a commit made with
+    synchronous_commit=off)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_current_wal_lsn()::text")
+        cur.execute("SELECT pg_current_wal_insert_lsn()::text")
         return lsn_to_int(cur.fetchone()[0])
 
 

@@ -1,0 +1,70 @@
+"""The library API a dlt user sees: init_replication, pg_replication(), replication_resource."""
+
+import dlt
+import duckdb
+
+from pg_replication import init_replication, pg_replication
+from pg_replication.catalog import fetch_current_values, describe_tables, load_type_catalog
+from pg_replication.changes import ChangeCollector, Position, SegmentResult, read_changes
+from pg_replication.connect import connect
+from pg_replication.slots import current_wal_lsn, ensure_publications
+from pg_replication.stream import ReplicationStream
+
+
+def _sql(conn, *statements):
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+
+
+def test_pg_replication_source_reads_its_config_and_confirms_only_loaded_positions(
+        source, source_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCES__PG_REPLICATION__CREDENTIALS", source_url)
+    monkeypatch.setenv("SOURCES__PG_REPLICATION__SLOT_NAME", "api_slot")
+    monkeypatch.setenv("SOURCES__PG_REPLICATION__PUB_NAME", "api_pub")
+    _sql(source, "CREATE TABLE items (id int PRIMARY KEY, name text)",
+         "INSERT INTO items VALUES (1, 'a'), (2, 'b')")
+    pipeline = dlt.pipeline("api_test", pipelines_dir=str(tmp_path / "pipelines"),
+                            destination=dlt.destinations.duckdb(str(tmp_path / "api.duckdb")),
+                            dataset_name="api_data")
+    snapshot = init_replication("api_slot", "api_pub", "public", ["items"],
+                                credentials=source_url, persist_snapshots=True)
+    pipeline.run(snapshot)
+
+    def confirmed():
+        with source.cursor() as cur:
+            cur.execute("SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots "
+                        "WHERE slot_name = 'api_slot'")
+            return int(cur.fetchone()[0])
+
+    handoff = confirmed()
+    _sql(source, "UPDATE items SET name = 'changed' WHERE id = 1", "DELETE FROM items WHERE id = 2")
+    pipeline.run(pg_replication())  # everything from [sources.pg_replication]
+    assert confirmed() == handoff, "nothing is confirmed before the destination has it"
+    with duckdb.connect(str(tmp_path / "api.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT id, name FROM api_data.items").fetchall() == [(1, "changed")]
+    position = pipeline.state["sources"]["pg_replication"]["position"]["lsn"]
+    assert position > handoff
+
+    pipeline.run(pg_replication())  # flush_slot: confirms the position the last load stored
+    assert confirmed() >= position
+
+
+def test_batches_are_bounded_by_target_batch_size(source, source_url):
+    _sql(source, "CREATE TABLE big (id int PRIMARY KEY, v text)")
+    conn = connect(source_url)
+    tables = describe_tables(conn, "public", ["big"])
+    ensure_publications(conn, "batch_pub", list(tables.values()))
+    _sql(source, "SELECT pg_create_logical_replication_slot('batch_slot', 'pgoutput')",
+         "INSERT INTO big SELECT g, 'v' FROM generate_series(1, 1050) g")  # one transaction
+    collector = ChangeCollector(tables, load_type_catalog(conn),
+                                lambda *args: fetch_current_values(conn, *args))
+    result = SegmentResult(Position())
+    stop = current_wal_lsn(conn)
+    with ReplicationStream(source_url, "batch_slot", ["batch_pub"], stop) as stream:
+        sizes = [b.data.num_rows for b in read_changes(stream.messages(), collector, Position(),
+                                                       stop, result, batch_size=100)]
+    conn.close()
+    assert sizes == [100] * 10 + [50]
+    assert result.changes == {"big": 1050} and result.transactions == 1
+    assert result.position.lsn > 0 and result.confirm_lsn >= result.position.lsn
