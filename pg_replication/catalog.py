@@ -68,7 +68,7 @@ ORDER BY c.relname, a.attnum
 """
 
 _TYPES_SQL = """
-SELECT oid, typname, typtype, typbasetype, typtypmod, typelem, typcategory FROM pg_type
+SELECT oid, typname, typtype, typbasetype, typtypmod, typelem, typcategory, typdelim FROM pg_type
 """
 
 

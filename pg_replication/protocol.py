@@ -211,12 +211,17 @@ class _Reader:
             raise DecodeError(
                 f"pgoutput message '{self.tag}' has an unterminated string at offset {self.pos}"
             )
-        value = self.buf[self.pos : end].decode("utf-8")
+        try:
+            value = self.buf[self.pos : end].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DecodeError(
+                f"pgoutput message '{self.tag}' has a string that is not UTF-8 at offset {self.pos}"
+            ) from e
         self.pos = end + 1
         return value
 
     def raw(self, length: int) -> bytes:
-        if self.pos + length > len(self.buf):
+        if length < 0 or self.pos + length > len(self.buf):
             raise DecodeError(f"pgoutput message '{self.tag}' is truncated at offset {self.pos}")
         value = self.buf[self.pos : self.pos + length]
         self.pos += length
@@ -234,6 +239,11 @@ class _Reader:
                 pos += 1
                 if kind == 0x74 or kind == 0x62:  # 't' text, 'b' binary: Int32 length + bytes
                     (length,) = _I32.unpack_from(buf, pos)
+                    if length < 0:
+                        raise DecodeError(
+                            f"negative value length {length} in pgoutput message '{self.tag}' "
+                            f"at offset {pos}"
+                        )
                     pos += 4
                     values[i] = buf[pos : pos + length]
                     pos += length

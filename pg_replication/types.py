@@ -36,11 +36,14 @@ class PgTypeRow(NamedTuple):
     base_type_modifier: int  # domains: the typmod underneath
     element_oid: int  # arrays: the element type
     category: str  # A for arrays
+    delimiter: str = ","  # between array elements (box uses ';')
 
 
 # Built-in type OIDs (pg_type.dat). Everything else resolves through the catalog.
 BOOL, BYTEA, INT8, INT2, INT4, OID, FLOAT4, FLOAT8 = 16, 17, 20, 21, 23, 26, 700, 701
 JSON, JSONB, NUMERIC, DATE, TIMESTAMP, TIMESTAMPTZ = 114, 3802, 1700, 1082, 1114, 1184
+# In the array category, but printed space-separated ('1 2'), not as array literals.
+INT2VECTOR, OIDVECTOR = 22, 30
 
 MAX_DECIMAL_PRECISION = 38  # Databricks and parquet decimal128
 
@@ -53,6 +56,7 @@ class ColumnKind:
     arrow_type: pa.DataType
     hint: Dict[str, Any]  # dlt column hint without name/nullable
     element: Optional[str] = None  # arrays: conversion of the elements
+    delimiter: str = ","  # arrays: between elements
 
     def column_schema(self, name: str, nullable: bool = True) -> Dict[str, Any]:
         return {"name": name, "nullable": nullable, **self.hint}
@@ -125,10 +129,13 @@ def resolve_kind(type_oid: int, type_modifier: int, catalog: Mapping[int, PgType
         return _numeric_kind(type_modifier)
     if type_oid in _BASE_KINDS:
         return _BASE_KINDS[type_oid]
-    if row is not None and row.category == "A" and row.element_oid:
+    if row is not None and row.category == "A" and row.element_oid and type_oid not in (
+            INT2VECTOR, OIDVECTOR):
+        element_row = catalog.get(row.element_oid)
         return ColumnKind(
             "array", pa.string(), {"data_type": "json"},
             element=_ELEMENT_CONVERSIONS.get(_base_oid(row.element_oid, catalog), "text"),
+            delimiter=element_row.delimiter if element_row is not None else ",",
         )
     return TEXT_KIND
 
@@ -191,8 +198,8 @@ def _to_json_list(values: pa.Array, kind: ColumnKind) -> pa.Array:
     convert = _ELEMENT_PARSERS[kind.element or "text"]
     return pa.array(
         [
-            None if v is None else json.dumps(parse_array(v, convert), ensure_ascii=False,
-                                               separators=(",", ":"))
+            None if v is None else json.dumps(parse_array(v, convert, kind.delimiter),
+                                               ensure_ascii=False, separators=(",", ":"))
             for v in values.to_pylist()
         ],
         pa.string(),
@@ -252,23 +259,24 @@ _ELEMENT_PARSERS = {
 }
 
 
-def parse_array(text: str, convert=str) -> List[Any]:
+def parse_array(text: str, convert=str, delimiter: str = ",") -> List[Any]:
     """Parses PostgreSQL's array output (`{1,2}`, `{{"a b",NULL}}`, `[0:1]={x,y}`) to nested lists.
 
     Args:
         text (str): The array's text output.
         convert: Applied to each non-NULL element's text.
+        delimiter (str): Between elements: the element type's typdelim (',' but for box, ';').
 
     Returns:
         List[Any]: The elements, nested per dimension; NULL elements are None.
     """
     if text.startswith("["):  # explicit lower bounds: "[0:2]={...}"
         text = text[text.index("=") + 1 :]
-    values, pos = _parse_array_level(text, 0, convert)
+    values, pos = _parse_array_level(text, 0, convert, delimiter)
     return values
 
 
-def _parse_array_level(text: str, pos: int, convert) -> tuple:
+def _parse_array_level(text: str, pos: int, convert, delimiter: str) -> tuple:
     if text[pos] != "{":
         raise ValueError(f"array literal expected '{{' at {pos}: {text!r}")
     pos += 1
@@ -278,7 +286,7 @@ def _parse_array_level(text: str, pos: int, convert) -> tuple:
     while True:
         char = text[pos]
         if char == "{":
-            item, pos = _parse_array_level(text, pos, convert)
+            item, pos = _parse_array_level(text, pos, convert, delimiter)
             items.append(item)
         elif char == '"':
             pos += 1
@@ -292,12 +300,12 @@ def _parse_array_level(text: str, pos: int, convert) -> tuple:
             items.append(convert("".join(chunk)))
         else:
             end = pos
-            while text[end] not in ",}":
+            while text[end] != delimiter and text[end] != "}":
                 end += 1
             token = text[pos:end]
             items.append(None if token == "NULL" else convert(token))
             pos = end
-        if text[pos] == ",":
+        if text[pos] == delimiter:
             pos += 1
             continue
         if text[pos] == "}":
