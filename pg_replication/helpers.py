@@ -159,7 +159,10 @@ def snapshot_source(reader, tables: List[TableInfo], types, copy_lsn: int,
         finally:
             reader.close()
 
-    resource = dlt.resource(snapshot_rows, name="snapshot", write_disposition="replace")
+    # Each table carries its own `replace` hint. The resource itself must not be `replace`: dlt
+    # would then also truncate every other table this resource loaded before (a later
+    # `snapshot --tables b` would empty table a).
+    resource = dlt.resource(snapshot_rows, name="snapshot", write_disposition="append")
     return DltSource(dlt.Schema(SOURCE_NAME), SOURCE_NAME, [resource()])
 
 

@@ -186,3 +186,32 @@ def test_max_changes_bounds_a_run_at_a_commit_and_the_rest_follows(source, proje
     assert_table_matches(source, project, "items")
     third = project.run("cdc")
     assert "cdc: 0 changes, no new changes" in third.stdout
+
+
+def test_snapshot_again_with_existing_slot_converges_after_cdc(source, project):
+    _items_table(source)
+    project.run("snapshot")
+    _sql(source, "UPDATE items SET name = 'loaded' WHERE id = 1")
+    project.run("cdc")
+    # Changes the slot holds but cdc has not loaded yet, then a second snapshot (no exported
+    # snapshot this time: the slot exists) that already contains them.
+    _sql(source, "UPDATE items SET name = 'pending' WHERE id = 2", "DELETE FROM items WHERE id = 3",
+         "UPDATE items SET id = 300 WHERE id = 4", "TRUNCATE items",
+         "INSERT INTO items SELECT g, 'refilled', g, NULL, NULL, g FROM generate_series(1, 10) g")
+    second = project.run("snapshot")
+    assert "hand-off LSN" not in second.stdout  # the stored position stays where it was
+    _sql(source, "UPDATE items SET name = 'after resnapshot' WHERE id = 5")
+    project.run("cdc")
+    assert_table_matches(source, project, "items")
+
+
+def test_table_added_later_joins_the_publication(source, project):
+    _items_table(source)
+    _sql(source, "CREATE TABLE late (id int PRIMARY KEY, v text)", "INSERT INTO late VALUES (1, 'a')")
+    project.run("snapshot", "--tables", "items")
+    _sql(source, "INSERT INTO late VALUES (2, 'b')", "UPDATE items SET name = 'x' WHERE id = 1")
+    project.run("snapshot", "--tables", "late")
+    _sql(source, "INSERT INTO late VALUES (3, 'c')", "UPDATE late SET v = 'z' WHERE id = 1")
+    project.run("cdc")
+    assert_table_matches(source, project, "items")
+    assert_table_matches(source, project, "late")

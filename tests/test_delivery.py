@@ -10,7 +10,28 @@ import duckdb
 import psycopg2
 import pytest
 
-from tests.tools import DATASET, assert_table_matches
+from tests.tools import DATASET, Project, assert_table_matches
+
+
+@pytest.fixture(params=["duckdb", "filesystem"])
+def project(request, tmp_path, source_url) -> Project:
+    return Project(tmp_path, source_url, destination=request.param)
+
+
+def _require_names(project, table: str, required: bool) -> None:
+    """Makes the destination refuse (or accept again) NULL in column `name`."""
+    if project.destination == "filesystem":
+        from deltalake import DeltaTable
+
+        delta = DeltaTable(str(project.delta_root / DATASET / table))
+        if required:
+            delta.alter.add_constraint({"name_required": "name IS NOT NULL"})
+        else:
+            delta.alter.drop_constraint("name_required")
+        return
+    action = "SET" if required else "DROP"
+    with duckdb.connect(str(project.duckdb_path)) as con:
+        con.execute(f"ALTER TABLE {DATASET}.{table} ALTER COLUMN name {action} NOT NULL")
 
 
 def _sql(conn, *statements):
@@ -29,8 +50,7 @@ def test_failed_load_keeps_the_slot_and_the_pending_package_loads_first(source, 
     project.run("snapshot")
     confirmed = project.slot_confirmed_lsn()
     # The destination starts refusing NULL names: the next load fails after extract/normalize.
-    with duckdb.connect(str(project.duckdb_path)) as con:
-        con.execute(f"ALTER TABLE {DATASET}.items ALTER COLUMN name SET NOT NULL")
+    _require_names(project, "items", True)
     _sql(source, "UPDATE items SET name = NULL WHERE id = 1", "UPDATE items SET qty = 0 WHERE id = 2")
 
     failed = project.run("cdc", expect=7)
@@ -38,8 +58,7 @@ def test_failed_load_keeps_the_slot_and_the_pending_package_loads_first(source, 
     assert "slot was not advanced" in failed.stderr
     assert project.slot_confirmed_lsn() == confirmed
 
-    with duckdb.connect(str(project.duckdb_path)) as con:
-        con.execute(f"ALTER TABLE {DATASET}.items ALTER COLUMN name DROP NOT NULL")
+    _require_names(project, "items", False)
     _sql(source, "UPDATE items SET qty = 3 WHERE id = 3")
     project.run("cdc")  # the failed package first, then the new change
     assert_table_matches(source, project, "items")
