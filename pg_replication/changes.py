@@ -94,6 +94,7 @@ class _RelationState:
     rows: List[List[TupleValue]] = field(default_factory=list)
     meta: List[Tuple[int, int, bool]] = field(default_factory=list)  # lsn, commit ts, deleted
     has_unchanged_toast: bool = False
+    row_index: Dict[Key, int] = field(default_factory=dict)  # upsert: buffered row of each key
 
     @property
     def column_names(self) -> List[str]:
@@ -175,17 +176,16 @@ class ChangeCollector:
         return [(state.relation.name, state.key_of(message.old_tuple))]
 
     def would_repeat_key(self, message: Message) -> bool:
-        """True when an `upsert` merge would see this change's key twice in the segment."""
+        """True when an `upsert` merge would see this change's key twice in the segment: the key
+        was already handed to dlt in an earlier batch of the segment (within the buffer, a newer
+        change simply replaces the older one)."""
         if self.merge_strategy != "upsert":
             return False
         for table, key in self.keys_of(message):
-            seen = self.segment_keys.get(table)
-            if seen and key in seen and self._has_key(table):
+            flushed = self.segment_keys.get(table)
+            if flushed and key in flushed:
                 return True
         return False
-
-    def _has_key(self, table_name: str) -> bool:
-        return any(s.key_indexes for s in self.relations.values() if s.relation.name == table_name)
 
     def add(self, message: Message, lsn: int, commit_ts_us: int) -> None:
         if isinstance(message, Insert):
@@ -196,9 +196,6 @@ class ChangeCollector:
         else:
             state = self._state(message.relation_id, "D")
             self._append(state, message.old_tuple, lsn, commit_ts_us, True)
-        if self.merge_strategy == "upsert":
-            for table, key in self.keys_of(message):
-                self.segment_keys.setdefault(table, set()).add(key)
 
     def _add_update(self, message: Update, lsn: int, commit_ts_us: int) -> None:
         state = self._state(message.relation_id, "U")
@@ -219,10 +216,19 @@ class ChangeCollector:
             values = [v if i in state.key_indexes else None for i, v in enumerate(values)]
         elif not deleted and UNCHANGED_TOAST in values:
             state.has_unchanged_toast = True
+        self.segment_has_data = True
+        if self.merge_strategy == "upsert" and state.key_indexes:
+            # One row per key and batch: a MERGE refuses two source rows for one key.
+            key = state.key_of(values)
+            index = state.row_index.get(key)
+            if index is not None:
+                state.rows[index] = values
+                state.meta[index] = (lsn, commit_ts_us, deleted)
+                return
+            state.row_index[key] = len(state.rows)
         state.rows.append(values)
         state.meta.append((lsn, commit_ts_us, deleted))
         self.buffered += 1
-        self.segment_has_data = True
 
     # -- truncate -------------------------------------------------------------------------------
 
@@ -254,8 +260,10 @@ class ChangeCollector:
         if state.has_unchanged_toast:
             self._fill_unchanged_toast(state)
         rows, meta = state.rows, state.meta
-        state.rows, state.meta, state.has_unchanged_toast = [], [], False
         self.buffered -= len(meta)
+        if state.row_index:
+            self.segment_keys.setdefault(state.relation.name, set()).update(state.row_index)
+        state.rows, state.meta, state.has_unchanged_toast, state.row_index = [], [], False, {}
         if not rows:
             return []
         columns = list(zip(*rows))
