@@ -6,7 +6,9 @@ failure into one line on stderr with its own exit code.
 
 import functools
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,6 +35,7 @@ Exit codes:
   6  slot missing, invalidated or unusable
   7  the destination failed to load; the slot was not advanced
   8  a replication message could not be decoded
+  9  status: lag above --max-lag-mb, or the last run failed
 """
 
 DEFAULT_DESTINATION = "databricks"
@@ -199,6 +202,8 @@ def cli(ctx: click.Context, destination: str, dataset: str, pipeline_name: str,
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     # Failures are reported once, as one line; dlt's own log would repeat them with tracebacks.
     os.environ.setdefault("RUNTIME__LOG_LEVEL", "INFO" if debug else "CRITICAL")
+    # SIGTERM must let a load finish (cdc --follow), not abort it inside dlt.
+    os.environ.setdefault("RUNTIME__INTERCEPT_SIGNALS", "false")
 
 
 @cli.command()
@@ -212,9 +217,12 @@ def snapshot(ctx: click.Context, tables: Optional[str]) -> None:
     Example:
         python pipeline_main.py --destination duckdb snapshot --tables film,actor
     """
-    from pg_replication.jobs import run_snapshot
+    from pg_replication.jobs import recorded_run, run_snapshot
 
-    report = run_snapshot(_job_settings(tables), _pipeline(ctx))
+    pipeline = _pipeline(ctx)
+    with recorded_run(pipeline, "snapshot") as record:
+        report = run_snapshot(_job_settings(tables), pipeline)
+        record["summary"] = f"{sum(report.rows.values())} rows in {len(report.rows)} tables"
     for table, rows in sorted(report.rows.items()):
         click.echo(f"{table}: {rows} rows")
     total = sum(report.rows.values())
@@ -234,20 +242,56 @@ def snapshot(ctx: click.Context, tables: Optional[str]) -> None:
               help="Stop at the first commit after this many seconds.")
 @click.option("--deletes", type=click.Choice(["hard", "soft"]), default=None,
               help="hard: remove deleted rows (default); soft: keep them with _pg_deleted_at.")
+@click.option("--follow", is_flag=True,
+              help="Run continuously; SIGTERM/SIGINT finish the load in progress, then exit 0.")
+@click.option("--interval", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="With --follow: seconds to sleep between runs.")
 @click.pass_context
 @handle_errors
 def cdc(ctx: click.Context, max_changes: Optional[int], max_seconds: Optional[float],
-        deletes: Optional[str]) -> None:
+        deletes: Optional[str], follow: bool, interval: float) -> None:
     """Merge the changes since the last run into the destination, then confirm the slot.
 
     \b
     Example (cron, every 5 minutes):
         */5 * * * * cd /opt/pipeline && .venv/bin/python pipeline_main.py cdc
     """
-    from pg_replication.jobs import run_cdc
+    from pg_replication.jobs import follow_cdc, recorded_run, run_cdc
 
-    report = run_cdc(_job_settings(deletes=deletes), _pipeline(ctx), max_changes, max_seconds)
+    settings = _job_settings(deletes=deletes)
+    pipeline = _pipeline(ctx)
+    if follow:
+        stop = threading.Event()
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signal_number, lambda *_: stop.set())
+        follow_cdc(settings, pipeline, interval, stop, lambda report: click.echo(report.summary()))
+        return
+    with recorded_run(pipeline, "cdc") as record:
+        report = run_cdc(settings, pipeline, max_changes, max_seconds)
+        record["summary"] = report.summary()
     click.echo(report.summary())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--max-lag-mb", type=click.FloatRange(min=0), default=None,
+              help="Exit 9 when the slot lags more than this behind the server's WAL.")
+@click.pass_context
+@handle_errors
+def status(ctx: click.Context, as_json: bool, max_lag_mb: Optional[float]) -> None:
+    """Show the replication slot, its lag, the publication and the last run.
+
+    Exits 6 when the slot is missing or invalidated, 9 when the lag exceeds --max-lag-mb or the
+    last run failed, 0 otherwise.
+    """
+    from pg_replication.jobs import run_status
+
+    report = run_status(_job_settings(), _pipeline(ctx), max_lag_mb)
+    click.echo(report.to_json() if as_json else report.to_text())
+    if not report.slot_exists or report.wal_status == "lost":
+        ctx.exit(EXIT_CODES["SlotError"])
+    if report.problems:
+        ctx.exit(9)
 
 
 if __name__ == "__main__":

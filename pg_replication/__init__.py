@@ -7,9 +7,11 @@
 - `replication_resource(...)`: the change stream as a single dlt resource.
 """
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import dlt
+from dlt.common.configuration import configspec
+from dlt.common.configuration.specs import BaseConfiguration
 from dlt.extract.source import DltSource
 
 from .changes import Position, SegmentResult
@@ -20,7 +22,26 @@ __all__ = ["pg_replication", "init_replication", "replication_resource", "Positi
            "SegmentResult"]
 
 
-@dlt.source(name=SOURCE_NAME, section=SOURCE_NAME)
+@configspec
+class PgReplicationSourceConfiguration(BaseConfiguration):
+    """What `pg_replication()` reads from `[sources.pg_replication]`.
+
+    Only these arguments come from configuration. The per-table arguments (`columns`,
+    `include_columns`) and the run controls are passed in code: left to dlt's lookup, `columns`
+    would pick up the shell's COLUMNS variable (the terminal width).
+    """
+
+    credentials: Any = None
+    slot_name: str = None
+    pub_name: str = None
+    schema_name: str = "public"
+    target_batch_size: int = 50_000
+    flush_slot: bool = True
+    deletes: str = "hard"
+    merge_strategy: str = "delete-insert"
+
+
+@dlt.source(name=SOURCE_NAME, section=SOURCE_NAME, spec=PgReplicationSourceConfiguration)
 def pg_replication(
     credentials: Any = dlt.secrets.value,
     slot_name: str = dlt.config.value,
@@ -35,10 +56,12 @@ def pg_replication(
     max_changes: Optional[int] = None,
     max_seconds: Optional[float] = None,
     result: Optional[SegmentResult] = None,
+    stop_requested: Optional[Callable[[], bool]] = None,
 ) -> Any:
     """The changes in the replication slot since the last load, merged into one table per source
     table. See `replication_resource` for the arguments."""
     return replication_resource(
         slot_name, pub_name, credentials, schema_name, include_columns, columns,
         target_batch_size, flush_slot, deletes, merge_strategy, max_changes, max_seconds, result,
+        stop_requested,
     )

@@ -8,7 +8,7 @@ with each load, so the destination and the position never disagree.
 
 import functools
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import dlt
 import pyarrow as pa
@@ -227,6 +227,7 @@ def replication_resource(
     max_changes: Optional[int] = None,
     max_seconds: Optional[float] = None,
     result: Optional[SegmentResult] = None,
+    stop_requested: Optional[Callable[[], bool]] = None,
 ) -> Any:
     """A dlt resource with the changes in the slot since the stored position, one table each.
 
@@ -252,6 +253,7 @@ def replication_resource(
         max_changes (Optional[int]): Stop at the first commit after this many changes.
         max_seconds (Optional[float]): Stop at the first commit after this many seconds.
         result (Optional[SegmentResult]): Receives counts, positions and whether more is waiting.
+        stop_requested (Optional[Callable[[], bool]]): True stops reading at the next commit.
     """
     dsn = to_dsn(credentials)
     validate_slot_name(slot_name)
@@ -262,7 +264,8 @@ def replication_resource(
         segment.position = position
         yield from _read_segment(dsn, slot_name, pub_name, schema_name, position, segment,
                                  target_batch_size, flush_slot, deletes, merge_strategy,
-                                 max_changes, max_seconds, include_columns, columns)
+                                 max_changes, max_seconds, include_columns, columns,
+                                 stop_requested or (lambda: False))
         _save_position(segment.position)
 
     return dlt.resource(changes, name="changes", write_disposition="merge")()
@@ -270,7 +273,8 @@ def replication_resource(
 
 def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
                   segment: SegmentResult, batch_size: int, flush_slot: bool, deletes, strategy,
-                  max_changes, max_seconds, include_columns, columns) -> Iterator[Any]:
+                  max_changes, max_seconds, include_columns, columns,
+                  stop_requested: Callable[[], bool]) -> Iterator[Any]:
     started = time.monotonic()
     conn = connect(dsn)
     try:
@@ -287,12 +291,15 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
                                     functools.partial(fetch_current_values, conn), deletes, strategy,
                                     existing_destination_column())
         deadline = started + max_seconds if max_seconds else None
-        with ReplicationStream(dsn, slot_name, publications, stop_lsn, deadline) as stream:
+
+        def should_stop() -> bool:
+            return stop_requested() or (deadline is not None and time.monotonic() >= deadline)
+
+        with ReplicationStream(dsn, slot_name, publications, stop_lsn, deadline,
+                               stop_requested) as stream:
             sent_hints: Dict[str, int] = {}
-            for batch in read_changes(
-                stream.messages(), collector, position, stop_lsn, segment, batch_size,
-                max_changes, lambda: deadline is not None and time.monotonic() >= deadline,
-            ):
+            for batch in read_changes(stream.messages(), collector, position, stop_lsn, segment,
+                                      batch_size, max_changes, should_stop):
                 yield _batch_item(batch, sent_hints, include_columns, columns)
             if segment.exhausted and not segment.more:
                 segment.confirm_lsn = max(segment.confirm_lsn, stream.wal_end)

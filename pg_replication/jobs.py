@@ -9,9 +9,11 @@ Order of a cdc run:
 """
 
 import os
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import dlt
 from dlt.common.pipeline import LoadInfo
@@ -19,10 +21,11 @@ from dlt.common.pipeline import LoadInfo
 from . import pg_replication
 from .changes import Position, SegmentResult
 from .connect import connect
-from .exceptions import SlotError
+from .exceptions import SlotError, mask_secrets
 from .helpers import SOURCE_NAME, STATE_KEY, init_replication, select_tables
 from .protocol import int_to_lsn
 from .schema import DeleteMode
+from .status import StatusReport, collect_status, read_run_record, record_run
 from .slots import (acquire_run_lock, advance_slot, check_server, check_slot_usable, create_slot,
                     current_database, ensure_publications, get_slot, validate_slot_name)
 
@@ -142,8 +145,13 @@ def _run_snapshot_source(source, pipeline: dlt.Pipeline) -> Dict[str, int]:
 
 
 def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional[int] = None,
-            max_seconds: Optional[float] = None) -> CdcReport:
-    """Loads the changes since the stored position and confirms the slot after each load."""
+            max_seconds: Optional[float] = None,
+            stop_requested: Callable[[], bool] = lambda: False) -> CdcReport:
+    """Loads the changes since the stored position and confirms the slot after each load.
+
+    `stop_requested` returning True ends reading at the next commit; what was read is still
+    loaded and confirmed.
+    """
     started = time.monotonic()
     validate_slot_name(settings.slot_name)
     report = CdcReport()
@@ -162,17 +170,58 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
         while True:
             remaining_seconds = max(deadline - time.monotonic(), 0.001) if deadline else None
             remaining_changes = max_changes - report.total if max_changes else None
-            segment = _load_segment(settings, pipeline, remaining_changes, remaining_seconds)
+            segment = _load_segment(settings, pipeline, remaining_changes, remaining_seconds,
+                                    stop_requested)
             if segment.confirm_lsn:
                 advance_slot(lock, settings.slot_name, segment.confirm_lsn)
                 report.confirmed_lsn = segment.confirm_lsn
             _add_counts(report, segment)
-            if not segment.more:
+            if not segment.more or stop_requested():
                 break
     finally:
         lock.close()
     report.seconds = time.monotonic() - started
     return report
+
+
+def follow_cdc(settings: JobSettings, pipeline: dlt.Pipeline, interval: float,
+               stop: threading.Event, on_report: Callable[[CdcReport], None]) -> None:
+    """Runs cdc again and again, `interval` seconds apart, until `stop` is set (SIGTERM).
+
+    A stop during a run ends its reading at the next commit; the run still loads and confirms
+    what it read before returning.
+    """
+    while not stop.is_set():
+        with recorded_run(pipeline, "cdc") as record:
+            report = run_cdc(settings, pipeline, stop_requested=stop.is_set)
+            record["summary"] = report.summary()
+        on_report(report)
+        stop.wait(interval)
+
+
+def run_status(settings: JobSettings, pipeline: dlt.Pipeline,
+               max_lag_mb: Optional[float]) -> StatusReport:
+    conn = connect(settings.dsn)
+    try:
+        position = stored_position(pipeline).lsn or None
+        return collect_status(conn, settings.slot_name, settings.pub_name, position,
+                              read_run_record(pipeline.working_dir), max_lag_mb)
+    finally:
+        conn.close()
+
+
+@contextmanager
+def recorded_run(pipeline: dlt.Pipeline, command: str) -> Iterator[Dict[str, str]]:
+    """Records the outcome of a run for `status`; the caller puts its summary in the dict."""
+    record = {"summary": ""}
+    try:
+        yield record
+    except Exception as e:
+        lines = [line for line in str(e).strip().splitlines() if line.strip()]
+        record_run(pipeline.working_dir, command, "failed",
+                   mask_secrets(lines[0] if lines else type(e).__name__))
+        raise
+    record_run(pipeline.working_dir, command, "succeeded", record["summary"])
 
 
 def _create_slot_for_cdc(conn, settings: JobSettings) -> None:
@@ -184,13 +233,14 @@ def _create_slot_for_cdc(conn, settings: JobSettings) -> None:
 
 
 def _load_segment(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional[int],
-                  max_seconds: Optional[float]) -> SegmentResult:
+                  max_seconds: Optional[float], stop_requested: Callable[[], bool]) -> SegmentResult:
     segment = SegmentResult(Position())
     source = pg_replication(
         credentials=settings.dsn, slot_name=settings.slot_name, pub_name=settings.pub_name,
         schema_name=settings.schema_name, target_batch_size=settings.target_batch_size,
         flush_slot=False, deletes=settings.deletes, merge_strategy=merge_strategy_for(pipeline),
         max_changes=max_changes, max_seconds=max_seconds, result=segment,
+        stop_requested=stop_requested,
     )
     _apply_table_format(source, pipeline)
     pipeline.run(source, loader_file_format="parquet")

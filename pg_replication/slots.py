@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import psycopg2
+import psycopg2.errors
 from psycopg2 import sql
 
 from .catalog import TableInfo
@@ -129,6 +130,18 @@ def ensure_publications(conn, pub_name: str, tables: Sequence[TableInfo]) -> Lis
     Returns:
         List[str]: The publication names to stream from.
     """
+    try:
+        return _ensure_publications(conn, pub_name, tables)
+    except psycopg2.errors.InsufficientPrivilege as e:
+        names = ", ".join(f"{t.schema}.{t.name}" for t in tables)
+        raise SourceNotReadyError(
+            f"cannot create or change publication {pub_name!r} ({describe_pg_error(e)}); "
+            f"have an admin run: CREATE PUBLICATION {pub_name} FOR TABLE {names} "
+            "WITH (publish_via_partition_root = true)"
+        ) from None
+
+
+def _ensure_publications(conn, pub_name: str, tables: Sequence[TableInfo]) -> List[str]:
     keyed = [t for t in tables if t.merge_key]
     keyless = [t for t in tables if not t.merge_key]
     targets = [

@@ -6,7 +6,7 @@ this module gives none. Confirming happens after the destination has committed (
 
 import select
 import time
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import psycopg2
 
@@ -30,15 +30,18 @@ class ReplicationStream:
         stop_lsn (int): Stop at the first transaction boundary once the server has sent WAL up to
             here (normally pg_current_wal_lsn() at the start of the run).
         deadline (float): time.monotonic() after which to stop at the next transaction boundary.
+        stop_requested: Returns True to stop at the next transaction boundary (SIGTERM).
     """
 
     def __init__(self, dsn: str, slot_name: str, publication_names: Sequence[str], stop_lsn: int,
-                 deadline: Optional[float] = None) -> None:
+                 deadline: Optional[float] = None,
+                 stop_requested: Callable[[], bool] = lambda: False) -> None:
         self.dsn = dsn
         self.slot_name = slot_name
         self.publication_names = list(publication_names)
         self.stop_lsn = stop_lsn
         self.deadline = deadline
+        self.stop_requested = stop_requested
         self.in_transaction = False
         self.wal_end = 0  # what the server says it has sent up to
         self._conn = None
@@ -116,6 +119,8 @@ class ReplicationStream:
         if self.wal_end >= self.stop_lsn:
             return True
         if self.deadline is not None and now >= self.deadline:
+            return True
+        if self.stop_requested():
             return True
         return now - last_progress >= IDLE_SECONDS
 

@@ -1,0 +1,135 @@
+"""Operating it: status, idle-slot protection, least privilege, --follow, the demo."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+
+from tests.tools import REPO, assert_table_matches
+
+
+def _sql(conn, *statements):
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+
+
+def _items(conn):
+    _sql(conn, "CREATE TABLE items (id int PRIMARY KEY, name text)",
+         "INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 10) g")
+
+
+def test_status_reports_slot_lag_publication_and_last_run(source, project):
+    _items(source)
+    missing = project.run("status", expect=6)
+    assert "does not exist" in missing.stdout
+
+    project.run("snapshot")
+    ok = json.loads(project.run("status", "--json").stdout)
+    assert ok["slot_name"] == project.slot and ok["slot_exists"] and not ok["active"]
+    assert ok["publications"] == {project.pub: ["public.items"]}
+    assert ok["wal_status"] in ("reserved", "extended")
+    assert ok["last_run"]["command"] == "snapshot" and ok["last_run"]["outcome"] == "succeeded"
+    assert ok["last_loaded_lsn"] == ok["confirmed_flush_lsn"]
+
+    _sql(source, "INSERT INTO items SELECT g, repeat('x', 1000) FROM generate_series(11, 3000) g")
+    lagging = project.run("status", "--max-lag-mb", "0.5", expect=9)
+    assert "exceeds 0.5 MB" in lagging.stdout
+    assert "lag" in lagging.stdout and "WAL retained" in lagging.stdout
+
+    project.run("cdc")
+    after = json.loads(project.run("status", "--json", "--max-lag-mb", "0.5").stdout)
+    assert after["lag_bytes"] < 512 * 1024
+    assert after["last_run"]["command"] == "cdc" and after["last_run"]["summary"].startswith(
+        "cdc: 2990 changes")
+
+
+def test_idle_slot_is_moved_forward_past_unpublished_wal(source, project):
+    _items(source)
+    project.run("snapshot")
+    _sql(source, "CREATE TABLE unpublished (id int, payload text)")
+    for _ in range(8):  # ~64 MB of WAL that the slot's publication never sees
+        _sql(source, "INSERT INTO unpublished SELECT g, repeat(md5(g::text), 30) "
+                     "FROM generate_series(1, 8000) g")
+    before = json.loads(project.run("status", "--json").stdout)["lag_bytes"]
+    assert before > 60 * (1 << 20)
+    result = project.run("cdc")
+    assert "cdc: 0 changes" in result.stdout
+    after = json.loads(project.run("status", "--json").stdout)["lag_bytes"]
+    assert after < 16 * (1 << 20)
+
+
+def test_least_privileged_role_with_a_precreated_publication(source, project):
+    _items(source)
+    _sql(source,
+         "CREATE ROLE replicator LOGIN REPLICATION PASSWORD 'replicator-pw'",
+         "GRANT SELECT ON ALL TABLES IN SCHEMA public TO replicator",
+         f"CREATE PUBLICATION {project.pub} FOR TABLE items "
+         "WITH (publish_via_partition_root = true)")
+    parts = urlsplit(project.source_url)
+    url = urlunsplit(parts._replace(netloc=f"replicator:replicator-pw@{parts.hostname}:{parts.port}"))
+    env = {"SOURCES__PG_REPLICATION__CREDENTIALS": url}
+    result = project.run("snapshot", env=env)
+    assert "items: 10 rows" in result.stdout and "replicator-pw" not in result.output
+    _sql(source, "UPDATE items SET name = 'changed' WHERE id = 1", "DELETE FROM items WHERE id = 2")
+    project.run("cdc", env=env)
+    assert_table_matches(source, project, "items")
+    assert json.loads(project.run("status", "--json", env=env).stdout)["slot_exists"]
+
+    # Without the publication and without owning the table, the error says what to grant.
+    _sql(source, f"DROP PUBLICATION {project.pub}")
+    _sql(source, "SELECT pg_drop_replication_slot(%s)" % repr(project.slot).replace('"', "'"))
+    refused = project.run("snapshot", env=env, expect=4)
+    assert refused.stderr.startswith("Error: ") and refused.stderr.count("\n") == 1
+    assert "publication" in refused.stderr and "replicator-pw" not in refused.output
+
+
+def test_follow_finishes_the_load_in_progress_on_sigterm(source, project):
+    _items(source)
+    project.run("snapshot")
+    follower = project.start("cdc", "--follow", "--interval", "0.5")
+    try:
+        _sql(source, "UPDATE items SET name = 'followed' WHERE id = 1")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            rows = {r["id"]: r["name"] for r in _read_retrying(project, "items")}
+            if rows.get(1) == "followed":
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("--follow did not load the change within 60 s")
+        _sql(source, "INSERT INTO items SELECT g, 'late' FROM generate_series(100, 20100) g")
+        time.sleep(0.5)
+        follower.send_signal(signal.SIGTERM)
+        stdout, stderr = follower.communicate(timeout=120)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert stdout.strip().splitlines()[-1].startswith("cdc: ")
+    # what was read before the signal was loaded and confirmed; the next run takes the rest
+    project.run("cdc")
+    assert_table_matches(source, project, "items")
+
+
+def _read_retrying(project, table):
+    for _ in range(20):
+        try:
+            return project.dest_rows(table)
+        except Exception:  # the follower holds the DuckDB file while it loads
+            time.sleep(0.2)
+    return []
+
+
+def test_demo_runs_end_to_end():
+    result = subprocess.run([sys.executable, str(REPO / "demo.py")], capture_output=True,
+                            text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "DIFFERENT" not in result.stdout
+    assert result.stdout.count("equal") >= 5
+    assert "cdc: 15 changes" in result.stdout
