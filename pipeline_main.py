@@ -35,7 +35,7 @@ Exit codes:
   6  slot missing, invalidated or unusable
   7  the destination failed to load; the slot was not advanced
   8  a replication message could not be decoded
-  9  status: lag above --max-lag-mb, or the last run failed
+  9  status/verify: a check failed (lag above --max-lag-mb, last run failed, ...)
 """
 
 DEFAULT_DESTINATION = "databricks"
@@ -291,6 +291,24 @@ def status(ctx: click.Context, as_json: bool, max_lag_mb: Optional[float]) -> No
     if not report.slot_exists or report.wal_status == "lost":
         ctx.exit(EXIT_CODES["SlotError"])
     if report.problems:
+        ctx.exit(9)
+
+
+@cli.command()
+@click.pass_context
+@handle_errors
+def verify(ctx: click.Context) -> None:
+    """Check the deployment: slot exists, destination state matches the slot, no staged files.
+
+    One line per check (✓ passed, ✗ failed, - not applicable); exits 0 only when every applicable
+    check passes, 9 otherwise.
+    """
+    from pg_replication.jobs import run_verify
+
+    checks = run_verify(_job_settings(), _pipeline(ctx))
+    for check in checks:
+        click.echo(check.line())
+    if any(check.passed is False for check in checks):
         ctx.exit(9)
 
 

@@ -303,6 +303,10 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
                 yield _batch_item(batch, sent_hints, include_columns, columns)
             if segment.exhausted and not segment.more:
                 segment.confirm_lsn = max(segment.confirm_lsn, stream.wal_end)
+        if segment.position.partial_commit_lsn is None:
+            # Everything before confirm_lsn is read (loaded, or not ours): store that as the
+            # position too, so the destination's state and the confirmed slot agree.
+            segment.position = Position(max(segment.position.lsn, segment.confirm_lsn))
     finally:
         conn.close()
 

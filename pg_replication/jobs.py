@@ -25,6 +25,7 @@ from .exceptions import SlotError, mask_secrets
 from .helpers import SOURCE_NAME, STATE_KEY, init_replication, select_tables
 from .protocol import int_to_lsn
 from .schema import DeleteMode
+from .verify import Check, run_checks
 from .status import StatusReport, collect_status, read_run_record, record_run
 from .slots import (acquire_run_lock, advance_slot, check_server, check_slot_usable, create_slot,
                     current_database, ensure_publications, get_slot, validate_slot_name)
@@ -206,6 +207,14 @@ def run_status(settings: JobSettings, pipeline: dlt.Pipeline,
         position = stored_position(pipeline).lsn or None
         return collect_status(conn, settings.slot_name, settings.pub_name, position,
                               read_run_record(pipeline.working_dir), max_lag_mb)
+    finally:
+        conn.close()
+
+
+def run_verify(settings: JobSettings, pipeline: dlt.Pipeline) -> List[Check]:
+    conn = connect(settings.dsn)
+    try:
+        return run_checks(conn, settings.slot_name, pipeline)
     finally:
         conn.close()
 

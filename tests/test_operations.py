@@ -133,3 +133,35 @@ def test_demo_runs_end_to_end():
     assert "DIFFERENT" not in result.stdout
     assert result.stdout.count("equal") >= 5
     assert "cdc: 15 changes" in result.stdout
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("destination", ["duckdb", "filesystem"])
+def test_verify_checks_slot_state_and_staged_files(source, tmp_path, source_url, destination):
+    from tests.tools import Project
+
+    project = Project(tmp_path, source_url, destination=destination)
+    _items(source)
+    project.run("snapshot")
+    _sql(source, "UPDATE items SET name = 'v' WHERE id = 1")
+    project.run("cdc")
+    good = project.run("verify")
+    lines = good.stdout.strip().splitlines()
+    assert lines[0].startswith(f"✓ replication slot: '{project.slot}' exists, lag ")
+    assert lines[1].startswith("✓ _dlt_pipeline_state: destination holds ")
+    if destination == "duckdb":
+        assert lines[2] == "- staged files: not applicable to duckdb"
+    else:
+        assert lines[2].startswith("✓ staged files: no leftover load files")
+
+    # The slot confirmed past the destination (someone advanced it by hand): verify fails.
+    _sql(source, "BEGIN; SET LOCAL synchronous_commit = on; INSERT INTO items VALUES (99, 'x'); COMMIT")
+    _sql(source, f"SELECT pg_replication_slot_advance('{project.slot}', pg_current_wal_flush_lsn())")
+    ahead = project.run("verify", expect=9)
+    assert "✗ _dlt_pipeline_state:" in ahead.stdout and "ahead of the destination" in ahead.stdout
+
+    _sql(source, f"SELECT pg_drop_replication_slot('{project.slot}')")
+    missing = project.run("verify", expect=9)
+    assert "✗ replication slot:" in missing.stdout

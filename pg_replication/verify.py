@@ -1,0 +1,119 @@
+"""`verify`: the checklist that says a deployment is healthy, one line per check.
+
+1. the slot exists on the source (lag, active);
+2. the destination's `_dlt_pipeline_state` holds the position the slot was confirmed to;
+3. no staged files are left behind (Databricks volume, filesystem), not applicable to DuckDB.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional
+
+import dlt
+
+from .changes import Position
+from .protocol import int_to_lsn
+from .slots import current_wal_lsn, get_slot
+
+STATE_SOURCE = "pg_replication"
+
+
+@dataclass
+class Check:
+    name: str
+    passed: Optional[bool]  # None: not applicable
+    detail: str
+
+    def line(self) -> str:
+        mark = {True: "✓", False: "✗", None: "-"}[self.passed]
+        return f"{mark} {self.name}: {self.detail}"
+
+
+def check_slot(conn, slot_name: str) -> Check:
+    slot = get_slot(conn, slot_name)
+    if slot is None:
+        return Check("replication slot", False, f"slot {slot_name!r} does not exist on the source")
+    if slot.wal_status == "lost":
+        return Check("replication slot", False, f"slot {slot_name!r} was invalidated "
+                                                "(wal_status=lost): run `snapshot` again")
+    lag = max(current_wal_lsn(conn) - (slot.confirmed_flush_lsn or 0), 0)
+    activity = f"active (pid {slot.active_pid})" if slot.active else "inactive"
+    return Check("replication slot", True, f"{slot_name!r} exists, lag {lag} bytes, {activity}")
+
+
+def destination_position(pipeline: dlt.Pipeline) -> Optional[int]:
+    """The position in the newest state stored in the destination, or None without one."""
+    from dlt.pipeline.state_sync import load_pipeline_state_from_destination
+
+    with pipeline.destination_client() as client:
+        state = load_pipeline_state_from_destination(pipeline.pipeline_name, client)
+    if not state:
+        return None
+    stored = state.get("sources", {}).get(STATE_SOURCE, {}).get("position")
+    return Position.from_state(stored).lsn if stored else None
+
+
+def check_state(conn, slot_name: str, pipeline: dlt.Pipeline) -> Check:
+    name = "_dlt_pipeline_state"
+    try:
+        position = destination_position(pipeline)
+    except Exception as e:  # missing dataset or table: the destination says so in its own words
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return Check(name, False, f"cannot read the pipeline state in the destination: {first}")
+    if position is None:
+        return Check(name, False, "no replication position stored in the destination "
+                                  "(run `snapshot`, then `cdc`)")
+    slot = get_slot(conn, slot_name)
+    confirmed = slot.confirmed_flush_lsn if slot else None
+    detail = f"destination holds {int_to_lsn(position)}, slot confirmed " + (
+        int_to_lsn(confirmed) if confirmed is not None else "-")
+    if confirmed is None:
+        return Check(name, False, detail + " (slot missing)")
+    if confirmed > position:
+        return Check(name, False, detail + ": the slot is ahead of the destination")
+    if confirmed < position:
+        return Check(name, True, detail + " (the next run confirms the rest)")
+    return Check(name, True, detail)
+
+
+def check_staged_files(pipeline: dlt.Pipeline) -> Check:
+    name = "staged files"
+    pending = list(pipeline.list_extracted_load_packages()) + list(
+        pipeline.list_normalized_load_packages())
+    if pending:
+        return Check(name, False, f"{len(pending)} load package(s) not loaded yet: run `cdc`")
+    destination = pipeline.destination.destination_name
+    if destination == "databricks":
+        return _check_databricks_volume(pipeline)
+    if destination == "filesystem":
+        return _check_filesystem(pipeline)
+    return Check(name, None, f"not applicable to {destination}")
+
+
+def _check_databricks_volume(pipeline: dlt.Pipeline) -> Check:
+    with pipeline.destination_client() as client:
+        config = client.config
+        volume = config.staging_volume_name or (
+            f"{config.credentials.catalog}.{pipeline.dataset_name}._dlt_staging_load_volume")
+        path = "/Volumes/" + "/".join(volume.split("."))
+        rows: List[Any] = client.sql_client.execute_sql(f"LIST '{path}'") or []
+    if rows:
+        return Check("staged files", False, f"{len(rows)} file(s) left in volume {volume}")
+    return Check("staged files", True, f"volume {volume} holds no staged files")
+
+
+def _check_filesystem(pipeline: dlt.Pipeline) -> Check:
+    with pipeline.destination_client() as client:
+        root = Path(client.dataset_path.replace("file://", ""))
+    if not root.exists():
+        return Check("staged files", True, "nothing staged")
+    strays = [p.name for p in root.iterdir()
+              if p.is_file() and p.name != "init"]
+    if strays:
+        return Check("staged files", False, f"unexpected files in {root}: {', '.join(strays[:5])}")
+    return Check("staged files", True, f"no leftover load files in {root}")
+
+
+def run_checks(conn, slot_name: str, pipeline: dlt.Pipeline) -> List[Check]:
+    return [check_slot(conn, slot_name), check_state(conn, slot_name, pipeline),
+            check_staged_files(pipeline)]
