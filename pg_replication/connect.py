@@ -7,7 +7,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
-from .exceptions import ConfigError, SourceConnectionError, mask_secrets
+from .exceptions import ConfigError, SourceConnectionError, SourceNotReadyError, mask_secrets
 
 # Text output must be identical in the snapshot (COPY) and in CDC (pgoutput), and parseable by
 # types.text_to_arrow: ISO dates, UTC offsets, hex bytea, shortest exact floats.
@@ -60,9 +60,13 @@ def connect(dsn: str, replication: bool = False, autocommit: bool = True):
     try:
         conn = psycopg2.connect(dsn, **kwargs)
     except psycopg2.OperationalError as e:
-        raise SourceConnectionError(
-            "cannot connect to the source database: " + describe_pg_error(e, dsn)
-        ) from None
+        message = describe_pg_error(e, dsn)
+        if replication and "replication" in message and "role" in message:
+            raise SourceNotReadyError(
+                f"the source user may not stream changes ({message}): "
+                "ALTER ROLE ... WITH REPLICATION"
+            ) from None
+        raise SourceConnectionError("cannot connect to the source database: " + message) from None
     if not replication:
         conn.autocommit = autocommit
     return conn

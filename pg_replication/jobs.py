@@ -13,7 +13,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import dlt
 from dlt.common.pipeline import LoadInfo
@@ -269,8 +269,25 @@ def make_pipeline(pipeline_name: str, destination: str, dataset_name: str,
     # Batches of one table may gain columns mid-run (ADD COLUMN): let dlt's writer null-fill.
     os.environ.setdefault("DATA_WRITER__ARROW_CONCAT_PROMOTE_OPTIONS", "default")
     options = {"progress": progress} if progress else {}
-    return dlt.pipeline(pipeline_name=pipeline_name, destination=destination,
+    return dlt.pipeline(pipeline_name=pipeline_name, destination=make_destination(destination),
                         dataset_name=dataset_name, **options)
+
+
+def make_destination(name: str) -> Any:
+    """dlt's destination by name; Databricks removes staged files unless configured to keep them
+    (dlt's own default keeps every parquet file in the volume forever)."""
+    if name != "databricks":
+        return name
+    keep = dlt.config.get("destination.databricks.keep_staged_files")
+    return dlt.destinations.databricks(keep_staged_files=_as_bool(keep, default=False))
+
+
+def _as_bool(value: Any, default: bool) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
 
 
 def table_names_from_option(option: Optional[str]) -> Optional[List[str]]:
