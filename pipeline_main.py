@@ -225,6 +225,10 @@ def snapshot(ctx: click.Context, tables: Optional[str]) -> None:
         record["summary"] = f"{sum(report.rows.values())} rows in {len(report.rows)} tables"
     for table, rows in sorted(report.rows.items()):
         click.echo(f"{table}: {rows} rows")
+    for table in report.keyless_tables:
+        click.echo(f"warning: {table} has no primary key: only its inserts are replicated "
+                   "(append); updates and deletes need a primary key or REPLICA IDENTITY "
+                   "USING INDEX", err=True)
     total = sum(report.rows.values())
     handoff = ""
     if report.handoff_lsn:

@@ -48,6 +48,7 @@ class SnapshotReport:
     handoff_lsn: Optional[int]
     slot_created: bool
     seconds: float
+    keyless_tables: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -118,7 +119,7 @@ def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotRepor
     try:
         check_server(lock)
         acquire_run_lock(lock, settings.slot_name)
-        select_tables(lock, settings.schema_name, settings.table_names)  # fail fast on bad names
+        tables = select_tables(lock, settings.schema_name, settings.table_names)  # fail fast
         finish_pending_load(pipeline, lock, settings.slot_name)
         slot_existed = get_slot(lock, settings.slot_name) is not None
         source = init_replication(
@@ -127,7 +128,9 @@ def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotRepor
         )
         rows = _run_snapshot_source(source, pipeline)
         handoff = stored_position(pipeline).lsn if not slot_existed else None
-        return SnapshotReport(rows, handoff, not slot_existed, time.monotonic() - started)
+        keyless = sorted(name for name, table in tables.items() if not table.merge_key)
+        return SnapshotReport(rows, handoff, not slot_existed, time.monotonic() - started,
+                              keyless)
     finally:
         lock.close()
 

@@ -143,7 +143,8 @@ def test_ddl_add_drop_and_type_change_do_not_stop_the_pipeline(source, project):
 def test_table_without_primary_key_never_fails_source_writes(source, project):
     _sql(source, "CREATE TABLE logs (at int, msg text)", "INSERT INTO logs VALUES (1, 'a')")
     _items_table(source)
-    project.run("snapshot")
+    snapshot = project.run("snapshot")
+    assert "warning: logs has no primary key" in snapshot.stderr
     # In a publication that publishes UPDATE/DELETE, these would fail without a replica identity.
     _sql(source, "INSERT INTO logs VALUES (2, 'b')", "UPDATE logs SET msg = 'c' WHERE at = 1",
          "DELETE FROM logs WHERE at = 2", "INSERT INTO logs VALUES (3, 'd')")
