@@ -93,13 +93,32 @@ def check_staged_files(pipeline: dlt.Pipeline) -> Check:
 def _check_databricks_volume(pipeline: dlt.Pipeline) -> Check:
     with pipeline.destination_client() as client:
         config = client.config
-        volume = config.staging_volume_name or (
-            f"{config.credentials.catalog}.{pipeline.dataset_name}._dlt_staging_load_volume")
-        path = "/Volumes/" + "/".join(volume.split("."))
-        rows: List[Any] = client.sql_client.execute_sql(f"LIST '{path}'") or []
-    if rows:
-        return Check("staged files", False, f"{len(rows)} file(s) left in volume {volume}")
-    return Check("staged files", True, f"volume {volume} holds no staged files")
+        if config.staging_volume_name:
+            volumes = [config.staging_volume_name]
+        else:
+            # dlt's default volumes: snapshot (replace) loads stage in the dataset's, merge loads
+            # in the staging dataset's.
+            catalog = config.credentials.catalog
+            volumes = [f"{catalog}.{schema}._dlt_staging_load_volume" for schema in
+                       (pipeline.dataset_name, client.sql_client.staging_dataset_name)]
+        leftovers = {volume: _list_volume(client.sql_client, volume) for volume in volumes}
+    left = {volume: count for volume, count in leftovers.items() if count}
+    if left:
+        return Check("staged files", False, "; ".join(
+            f"{count} file(s) left in volume {volume}" for volume, count in left.items()))
+    return Check("staged files", True, f"no staged files in {', '.join(volumes)}")
+
+
+def _list_volume(sql_client: Any, volume: str) -> int:
+    """Entries in a Unity Catalog volume; 0 when the volume does not exist (nothing staged)."""
+    path = "/Volumes/" + "/".join(volume.split("."))
+    try:
+        rows = sql_client.execute_sql(f"LIST '{path}'") or []
+    except Exception as e:
+        if "not exist" in str(e).lower() or "not found" in str(e).lower():
+            return 0
+        raise
+    return len(rows)
 
 
 def _check_filesystem(pipeline: dlt.Pipeline) -> Check:

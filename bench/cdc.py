@@ -1,0 +1,93 @@
+"""CDC speed against pg_recvlogical on the same WAL, in one run on one throw-away server.
+
+    python bench/cdc.py --changes 200000 --tx-size 1
+    python bench/cdc.py --changes 1000000 --tx-size 1000000
+
+Two slots are created at the same point (ours by `snapshot` of the empty table, a second one
+right after); then N changes are made in transactions of K rows (60% inserts, 30% updates, 10%
+deletes). Measured, each in its own process: `pg_recvlogical` (pgoutput, proto 1) into /dev/null up
+to the end of those changes (the limit), and our `cdc` into DuckDB. Prints wall time, rows/s, peak
+RSS, the ratio ours/pg_recvlogical, and a final `RESULT cdc {...}` line.
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import psycopg2
+
+from common import cli, cli_env, measure, print_result, start_cluster
+
+WORKLOAD_SQL = """
+DO $$
+DECLARE
+    made bigint := 0;
+    next_id bigint := 1;
+    kind int;
+BEGIN
+    WHILE made < {changes} LOOP
+        kind := made % 10;
+        IF kind < 6 OR next_id < 100 THEN
+            INSERT INTO bench VALUES (next_id, next_id % 1000, 'title ' || next_id, next_id / 100.0,
+                                      now(), md5(next_id::text), '{{"k": 1}}', true);
+            next_id := next_id + 1;
+        ELSIF kind < 9 THEN
+            UPDATE bench SET quantity = quantity + 1, note = md5(made::text)
+            WHERE id = 1 + (made * 7919) % (next_id - 1);
+        ELSE
+            DELETE FROM bench WHERE id = 1 + (made * 104729) % (next_id - 1);
+        END IF;
+        made := made + 1;
+        IF made % {tx_size} = 0 THEN
+            COMMIT;
+        END IF;
+    END LOOP;
+END $$;
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--changes", type=int, default=200_000)
+    parser.add_argument("--tx-size", type=int, default=1)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-cdc-"))
+    cluster = start_cluster()
+    try:
+        conn = psycopg2.connect(cluster.url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("""CREATE TABLE bench (id bigint PRIMARY KEY, quantity int, title text,
+                           price numeric(12, 2), created_at timestamptz, note text,
+                           attributes jsonb, active bool)""")
+        env = cli_env(cluster.url, workdir)
+        measure("snapshot (creates the slot)", cli("snapshot"), 0, env)
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_create_logical_replication_slot('recv_slot', 'pgoutput')")
+            cur.execute(WORKLOAD_SQL.format(changes=args.changes, tx_size=args.tx_size))
+            cur.execute("SELECT pg_current_wal_insert_lsn()::text")
+            end_lsn = cur.fetchone()[0]
+            cur.execute("CHECKPOINT")
+        conn.close()
+        print(f"{args.changes:,} changes in transactions of {args.tx_size:,}, WAL up to {end_lsn}")
+
+        recv = measure("pg_recvlogical to /dev/null", [
+            "pg_recvlogical", "-d", cluster.url, "--slot", "recv_slot", "--start",
+            "-o", "proto_version=1", "-o", "publication_names=bench_pub",
+            "--endpos", end_lsn, "-f", "/dev/null", "--no-loop"], args.changes)
+        print(recv.line())
+        ours = measure("pipeline_main.py cdc", cli("cdc"), args.changes, env)
+        print(ours.line())
+        ratio = ours.seconds / recv.seconds
+        print(f"ours / pg_recvlogical: {ratio:.2f}x")
+        print_result("cdc", {
+            "changes": args.changes, "tx_size": args.tx_size,
+            "pg_recvlogical_s": round(recv.seconds, 3), "ours_s": round(ours.seconds, 3),
+            "ours_peak_rss_mb": round(ours.peak_rss_mb, 1), "ours_over_recvlogical": round(ratio, 2),
+        })
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

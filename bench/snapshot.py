@@ -1,0 +1,104 @@
+"""Snapshot speed against its limit and against stock dlt, in one run on one throw-away server.
+
+    python bench/snapshot.py --rows 1000000
+
+Measures, each in its own process (wall time, rows/s, peak RSS):
+- raw `COPY (SELECT * FROM t) TO STDOUT` into /dev/null: the limit;
+- dlt `sql_database` with the connectorx backend into DuckDB: the best stock path;
+- our `snapshot` into DuckDB.
+Prints the ratios ours/COPY and connectorx/ours, and a final `RESULT snapshot {...}` line.
+"""
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg2
+
+from common import cli, cli_env, measure, print_result, start_cluster
+
+TABLE_SQL = """
+CREATE TABLE bench (
+    id bigint PRIMARY KEY, quantity int, title text, price numeric(12, 2),
+    created_at timestamptz, note text, attributes jsonb, active bool
+);
+INSERT INTO bench
+SELECT g, g % 1000, 'title number ' || g, (g % 100000) / 100.0,
+       timestamptz '2024-01-01' + g * interval '1 second',
+       md5(g::text) || md5((g + 1)::text),
+       jsonb_build_object('k', g % 10, 'tag', 'tag-' || (g % 50)),
+       g % 2 = 0
+FROM generate_series(1, {rows}) g;
+"""
+
+COPY_SCRIPT = """
+import sys, psycopg2
+conn = psycopg2.connect(sys.argv[1])
+with open("/dev/null", "wb") as sink, conn.cursor() as cur:
+    cur.copy_expert("COPY (SELECT * FROM bench) TO STDOUT", sink, size=1 << 20)
+"""
+
+CONNECTORX_SCRIPT = """
+import sys, dlt
+from dlt.sources.sql_database import sql_database
+url, duckdb_path, pipelines = sys.argv[1:4]
+source = sql_database(url.replace("postgresql://", "postgresql+psycopg2://"), table_names=["bench"],
+                      backend="connectorx")
+pipeline = dlt.pipeline("bench_cx", destination=dlt.destinations.duckdb(duckdb_path),
+                        dataset_name="bench_connectorx", pipelines_dir=pipelines)
+pipeline.run(source, write_disposition="replace")
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--skip-connectorx", action="store_true")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-snapshot-"))
+    cluster = start_cluster()
+    try:
+        conn = psycopg2.connect(cluster.url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(TABLE_SQL.format(rows=args.rows))
+            cur.execute("VACUUM ANALYZE bench")
+            cur.execute("SELECT pg_total_relation_size('bench')")
+            size_mb = cur.fetchone()[0] / (1 << 20)
+        conn.close()
+        print(f"table bench: {args.rows:,} rows, {size_mb:.0f} MB on disk")
+        env = {**cli_env(cluster.url, workdir), "RUNTIME__DLTHUB_TELEMETRY": "false"}
+
+        copy = measure("raw COPY to /dev/null", [sys.executable, "-c", COPY_SCRIPT, cluster.url],
+                       args.rows)
+        print(copy.line())
+        connectorx = None
+        if not args.skip_connectorx:
+            connectorx = measure(
+                "dlt sql_database connectorx",
+                [sys.executable, "-c", CONNECTORX_SCRIPT, cluster.url,
+                 str(workdir / "cx.duckdb"), str(workdir / "cx_pipelines")],
+                args.rows, env)
+            print(connectorx.line())
+        ours = measure("pipeline_main.py snapshot", cli("snapshot"), args.rows, env)
+        print(ours.line())
+        figures = {
+            "rows": args.rows,
+            "copy_s": round(copy.seconds, 3),
+            "ours_s": round(ours.seconds, 3),
+            "ours_peak_rss_mb": round(ours.peak_rss_mb, 1),
+            "ours_over_copy": round(ours.seconds / copy.seconds, 2),
+        }
+        print(f"ours / COPY: {figures['ours_over_copy']:.2f}x")
+        if connectorx:
+            figures["connectorx_s"] = round(connectorx.seconds, 3)
+            figures["connectorx_over_ours"] = round(connectorx.seconds / ours.seconds, 2)
+            print(f"connectorx / ours: {figures['connectorx_over_ours']:.2f}x")
+        print_result("snapshot", figures)
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
