@@ -28,6 +28,7 @@ class TableInfo:
     columns: List[ColumnInfo]
     primary_key: List[str]  # empty when there is none
     identity_index_columns: List[str] = field(default_factory=list)
+    deferrable_key: bool = False  # the primary key may be violated until commit
 
     @property
     def merge_key(self) -> List[str]:
@@ -57,7 +58,7 @@ _DESCRIBE_SQL = """
 SELECT c.oid, c.relname, c.relkind = 'p', c.relreplident,
        a.attname, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnotnull,
        COALESCE(a.attnum = ANY (pk.conkey), false),
-       COALESCE(a.attnum = ANY (ri.indkey::int2[]), false)
+       COALESCE(a.attnum = ANY (ri.indkey::int2[]), false), COALESCE(pk.condeferrable, false)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -90,10 +91,11 @@ def describe_tables(conn, schema: str, names: Sequence[str]) -> Dict[str, TableI
         rows = cur.fetchall()
     tables: Dict[str, TableInfo] = {}
     for (oid, relname, partitioned, identity, attname, typid, typmod, type_sql, not_null,
-         in_pk, in_identity_index) in rows:
+         in_pk, in_identity_index, deferrable) in rows:
         table = tables.get(relname)
         if table is None:
-            table = tables[relname] = TableInfo(schema, relname, oid, partitioned, identity, [], [])
+            table = tables[relname] = TableInfo(schema, relname, oid, partitioned, identity, [], [],
+                                                deferrable_key=deferrable)
         table.columns.append(ColumnInfo(attname, typid, typmod, type_sql, not_null))
         if in_pk:
             table.primary_key.append(attname)

@@ -95,6 +95,8 @@ class _RelationState:
     meta: List[Tuple[int, int, bool]] = field(default_factory=list)  # lsn, commit ts, deleted
     has_unchanged_toast: bool = False
     row_index: Dict[Key, int] = field(default_factory=dict)  # upsert: buffered row of each key
+    # Deferrable keys only: keys written in the current transaction (see _add_update).
+    transaction_keys: Optional[set] = None
 
     @property
     def column_names(self) -> List[str]:
@@ -148,7 +150,8 @@ class ChangeCollector:
         hints = table_hints(relation.name, list(zip(output_names, kinds)), output_key,
                             self.deletes, self.merge_strategy)
         self.relations[relation.relation_id] = _RelationState(
-            relation, table, kinds, [names.index(n) for n in merge_key], hints, output_names
+            relation, table, kinds, [names.index(n) for n in merge_key], hints, output_names,
+            transaction_keys=set() if table.deferrable_key else None,
         )
         return flushed
 
@@ -191,6 +194,8 @@ class ChangeCollector:
         if isinstance(message, Insert):
             state = self._state(message.relation_id, "I")
             self._append(state, message.new_tuple, lsn, commit_ts_us, False)
+            if state.transaction_keys is not None:
+                state.transaction_keys.add(state.key_of(message.new_tuple))
         elif isinstance(message, Update):
             self._add_update(message, lsn, commit_ts_us)
         else:
@@ -206,9 +211,20 @@ class ChangeCollector:
             new = [o if v is UNCHANGED_TOAST and o is not UNCHANGED_TOAST else v
                    for v, o in zip(new, old)]
         if old is not None and state.key_indexes and state.key_of(old) != state.key_of(new):
-            # The key changed: the row under the old key is gone.
-            self._append(state, old, lsn, commit_ts_us, True)
+            # The key changed: the row under the old key is gone. With a deferrable key another
+            # row may already have moved into the old key earlier in this transaction
+            # (UPDATE t SET id = 3 - id); that row stays, so no delete for it.
+            written = state.transaction_keys
+            if written is None or state.key_of(old) not in written:
+                self._append(state, old, lsn, commit_ts_us, True)
         self._append(state, new, lsn, commit_ts_us, False)
+        if state.transaction_keys is not None:
+            state.transaction_keys.add(state.key_of(new))
+
+    def begin_transaction(self) -> None:
+        for state in self.relations.values():
+            if state.transaction_keys:
+                state.transaction_keys.clear()
 
     def _append(self, state: _RelationState, values: List[TupleValue], lsn: int,
                 commit_ts_us: int, deleted: bool) -> None:
@@ -372,6 +388,7 @@ def read_changes(
                 result.confirm_lsn = max(result.confirm_lsn, message.final_lsn)
                 break
             current, ordinal = message, 0
+            collector.begin_transaction()
             skipping = message.final_lsn < position.lsn
             already_loaded = (position.partial_changes
                               if message.final_lsn == position.partial_commit_lsn else 0)

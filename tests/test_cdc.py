@@ -216,3 +216,15 @@ def test_table_added_later_joins_the_publication(source, project):
     project.run("cdc")
     assert_table_matches(source, project, "items")
     assert_table_matches(source, project, "late")
+
+
+def test_deferrable_primary_key_swap_in_one_statement(source, project):
+    _sql(source, "CREATE TABLE swap (id int PRIMARY KEY DEFERRABLE INITIALLY IMMEDIATE, v text)",
+         "ALTER TABLE swap REPLICA IDENTITY FULL",
+         "INSERT INTO swap VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+    project.run("snapshot")
+    _sql(source, "UPDATE swap SET id = 3 - id WHERE id IN (1, 2)",
+         "BEGIN; SET CONSTRAINTS ALL DEFERRED; INSERT INTO swap VALUES (3, 'new three'); "
+         "UPDATE swap SET id = 30 WHERE v = 'c'; COMMIT")
+    project.run("cdc")
+    assert_table_matches(source, project, "swap")
