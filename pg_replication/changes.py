@@ -23,7 +23,8 @@ import pyarrow as pa
 from .catalog import TableInfo
 from .exceptions import DecodeError
 from .protocol import (
-    UNCHANGED_TOAST, Begin, Commit, Delete, Insert, LogicalMessage, Message, Origin, Relation,
+    UNCHANGED_TOAST, Begin, Commit, Delete, Insert, LogicalMessage, Message, Origin, PartialTuple,
+    Relation,
     StreamAbort, StreamCommit, StreamStart, StreamStop, Truncate, TupleValue, TypeInfo, Update,
 )
 from .schema import (
@@ -191,12 +192,13 @@ class ChangeCollector:
         return False
 
     def add(self, message: Message, lsn: int, commit_ts_us: int) -> None:
-        if isinstance(message, Insert):
-            state = self._state(message.relation_id, "I")
+        kind = type(message)
+        if kind is Insert:
+            state = self.relations.get(message.relation_id) or self._state(message.relation_id, "I")
             self._append(state, message.new_tuple, lsn, commit_ts_us, False)
             if state.transaction_keys is not None:
                 state.transaction_keys.add(state.key_of(message.new_tuple))
-        elif isinstance(message, Update):
+        elif kind is Update:
             self._add_update(message, lsn, commit_ts_us)
         else:
             state = self._state(message.relation_id, "D")
@@ -206,7 +208,7 @@ class ChangeCollector:
         state = self._state(message.relation_id, "U")
         new = message.new_tuple
         old = message.old_tuple
-        if old is not None and message.old_kind == "O" and UNCHANGED_TOAST in new:
+        if old is not None and message.old_kind == "O" and type(new) is PartialTuple:
             # REPLICA IDENTITY FULL sends the whole old row, TOASTed values included.
             new = [o if v is UNCHANGED_TOAST and o is not UNCHANGED_TOAST else v
                    for v, o in zip(new, old)]
@@ -230,7 +232,7 @@ class ChangeCollector:
                 commit_ts_us: int, deleted: bool) -> None:
         if deleted and self.deletes == "hard":
             values = [v if i in state.key_indexes else None for i, v in enumerate(values)]
-        elif not deleted and UNCHANGED_TOAST in values:
+        elif type(values) is PartialTuple:
             state.has_unchanged_toast = True
         self.segment_has_data = True
         if self.merge_strategy == "upsert" and state.key_indexes:
@@ -347,8 +349,6 @@ def _table_from_relation(relation: Relation) -> TableInfo:
                      relation.replica_identity, [], key, key)
 
 
-_DATA_MESSAGES = (Insert, Update, Delete)
-
 
 def read_changes(
     messages: Iterator[Tuple[int, Message]],
@@ -377,13 +377,59 @@ def read_changes(
     """
     collector.start_segment()
     result.confirm_lsn = position.lsn
+    counts: Dict[int, int] = {}  # changes per relation id
+    try:
+        yield from _read_segment(messages, collector, position, stop_lsn, result, batch_size,
+                                 max_changes, deadline_reached, counts)
+    finally:
+        for relation_id, count in counts.items():
+            table = collector.relations[relation_id].relation.name
+            result.changes[table] = result.changes.get(table, 0) + count
+
+
+def _read_segment(messages, collector: ChangeCollector, position: Position, stop_lsn: int,
+                  result: SegmentResult, batch_size: int, max_changes: Optional[int],
+                  deadline_reached: Callable[[], bool], counts: Dict[int, int]
+                  ) -> Iterator[TableBatch]:
+    check_repeats = collector.merge_strategy == "upsert"
     current: Optional[Begin] = None
     skipping = False
-    ordinal = 0
-    already_loaded = 0
-    taken = 0
+    ordinal = already_loaded = taken = 0
     for lsn, message in messages:
-        if isinstance(message, Begin):
+        kind = type(message)
+        if kind is Insert or kind is Update or kind is Delete or kind is Truncate:
+            if skipping:
+                continue
+            ordinal += 1
+            if ordinal <= already_loaded:
+                continue
+            if kind is Truncate:
+                if collector.segment_has_data:
+                    result.position = Position(position.lsn, current.final_lsn, ordinal - 1)
+                    result.more = True
+                    break
+                for batch in collector.truncate_batches(message):
+                    result.changes[batch.table_name] = result.changes.get(batch.table_name, 0) + 1
+                    yield batch
+                if result.first_lsn is None:
+                    result.first_lsn = lsn
+                result.last_lsn = lsn
+                result.position = Position(position.lsn, current.final_lsn, ordinal)
+                result.more = True
+                return
+            if check_repeats and collector.would_repeat_key(message):
+                result.position = Position(position.lsn, current.final_lsn, ordinal - 1)
+                result.more = True
+                break
+            collector.add(message, lsn, current.commit_ts_us)
+            taken += 1
+            counts[message.relation_id] = counts.get(message.relation_id, 0) + 1
+            if result.first_lsn is None:
+                result.first_lsn = lsn
+            result.last_lsn = lsn
+            if collector.buffered >= batch_size:
+                yield from collector.flush()
+        elif kind is Begin:
             if message.final_lsn > stop_lsn:
                 result.confirm_lsn = max(result.confirm_lsn, message.final_lsn)
                 break
@@ -392,7 +438,7 @@ def read_changes(
             skipping = message.final_lsn < position.lsn
             already_loaded = (position.partial_changes
                               if message.final_lsn == position.partial_commit_lsn else 0)
-        elif isinstance(message, Commit):
+        elif kind is Commit:
             if not skipping:
                 result.transactions += 1
                 position = Position(message.end_lsn)
@@ -401,44 +447,16 @@ def read_changes(
             current, skipping = None, False
             if (max_changes is not None and taken >= max_changes) or deadline_reached():
                 break
-        elif isinstance(message, Relation):
+        elif kind is Relation:
             for batch in collector.on_relation(message):
                 yield batch
-        elif isinstance(message, _DATA_MESSAGES) or isinstance(message, Truncate):
-            if skipping:
-                continue
-            ordinal += 1
-            if ordinal <= already_loaded:
-                continue
-            partial = Position(position.lsn, current.final_lsn, ordinal - 1)
-            if isinstance(message, Truncate):
-                if collector.segment_has_data:
-                    result.position, result.more = partial, True
-                    break
-                for batch in collector.truncate_batches(message):
-                    result.changes[batch.table_name] = result.changes.get(batch.table_name, 0) + 1
-                    yield batch
-                result.position = Position(position.lsn, current.final_lsn, ordinal)
-                result.more = True
-                return
-            if collector.would_repeat_key(message):
-                result.position, result.more = partial, True
-                break
-            collector.add(message, lsn, current.commit_ts_us)
-            taken += 1
-            table = collector.relations[message.relation_id].relation.name
-            result.changes[table] = result.changes.get(table, 0) + 1
-            result.first_lsn = lsn if result.first_lsn is None else result.first_lsn
-            result.last_lsn = lsn
-            if collector.buffered >= batch_size:
-                yield from collector.flush()
-        elif isinstance(message, (TypeInfo, Origin, LogicalMessage)):
+        elif kind is TypeInfo or kind is Origin or kind is LogicalMessage:
             continue  # types resolve through the catalog; origins and messages carry no rows
-        elif isinstance(message, (StreamStart, StreamStop, StreamCommit, StreamAbort)):
-            raise DecodeError(f"pgoutput sent a streamed transaction ({type(message).__name__}) "
+        elif kind in (StreamStart, StreamStop, StreamCommit, StreamAbort):
+            raise DecodeError(f"pgoutput sent a streamed transaction ({kind.__name__}) "
                               "although streaming was not requested")
         else:
-            raise DecodeError(f"unhandled pgoutput message {type(message).__name__}")
+            raise DecodeError(f"unhandled pgoutput message {kind.__name__}")
     else:
         result.exhausted = True
     yield from collector.flush()

@@ -43,18 +43,23 @@ class _UnchangedToast:
 
 UNCHANGED_TOAST = _UnchangedToast()
 
+class PartialTuple(list):
+    """The values of a tuple with at least one UNCHANGED_TOAST: a list whose type says so, so the
+    hot path never scans a tuple to find out."""
+
+
 # A column value as sent: text bytes, None for NULL, or UNCHANGED_TOAST.
 TupleValue = Union[bytes, None, _UnchangedToast]
 
 
-@dataclass
+@dataclass(slots=True)
 class Begin:
     final_lsn: int  # LSN of the commit record: orders transactions
     commit_ts_us: int  # Unix epoch microseconds
     xid: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Commit:
     flags: int
     commit_lsn: int
@@ -62,13 +67,13 @@ class Commit:
     commit_ts_us: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Origin:
     commit_lsn: int
     name: str
 
 
-@dataclass
+@dataclass(slots=True)
 class RelationColumn:
     name: str
     type_oid: int
@@ -76,7 +81,7 @@ class RelationColumn:
     is_key: bool  # part of the replica identity
 
 
-@dataclass
+@dataclass(slots=True)
 class Relation:
     relation_id: int
     namespace: str
@@ -85,20 +90,20 @@ class Relation:
     columns: List[RelationColumn]
 
 
-@dataclass
+@dataclass(slots=True)
 class TypeInfo:
     type_oid: int
     namespace: str
     name: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Insert:
     relation_id: int
     new_tuple: List[TupleValue]
 
 
-@dataclass
+@dataclass(slots=True)
 class Update:
     relation_id: int
     old_kind: Optional[str]  # "K" (old key only), "O" (whole old row) or None (not sent)
@@ -106,21 +111,21 @@ class Update:
     new_tuple: List[TupleValue]
 
 
-@dataclass
+@dataclass(slots=True)
 class Delete:
     relation_id: int
     old_kind: str  # "K" or "O"
     old_tuple: List[TupleValue]
 
 
-@dataclass
+@dataclass(slots=True)
 class Truncate:
     relation_ids: List[int]
     cascade: bool
     restart_identity: bool
 
 
-@dataclass
+@dataclass(slots=True)
 class LogicalMessage:
     transactional: bool
     lsn: int
@@ -128,18 +133,18 @@ class LogicalMessage:
     content: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class StreamStart:
     xid: int
     first_segment: bool
 
 
-@dataclass
+@dataclass(slots=True)
 class StreamStop:
     pass
 
 
-@dataclass
+@dataclass(slots=True)
 class StreamCommit:
     xid: int
     flags: int
@@ -148,7 +153,7 @@ class StreamCommit:
     commit_ts_us: int
 
 
-@dataclass
+@dataclass(slots=True)
 class StreamAbort:
     xid: int
     subxid: int
@@ -228,40 +233,48 @@ class _Reader:
         return value
 
     def tuple_data(self) -> List[TupleValue]:
-        """TupleData: Int16 column count, then per column a kind byte and maybe a value."""
-        buf = self.buf
-        (count,) = self._unpack(_I16)
-        pos = self.pos
-        values: List[TupleValue] = [None] * count
-        try:
-            for i in range(count):
-                kind = buf[pos]
-                pos += 1
-                if kind == 0x74 or kind == 0x62:  # 't' text, 'b' binary: Int32 length + bytes
-                    (length,) = _I32.unpack_from(buf, pos)
-                    if length < 0:
-                        raise DecodeError(
-                            f"negative value length {length} in pgoutput message '{self.tag}' "
-                            f"at offset {pos}"
-                        )
-                    pos += 4
-                    values[i] = buf[pos : pos + length]
-                    pos += length
-                elif kind == 0x6E:  # 'n' NULL
-                    pass
-                elif kind == 0x75:  # 'u' unchanged TOASTed value, not sent
-                    values[i] = UNCHANGED_TOAST
-                else:
-                    raise DecodeError(
-                        f"unknown tuple value kind {chr(kind)!r} in pgoutput message "
-                        f"'{self.tag}' at offset {pos - 1}"
-                    )
-        except (IndexError, struct.error) as e:
-            raise DecodeError(f"pgoutput message '{self.tag}' is truncated at offset {pos}") from e
-        if pos > len(buf):
-            raise DecodeError(f"pgoutput message '{self.tag}' is truncated at offset {len(buf)}")
-        self.pos = pos
+        values, self.pos = _read_tuple(self.buf, self.pos, self.tag)
         return values
+
+
+def _read_tuple(buf: bytes, pos: int, tag: str) -> tuple:
+    """TupleData at `pos`: Int16 column count, then per column a kind byte and maybe a value.
+
+    Returns (values, position after the tuple). The hot path of the decoder.
+    """
+    try:
+        (count,) = _I16.unpack_from(buf, pos)
+        pos += 2
+        values: List[TupleValue] = [None] * count
+        partial = False
+        for i in range(count):
+            kind = buf[pos]
+            pos += 1
+            if kind == 0x74 or kind == 0x62:  # 't' text, 'b' binary: Int32 length + bytes
+                (length,) = _I32.unpack_from(buf, pos)
+                if length < 0:
+                    raise DecodeError(
+                        f"negative value length {length} in pgoutput message '{tag}' "
+                        f"at offset {pos}"
+                    )
+                pos += 4
+                values[i] = buf[pos : pos + length]
+                pos += length
+            elif kind == 0x6E:  # 'n' NULL
+                pass
+            elif kind == 0x75:  # 'u' unchanged TOASTed value, not sent
+                values[i] = UNCHANGED_TOAST
+                partial = True
+            else:
+                raise DecodeError(
+                    f"unknown tuple value kind {chr(kind)!r} in pgoutput message "
+                    f"'{tag}' at offset {pos - 1}"
+                )
+    except (IndexError, struct.error) as e:
+        raise DecodeError(f"pgoutput message '{tag}' is truncated at offset {pos}") from e
+    if pos > len(buf):
+        raise DecodeError(f"pgoutput message '{tag}' is truncated at offset {len(buf)}")
+    return (PartialTuple(values) if partial else values), pos
 
 
 def _begin(r: _Reader, streaming: bool) -> Begin:
@@ -388,6 +401,30 @@ _DECODERS: Dict[str, Callable[[_Reader, bool], Message]] = {
     "A": _stream_abort,
 }
 
+_INSERT_HEAD = struct.Struct("!IB")  # relation id, 'N'
+
+
+def _fast_begin(buf: bytes) -> Begin:
+    final_lsn, commit_ts, xid = _BEGIN.unpack_from(buf, 1)
+    return Begin(final_lsn, commit_ts + PG_EPOCH_OFFSET_US, xid)
+
+
+def _fast_commit(buf: bytes) -> Commit:
+    flags, commit_lsn, end_lsn, commit_ts = _COMMIT.unpack_from(buf, 1)
+    return Commit(flags, commit_lsn, end_lsn, commit_ts + PG_EPOCH_OFFSET_US)
+
+
+def _fast_insert(buf: bytes) -> Insert:
+    relation_id, marker = _INSERT_HEAD.unpack_from(buf, 1)
+    if marker != 0x4E:  # 'N'
+        return _insert(_Reader(buf, "I"), False)  # the general path names the error
+    values, _ = _read_tuple(buf, 6, "I")
+    return Insert(relation_id, values)
+
+
+# Hot messages decoded without a _Reader (outside streamed transactions).
+_FAST_DECODERS = {0x42: _fast_begin, 0x43: _fast_commit, 0x49: _fast_insert}
+
 # Protocol version 3 (two-phase commit) messages: never requested by this package.
 _TWO_PHASE_TAGS = {"b": "Begin Prepare", "P": "Prepare", "K": "Commit Prepared",
                    "r": "Rollback Prepared", "p": "Stream Prepare"}
@@ -408,6 +445,14 @@ def decode_message(payload: bytes, in_stream: bool = False) -> Message:
     """
     if not payload:
         raise DecodeError("empty pgoutput message")
+    if not in_stream:
+        fast = _FAST_DECODERS.get(payload[0])
+        if fast is not None:
+            try:
+                return fast(payload)
+            except struct.error as e:
+                raise DecodeError(
+                    f"pgoutput message '{chr(payload[0])}' is truncated") from e
     tag = chr(payload[0])
     decoder = _DECODERS.get(tag)
     if decoder is None:

@@ -12,9 +12,10 @@ import psycopg2
 
 from .connect import connect, describe_pg_error
 from .exceptions import SlotError, SlotInUseError
-from .protocol import Begin, Commit, Message, StreamStart, StreamStop, decode_message, lsn_to_int
+from .protocol import Message, decode_message, lsn_to_int
 
 POLL_SECONDS = 0.2
+_BEGIN, _COMMIT, _STREAM_START, _STREAM_STOP = b"BCSE"
 # With nothing arriving and the server's sent position not moving for this long, the slot has
 # nothing more for us: the stop position may sit in a page header the decoder never "reaches".
 IDLE_SECONDS = 1.5
@@ -85,26 +86,31 @@ class ReplicationStream:
         consumer decides whether to take it (see changes.read_changes).
         """
         cursor = self._cursor
+        read = cursor.read_message
         in_stream = False
+        received = False
         last_progress = time.monotonic()
         last_reply_request = 0.0
         while True:
-            message = cursor.read_message()
+            message = read()
             if message is not None:
-                decoded = decode_message(message.payload, in_stream)
-                if isinstance(decoded, Begin):
+                payload = message.payload
+                decoded = decode_message(payload, in_stream)
+                tag = payload[0]
+                if tag == _BEGIN:
                     self.in_transaction = True
-                elif isinstance(decoded, Commit):
+                elif tag == _COMMIT:
                     self.in_transaction = False
-                elif isinstance(decoded, StreamStart):
+                elif tag == _STREAM_START:
                     in_stream = True
-                elif isinstance(decoded, StreamStop):
+                elif tag == _STREAM_STOP:
                     in_stream = False
-                self.wal_end = max(self.wal_end, cursor.wal_end)
-                last_progress = time.monotonic()
+                received = True
                 yield message.data_start, decoded
                 continue
             now = time.monotonic()
+            if received:
+                last_progress, received = now, False
             if cursor.wal_end > self.wal_end:
                 self.wal_end = cursor.wal_end
                 last_progress = now

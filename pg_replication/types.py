@@ -240,7 +240,7 @@ def text_to_arrow(values: pa.Array, kind: ColumnKind) -> pa.Array:
 
 def raw_values_to_arrow(values: Sequence[Optional[bytes]], kind: ColumnKind) -> pa.Array:
     """Converts pgoutput text values (bytes, or None for NULL) of one column."""
-    return text_to_arrow(pa.array(values, pa.binary()).cast(pa.string()), kind)
+    return text_to_arrow(pa.array(values, pa.string()), kind)
 
 
 # ---- array literals -------------------------------------------------------------------------
