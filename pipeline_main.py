@@ -1,7 +1,7 @@
 """Postgres -> Databricks change data capture on dlt.
 
-Parses options, reads configuration, runs a job from pg_replication.jobs and turns every expected
-failure into one line on stderr with its own exit code.
+Parses options and runs a job from pg_replication.jobs. Every failure becomes one line on stderr
+with its own exit code (pg_replication.failures); --debug adds the traceback.
 """
 
 import functools
@@ -15,15 +15,6 @@ from typing import Any, Callable, Optional
 
 import click
 
-EXIT_CODES = {
-    "ConfigError": 2,
-    "SourceConnectionError": 3,
-    "SourceNotReadyError": 4,
-    "SlotInUseError": 5,
-    "SlotError": 6,
-    "LoadError": 7,
-    "DecodeError": 8,
-}
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  success
@@ -59,66 +50,12 @@ def _prepare_environment(env_file: Optional[str]) -> None:
 
     if env_file:
         if not Path(env_file).is_file():
-            raise CliError(f"env file not found: {env_file}", EXIT_CODES["ConfigError"])
+            raise CliError(f"env file not found: {env_file}", 2)
         load_dotenv(env_file, override=False)
     elif Path(".env").is_file():
         load_dotenv(".env", override=False)
     # Cron starts jobs elsewhere: read .dlt/ next to this file unless told otherwise.
     os.environ.setdefault("DLT_PROJECT_DIR", str(Path(__file__).resolve().parent))
-
-
-def _as_cli_error(error: BaseException) -> CliError:
-    from pg_replication.exceptions import LoadError, ReplicationError, mask_secrets
-
-    inner = error
-    step = None
-    while True:
-        if type(inner).__name__ == "PipelineStepFailed":
-            step = getattr(inner, "step", None)
-            inner = getattr(inner, "exception", inner)
-            continue
-        cause = getattr(inner, "__cause__", None) or getattr(inner, "__context__", None)
-        if not isinstance(inner, ReplicationError) and isinstance(cause, ReplicationError):
-            inner = cause
-            continue
-        break
-    if isinstance(inner, ReplicationError):
-        for cls in type(inner).__mro__:
-            if cls.__name__ in EXIT_CODES:
-                return CliError(mask_secrets(str(inner)), EXIT_CODES[cls.__name__])
-    config_error = _config_error_text(inner)
-    if config_error:
-        return CliError(mask_secrets(config_error), EXIT_CODES["ConfigError"])
-    first_line = _essential_line(inner)
-    if step in ("load", "normalize") or isinstance(inner, LoadError):
-        return CliError(
-            mask_secrets(f"the destination failed during {step or 'load'}: {first_line}; "
-                         "the slot was not advanced, the next run retries"),
-            EXIT_CODES["LoadError"],
-        )
-    return CliError(mask_secrets(f"{type(inner).__name__}: {first_line}"), 1)
-
-
-def _essential_line(error: BaseException) -> str:
-    """The line of an exception's text that says what went wrong (not a traceback header)."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    if any("Traceback (most recent call last)" in line for line in lines):
-        return lines[-1]
-    return lines[0]
-
-
-def _config_error_text(error: BaseException) -> Optional[str]:
-    name = type(error).__name__
-    if name in ("TomlDecodeError", "TOMLKitError", "ParseError", "UnexpectedCharError",
-                "EmptyKeyError", "UnexpectedEofError", "InvalidCharInStringError"):
-        return f"malformed configuration file (.dlt/config.toml or secrets.toml): {error}"
-    if name in ("ConfigFieldMissingException", "ConfigValueCannotBeCoercedException"):
-        return f"missing or invalid configuration: {str(error).splitlines()[0]}"
-    if name == "UnknownDestinationModule" or name == "InvalidDestinationReference":
-        return f"unknown destination: {str(error).splitlines()[0]}"
-    return None
 
 
 def handle_errors(command: Callable) -> Callable:
@@ -134,45 +71,18 @@ def handle_errors(command: Callable) -> Callable:
         except Exception as e:  # noqa: BLE001 - the CLI's edge: every failure becomes one line
             if ctx.obj.get("debug"):
                 traceback.print_exc()
-            raise _as_cli_error(e) from None
+            from pg_replication.failures import describe_failure
+
+            message, exit_code = describe_failure(e)
+            raise CliError(message, exit_code) from None
 
     return wrapper
 
 
-def _config(key: str, default: Any = None) -> Any:
-    import dlt
-
-    value = dlt.config.get(f"sources.pg_replication.{key}")
-    return default if value is None else value
-
-
-def _source_credentials() -> Any:
-    import dlt
-
-    for key in ("sources.pg_replication.credentials", "sources.sql_database.credentials"):
-        value = dlt.secrets.get(key)
-        if value:
-            if isinstance(value, dict):
-                from dlt.common.configuration.specs import ConnectionStringCredentials
-
-                value = ConnectionStringCredentials(value).to_native_representation()
-            return value
-    return None
-
-
 def _job_settings(tables: Optional[str] = None, deletes: Optional[str] = None):
-    from pg_replication.connect import to_dsn
-    from pg_replication.jobs import JobSettings, default_table_names, table_names_from_option
+    from pg_replication.settings import load_settings
 
-    return JobSettings(
-        dsn=to_dsn(_source_credentials()),
-        slot_name=_config("slot_name", "pg_replication_slot"),
-        pub_name=_config("pub_name", "pg_replication_pub"),
-        schema_name=_config("schema_name", "public"),
-        table_names=table_names_from_option(tables) or default_table_names(_config("table_names")),
-        deletes=deletes or _config("deletes", "hard"),
-        target_batch_size=int(_config("target_batch_size", 50_000)),
-    )
+    return load_settings(tables, deletes)
 
 
 def _pipeline(ctx: click.Context):
@@ -293,7 +203,7 @@ def status(ctx: click.Context, as_json: bool, max_lag_mb: Optional[float]) -> No
     report = run_status(_job_settings(), _pipeline(ctx), max_lag_mb)
     click.echo(report.to_json() if as_json else report.to_text())
     if not report.slot_exists or report.wal_status == "lost":
-        ctx.exit(EXIT_CODES["SlotError"])
+        ctx.exit(6)
     if report.problems:
         ctx.exit(9)
 

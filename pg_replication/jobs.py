@@ -24,22 +24,11 @@ from .connect import connect
 from .exceptions import SlotError, mask_secrets
 from .helpers import SOURCE_NAME, STATE_KEY, init_replication, select_tables
 from .protocol import int_to_lsn
-from .schema import DeleteMode
+from .settings import JobSettings
 from .verify import Check, run_checks
 from .status import StatusReport, collect_status, read_run_record, record_run
 from .slots import (acquire_run_lock, advance_slot, check_server, check_slot_usable, create_slot,
                     current_database, ensure_publications, get_slot, validate_slot_name)
-
-
-@dataclass
-class JobSettings:
-    dsn: str
-    slot_name: str
-    pub_name: str
-    schema_name: str = "public"
-    table_names: Optional[List[str]] = None
-    deletes: DeleteMode = "hard"
-    target_batch_size: int = 50_000
 
 
 @dataclass
@@ -291,17 +280,3 @@ def _as_bool(value: Any, default: bool) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
-
-
-def table_names_from_option(option: Optional[str]) -> Optional[List[str]]:
-    if not option:
-        return None
-    return [name.strip() for name in option.split(",") if name.strip()]
-
-
-def default_table_names(value: Optional[Sequence[str]]) -> Optional[List[str]]:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        return table_names_from_option(value)
-    return list(value)

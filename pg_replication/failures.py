@@ -1,0 +1,75 @@
+"""Turns any exception a run can raise into one readable line and an exit code."""
+
+from typing import Optional, Tuple
+
+from .exceptions import (ConfigError, DecodeError, LoadError, ReplicationError, SlotError,
+                         SlotInUseError, SourceConnectionError, SourceNotReadyError, mask_secrets)
+
+EXIT_CODES = {
+    ConfigError: 2,
+    SourceConnectionError: 3,
+    SourceNotReadyError: 4,
+    SlotInUseError: 5,
+    SlotError: 6,
+    LoadError: 7,
+    DecodeError: 8,
+}
+EXIT_UNEXPECTED = 1
+EXIT_CHECK_FAILED = 9
+
+_TOML_ERRORS = {"TomlDecodeError", "TOMLKitError", "ParseError", "UnexpectedCharError",
+                "EmptyKeyError", "UnexpectedEofError", "InvalidCharInStringError"}
+
+
+def describe_failure(error: BaseException) -> Tuple[str, int]:
+    """(one line without secrets, exit code) for an exception raised by a job."""
+    inner, step = _unwrap(error)
+    if isinstance(inner, ReplicationError):
+        for cls in type(inner).__mro__:
+            if cls in EXIT_CODES:
+                return mask_secrets(str(inner)), EXIT_CODES[cls]
+    config_text = _config_error_text(inner)
+    if config_text:
+        return mask_secrets(config_text), EXIT_CODES[ConfigError]
+    line = essential_line(inner)
+    if step in ("load", "normalize"):
+        return (mask_secrets(f"the destination failed during {step}: {line}; the slot was not "
+                             "advanced, the next run retries"), EXIT_CODES[LoadError])
+    return mask_secrets(f"{type(inner).__name__}: {line}"), EXIT_UNEXPECTED
+
+
+def _unwrap(error: BaseException) -> Tuple[BaseException, Optional[str]]:
+    """Looks through dlt's PipelineStepFailed (and exception chains) for the real cause."""
+    inner, step = error, None
+    for _ in range(10):
+        if type(inner).__name__ == "PipelineStepFailed":
+            step = getattr(inner, "step", None)
+            inner = getattr(inner, "exception", inner)
+            continue
+        cause = inner.__cause__ or inner.__context__
+        if not isinstance(inner, ReplicationError) and isinstance(cause, ReplicationError):
+            inner = cause
+            continue
+        break
+    return inner, step
+
+
+def essential_line(error: BaseException) -> str:
+    """The line of an exception's text that says what went wrong (not a traceback header)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if any("Traceback (most recent call last)" in line for line in lines):
+        return lines[-1]
+    return lines[0]
+
+
+def _config_error_text(error: BaseException) -> Optional[str]:
+    name = type(error).__name__
+    if name in _TOML_ERRORS:
+        return f"malformed configuration file (.dlt/config.toml or secrets.toml): {error}"
+    if name in ("ConfigFieldMissingException", "ConfigValueCannotBeCoercedException"):
+        return f"missing or invalid configuration: {essential_line(error)}"
+    if name in ("UnknownDestinationModule", "InvalidDestinationReference"):
+        return f"unknown destination: {essential_line(error)}"
+    return None

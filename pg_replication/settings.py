@@ -1,0 +1,68 @@
+"""Job settings from dlt configuration: `[sources.pg_replication]`, its env vars and defaults."""
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
+
+import dlt
+
+from .connect import to_dsn
+from .schema import DeleteMode
+
+DEFAULT_SLOT_NAME = "pg_replication_slot"
+DEFAULT_PUB_NAME = "pg_replication_pub"
+
+
+@dataclass
+class JobSettings:
+    dsn: str
+    slot_name: str
+    pub_name: str
+    schema_name: str = "public"
+    table_names: Optional[List[str]] = None
+    deletes: DeleteMode = "hard"
+    target_batch_size: int = 50_000
+
+
+def load_settings(tables: Optional[str] = None, deletes: Optional[str] = None) -> JobSettings:
+    """Settings from configuration; `tables` (comma-separated) and `deletes` override it."""
+    return JobSettings(
+        dsn=to_dsn(source_credentials()),
+        slot_name=_config("slot_name", DEFAULT_SLOT_NAME),
+        pub_name=_config("pub_name", DEFAULT_PUB_NAME),
+        schema_name=_config("schema_name", "public"),
+        table_names=split_names(tables) or _names(_config("table_names")),
+        deletes=deletes or _config("deletes", "hard"),
+        target_batch_size=int(_config("target_batch_size", 50_000)),
+    )
+
+
+def source_credentials() -> Any:
+    """`sources.pg_replication.credentials`, else `sources.sql_database.credentials`."""
+    for key in ("sources.pg_replication.credentials", "sources.sql_database.credentials"):
+        value = dlt.secrets.get(key)
+        if value:
+            if isinstance(value, dict):
+                from dlt.common.configuration.specs import ConnectionStringCredentials
+
+                value = ConnectionStringCredentials(value).to_native_representation()
+            return value
+    return None
+
+
+def _config(key: str, default: Any = None) -> Any:
+    value = dlt.config.get(f"sources.pg_replication.{key}")
+    return default if value is None else value
+
+
+def split_names(option: Optional[str]) -> Optional[List[str]]:
+    if not option:
+        return None
+    return [name.strip() for name in option.split(",") if name.strip()]
+
+
+def _names(value: Optional[Sequence[str]]) -> Optional[List[str]]:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return split_names(value)
+    return list(value)
