@@ -20,5 +20,9 @@ test: install
 demo: install
 	$(PY) demo.py
 
+# Long randomized kill -9 rounds (CRASH_ROUNDS, default 20; CRASH_SEED to replay one).
+soak: install
+	CRASH_ROUNDS=$${CRASH_ROUNDS:-20} $(PY) -m pytest -m soak --timeout=3600 tests/test_crash.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache

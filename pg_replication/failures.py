@@ -28,6 +28,10 @@ def describe_failure(error: BaseException) -> Tuple[str, int]:
         for cls in type(inner).__mro__:
             if cls in EXIT_CODES:
                 return mask_secrets(str(inner)), EXIT_CODES[cls]
+    if type(inner).__module__.startswith("psycopg2") and type(inner).__name__ in (
+            "OperationalError", "InterfaceError"):
+        return (mask_secrets(f"lost the connection to the source database: {essential_line(inner)}"),
+                EXIT_CODES[SourceConnectionError])
     config_text = _config_error_text(inner)
     if config_text:
         return mask_secrets(config_text), EXIT_CODES[ConfigError]
@@ -68,6 +72,12 @@ def _config_error_text(error: BaseException) -> Optional[str]:
     name = type(error).__name__
     if name in _TOML_ERRORS:
         return f"malformed configuration file (.dlt/config.toml or secrets.toml): {error}"
+    if name == "TomlProviderReadException":
+        # dlt's text: "A problem encountered when loading <file> from paths [...]:\n<reason>"
+        lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        reason = lines[0] if lines else essential_line(error)
+        paths = getattr(error, "full_paths", None) or [getattr(error, "file_name", "")]
+        return f"malformed configuration file {paths[0]}: {reason}"
     if name in ("ConfigFieldMissingException", "ConfigValueCannotBeCoercedException"):
         return f"missing or invalid configuration: {essential_line(error)}"
     if name in ("UnknownDestinationModule", "InvalidDestinationReference"):

@@ -228,6 +228,7 @@ def replication_resource(
     max_seconds: Optional[float] = None,
     result: Optional[SegmentResult] = None,
     stop_requested: Optional[Callable[[], bool]] = None,
+    stop_lsn: Optional[int] = None,
 ) -> Any:
     """A dlt resource with the changes in the slot since the stored position, one table each.
 
@@ -254,6 +255,9 @@ def replication_resource(
         max_seconds (Optional[float]): Stop at the first commit after this many seconds.
         result (Optional[SegmentResult]): Receives counts, positions and whether more is waiting.
         stop_requested (Optional[Callable[[], bool]]): True stops reading at the next commit.
+        stop_lsn (Optional[int]): Read up to here; default the server's WAL position now. A run
+            of several segments passes the position it took at its start, so that a source that
+            keeps truncating cannot keep the run going.
     """
     dsn = to_dsn(credentials)
     validate_slot_name(slot_name)
@@ -265,7 +269,7 @@ def replication_resource(
         yield from _read_segment(dsn, slot_name, pub_name, schema_name, position, segment,
                                  target_batch_size, flush_slot, deletes, merge_strategy,
                                  max_changes, max_seconds, include_columns, columns,
-                                 stop_requested or (lambda: False))
+                                 stop_requested or (lambda: False), stop_lsn)
         _save_position(segment.position)
 
     return dlt.resource(changes, name="changes", write_disposition="merge")()
@@ -274,7 +278,7 @@ def replication_resource(
 def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
                   segment: SegmentResult, batch_size: int, flush_slot: bool, deletes, strategy,
                   max_changes, max_seconds, include_columns, columns,
-                  stop_requested: Callable[[], bool]) -> Iterator[Any]:
+                  stop_requested: Callable[[], bool], stop_lsn: Optional[int]) -> Iterator[Any]:
     started = time.monotonic()
     conn = connect(dsn)
     try:
@@ -286,7 +290,7 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
             advance_slot(conn, slot_name, position.lsn)
         publications = existing_publications(conn, pub_name)
         published = _published_tables(conn, schema_name, publications)
-        stop_lsn = emit_heartbeat(conn) or current_wal_lsn(conn)
+        stop_lsn = stop_lsn or run_stop_position(conn)
         collector = ChangeCollector(published, load_type_catalog(conn),
                                     functools.partial(fetch_current_values, conn), deletes, strategy,
                                     existing_destination_column())
@@ -309,6 +313,12 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
             segment.position = Position(max(segment.position.lsn, segment.confirm_lsn))
     finally:
         conn.close()
+
+
+def run_stop_position(conn) -> int:
+    """Where a run stops reading: a heartbeat written now (so an idle slot has a position to
+    reach), or the WAL insert position when the role may not write one."""
+    return emit_heartbeat(conn) or current_wal_lsn(conn)
 
 
 def _published_tables(conn, schema_name: str, publications: List[str]) -> Dict[str, TableInfo]:

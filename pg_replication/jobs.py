@@ -22,7 +22,7 @@ from . import pg_replication
 from .changes import Position, SegmentResult
 from .connect import connect
 from .exceptions import SlotError, mask_secrets
-from .helpers import SOURCE_NAME, STATE_KEY, init_replication, select_tables
+from .helpers import SOURCE_NAME, STATE_KEY, init_replication, run_stop_position, select_tables
 from .protocol import int_to_lsn
 from .settings import JobSettings
 from .verify import Check, run_checks
@@ -86,11 +86,37 @@ def finish_pending_load(pipeline: dlt.Pipeline, conn, slot_name: str) -> bool:
     """Loads what a crashed run left extracted or normalized, then confirms its position."""
     if not pipeline.has_pending_data:
         return False
+    _repair_crashed_packages(pipeline)
     pipeline.normalize()
     pipeline.load()
     if get_slot(conn, slot_name) is not None:
         advance_slot(conn, slot_name, stored_position(pipeline).lsn)
     return True
+
+
+def _repair_crashed_packages(pipeline: dlt.Pipeline) -> None:
+    """Undoes what a kill at the wrong moment leaves behind in dlt's package folders.
+
+    - Killed after normalize committed a package but before it removed the extracted copy: the
+      copy would be normalized again and collide with the committed one. It is dropped.
+    - Killed after extract wrote a package but before the pipeline saved the schema that goes
+      with it: normalize would use the older stored schema (a table still `replace` from the
+      snapshot instead of `merge`). The package's own schema is saved first.
+    """
+    normalized = set(pipeline.list_normalized_load_packages())
+    # dlt has no public API for the extracted packages' storage.
+    extracted = pipeline._get_normalize_storage().extracted_packages  # noqa: SLF001
+    for load_id in extracted.list_packages():
+        if load_id in normalized:
+            extracted.delete_package(load_id)
+            continue
+        try:
+            package_schema = extracted.load_schema(load_id)
+        except FileNotFoundError:
+            continue
+        if package_schema.name in pipeline.schemas and (
+                pipeline.schemas[package_schema.name].version < package_schema.version):
+            pipeline.schemas.save_schema(package_schema)
 
 
 def _apply_table_format(source, pipeline: dlt.Pipeline) -> None:
@@ -154,17 +180,19 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
         acquire_run_lock(lock, settings.slot_name)
         slot = get_slot(lock, settings.slot_name)
         if slot is None:
+            _refuse_if_changes_were_loaded(pipeline, settings.slot_name)
             _create_slot_for_cdc(lock, settings)
             report.slot_created = True
             return report
         check_slot_usable(slot, settings.slot_name, current_database(lock))
         report.pending_loaded = finish_pending_load(pipeline, lock, settings.slot_name)
+        stop_lsn = run_stop_position(lock)
         deadline = started + max_seconds if max_seconds else None
         while True:
             remaining_seconds = max(deadline - time.monotonic(), 0.001) if deadline else None
             remaining_changes = max_changes - report.total if max_changes else None
             segment = _load_segment(settings, pipeline, remaining_changes, remaining_seconds,
-                                    stop_requested)
+                                    stop_requested, stop_lsn)
             if segment.confirm_lsn:
                 advance_slot(lock, settings.slot_name, segment.confirm_lsn)
                 report.confirmed_lsn = segment.confirm_lsn
@@ -225,6 +253,17 @@ def recorded_run(pipeline: dlt.Pipeline, command: str) -> Iterator[Dict[str, str
     record_run(pipeline.working_dir, command, "succeeded", record["summary"])
 
 
+def _refuse_if_changes_were_loaded(pipeline: dlt.Pipeline, slot_name: str) -> None:
+    """A missing slot after loads means it was dropped: the changes since are gone from the WAL.
+    Creating a new one silently would lose them, so say so and ask for a snapshot."""
+    position = stored_position(pipeline).lsn
+    if position:
+        raise SlotError(
+            f"slot {slot_name!r} does not exist, but the destination holds changes up to "
+            f"{int_to_lsn(position)}: the slot was dropped and the changes since are lost on the "
+            "source; run `snapshot` to copy the tables again")
+
+
 def _create_slot_for_cdc(conn, settings: JobSettings) -> None:
     tables = select_tables(conn, settings.schema_name, settings.table_names)
     if not tables:
@@ -234,14 +273,15 @@ def _create_slot_for_cdc(conn, settings: JobSettings) -> None:
 
 
 def _load_segment(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional[int],
-                  max_seconds: Optional[float], stop_requested: Callable[[], bool]) -> SegmentResult:
+                  max_seconds: Optional[float], stop_requested: Callable[[], bool],
+                  stop_lsn: int) -> SegmentResult:
     segment = SegmentResult(Position())
     source = pg_replication(
         credentials=settings.dsn, slot_name=settings.slot_name, pub_name=settings.pub_name,
         schema_name=settings.schema_name, target_batch_size=settings.target_batch_size,
         flush_slot=False, deletes=settings.deletes, merge_strategy=merge_strategy_for(pipeline),
         max_changes=max_changes, max_seconds=max_seconds, result=segment,
-        stop_requested=stop_requested,
+        stop_requested=stop_requested, stop_lsn=stop_lsn,
     )
     _apply_table_format(source, pipeline)
     pipeline.run(source, loader_file_format="parquet")

@@ -4,6 +4,7 @@ Every identifier is quoted with psycopg2.sql; nothing is built from names by pla
 """
 
 import re
+import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -260,12 +261,32 @@ def advance_slot(conn, slot_name: str, lsn: int) -> None:
 
     Called only with an LSN whose changes the destination has committed.
     """
-    slot = get_slot(conn, slot_name)
+    slot = wait_until_inactive(conn, slot_name)
     if slot is None or slot.confirmed_flush_lsn is None or lsn <= slot.confirmed_flush_lsn:
         return
     with conn.cursor() as cur:
         cur.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
                     (slot_name, int_to_lsn(lsn)))
+
+
+def wait_until_inactive(conn, slot_name: str, timeout: float = 10.0) -> Optional[SlotInfo]:
+    """The slot once no process streams from it.
+
+    A walsender exits a moment after its client closed the connection, and the slot counts as
+    active until then; a consumer that stays longer is someone else's.
+
+    Raises:
+        SlotInUseError: Still active after `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        slot = get_slot(conn, slot_name)
+        if slot is None or not slot.active:
+            return slot
+        if time.monotonic() >= deadline:
+            raise SlotInUseError(
+                f"slot {slot_name!r} is in use by another consumer (pid {slot.active_pid})")
+        time.sleep(0.02)
 
 
 def acquire_run_lock(conn, slot_name: str) -> None:

@@ -19,6 +19,8 @@ _BEGIN, _COMMIT, _STREAM_START, _STREAM_STOP = b"BCSE"
 # With nothing arriving and the server's sent position not moving for this long, the slot has
 # nothing more for us: the stop position may sit in a page header the decoder never "reaches".
 IDLE_SECONDS = 1.5
+# How long a slot may stay "active" after our own previous connection to it closed.
+SLOT_RELEASE_SECONDS = 5.0
 
 
 class ReplicationStream:
@@ -49,6 +51,18 @@ class ReplicationStream:
         self._cursor = None
 
     def __enter__(self) -> "ReplicationStream":
+        deadline = time.monotonic() + SLOT_RELEASE_SECONDS
+        while True:
+            try:
+                self._start()
+                return self
+            except SlotInUseError:
+                # The previous segment's walsender may still be exiting; anyone else's stays.
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _start(self) -> None:
         self._conn = connect(self.dsn, replication=True)
         self._cursor = self._conn.cursor()
         options = {"proto_version": "1", "publication_names": ",".join(self.publication_names)}
@@ -65,7 +79,6 @@ class ReplicationStream:
                     f"slot {self.slot_name!r} does not exist; run `snapshot` to create it"
                 ) from None
             raise SlotError(f"cannot read slot {self.slot_name!r}: {message}") from None
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()
