@@ -12,7 +12,6 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import dlt
 from dlt.common.configuration import configspec
 from dlt.common.configuration.specs import BaseConfiguration
-from dlt.extract.source import DltSource
 
 from .changes import Position, SegmentResult
 from .helpers import SOURCE_NAME, init_replication, replication_resource

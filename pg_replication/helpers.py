@@ -2,8 +2,8 @@
 `replication_resource` (the change stream).
 
 Progress lives in the dlt source state of the source named `pg_replication` (shared by the snapshot
-and the change stream): `{"position": Position.to_state(), "slot_name": ...}`. dlt commits that state
-with each load, so the destination and the position never disagree.
+and the change stream): `{"position": Position.to_state()}`. dlt commits that state with each load,
+so the destination and the position never disagree.
 """
 
 import functools
@@ -18,11 +18,12 @@ from .catalog import (TableInfo, column_kinds, describe_tables, fetch_current_va
                       list_tables, load_type_catalog)
 from .changes import ChangeCollector, Position, SegmentResult, TableBatch, read_changes
 from .connect import connect, to_dsn
-from .exceptions import SlotError
+from .exceptions import ConfigError, SlotError
 from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, META_ARROW_TYPES, DeleteMode,
                      ExistingColumn, MergeStrategy, output_column_names, snapshot_hints,
                      table_hints)
-from .slots import (advance_slot, check_server, check_slot_usable, create_slot_with_snapshot,
+from .slots import (advance_slot, check_server, check_slot_usable, create_slot,
+                    create_slot_with_snapshot,
                     current_database, current_wal_lsn, drop_publications, drop_slot,
                     ensure_publications, existing_publications, get_slot, publication_tables,
                     validate_slot_name)
@@ -45,6 +46,8 @@ def _save_position(position: Position) -> None:
 def select_tables(conn, schema_name: str, table_names: Optional[Sequence[str]]) -> Dict[str, TableInfo]:
     """The tables to replicate: those named, or every table of the schema."""
     names = list(table_names) if table_names else list_tables(conn, schema_name)
+    if not names:
+        raise ConfigError(f"no tables to replicate in schema {schema_name!r}")
     return describe_tables(conn, schema_name, names)
 
 
@@ -102,34 +105,44 @@ def init_replication(
         slot = get_slot(conn, slot_name)
         if slot is not None:
             check_slot_usable(slot, slot_name, current_database(conn))
-        if slot is None and not persist_snapshots:
-            create_slot_with_snapshot(dsn, slot_name)[0].close()
-            return None
         if not persist_snapshots:
+            if slot is None:
+                create_slot(conn, slot_name)
             return None
-        reader = connect(dsn)
-        if slot is None:
-            exporter, handoff_lsn, snapshot_name = create_slot_with_snapshot(dsn, slot_name)
-            try:
-                begin_snapshot_transaction(reader, snapshot_name)
-            finally:
-                exporter.close()  # the importing transaction keeps the snapshot alive
-            copy_lsn = handoff_lsn
-        else:
-            begin_snapshot_transaction(reader, None)
-            copy_lsn, handoff_lsn = snapshot_wal_lsn(reader), None
     finally:
         conn.close()
+    reader, copy_lsn, handoff_lsn = _open_snapshot_reader(dsn, slot_name, create=slot is None)
     return snapshot_source(reader, list(tables.values()), types, copy_lsn, handoff_lsn,
                            include_columns, columns, deletes)
 
 
+def _open_snapshot_reader(dsn: str, slot_name: str, create: bool):
+    """A connection inside the snapshot to copy from: (connection, `_pg_lsn` of the copied rows,
+    hand-off LSN to store or None).
+
+    A new slot exports the snapshot of its consistent point, imported here before the exporting
+    connection closes. An existing slot has none to offer (see init_replication).
+    """
+    reader = connect(dsn)
+    try:
+        if not create:
+            begin_snapshot_transaction(reader, None)
+            return reader, snapshot_wal_lsn(reader), None
+        exporter, handoff_lsn, snapshot_name = create_slot_with_snapshot(dsn, slot_name)
+        try:
+            begin_snapshot_transaction(reader, snapshot_name)
+        finally:
+            exporter.close()  # the importing transaction keeps the snapshot alive
+        return reader, handoff_lsn, handoff_lsn
+    except Exception:
+        reader.close()
+        raise
+
+
 def snapshot_source(reader, tables: List[TableInfo], types, copy_lsn: int,
                     handoff_lsn: Optional[int], include_columns=None, columns=None,
-                    deletes: DeleteMode = "hard", counts: Optional[Dict[str, int]] = None
-                    ) -> DltSource:
+                    deletes: DeleteMode = "hard") -> DltSource:
     """A `pg_replication` source whose one resource copies `tables` on `reader`'s transaction."""
-    counts = {} if counts is None else counts
 
     def snapshot_rows() -> Iterator[Any]:
         try:
@@ -143,13 +156,11 @@ def snapshot_source(reader, tables: List[TableInfo], types, copy_lsn: int,
                 hints = table_hints(table.name, [(renames[n], kinds[renames[n]]) for n in names],
                                     [renames.get(k, k) for k in table.merge_key], deletes)
                 hints = snapshot_hints(_with_column_hints(hints, columns))
-                counts[table.name] = 0
                 marker = DELETED_COLUMN if deletes == "hard" else DELETED_AT_COLUMN
                 first = True
                 for data in read_table(reader, table, column_kinds(table, types), copy_lsn, marker):
                     data = data.rename_columns([renames.get(n, n) for n in data.column_names])
                     data = data.select([n for n in data.column_names if n in hints["columns"]])
-                    counts[table.name] += data.num_rows
                     yield _mark(data, hints, first)
                     first = False
                 if first:  # empty table: still replace what the destination holds

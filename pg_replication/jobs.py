@@ -13,10 +13,9 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import dlt
-from dlt.common.pipeline import LoadInfo
 
 from . import pg_replication
 from .changes import Position, SegmentResult
@@ -27,8 +26,8 @@ from .protocol import int_to_lsn
 from .settings import JobSettings
 from .verify import Check, run_checks
 from .status import StatusReport, collect_status, read_run_record, record_run
-from .slots import (acquire_run_lock, advance_slot, check_server, check_slot_usable, create_slot,
-                    current_database, ensure_publications, get_slot, validate_slot_name)
+from .slots import (acquire_run_lock, advance_slot, check_server, check_slot_usable,
+                    current_database, get_slot, validate_slot_name)
 
 
 @dataclass
@@ -181,7 +180,7 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
         slot = get_slot(lock, settings.slot_name)
         if slot is None:
             _refuse_if_changes_were_loaded(pipeline, settings.slot_name)
-            _create_slot_for_cdc(lock, settings)
+            _create_slot_for_cdc(settings)
             report.slot_created = True
             return report
         check_slot_usable(slot, settings.slot_name, current_database(lock))
@@ -264,12 +263,9 @@ def _refuse_if_changes_were_loaded(pipeline: dlt.Pipeline, slot_name: str) -> No
             "source; run `snapshot` to copy the tables again")
 
 
-def _create_slot_for_cdc(conn, settings: JobSettings) -> None:
-    tables = select_tables(conn, settings.schema_name, settings.table_names)
-    if not tables:
-        raise SlotError(f"no tables in schema {settings.schema_name!r} to replicate")
-    ensure_publications(conn, settings.pub_name, list(tables.values()))
-    create_slot(conn, settings.slot_name)
+def _create_slot_for_cdc(settings: JobSettings) -> None:
+    init_replication(settings.slot_name, settings.pub_name, settings.schema_name,
+                     settings.table_names, credentials=settings.dsn)
 
 
 def _load_segment(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional[int],

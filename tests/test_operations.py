@@ -7,7 +7,7 @@ import sys
 import time
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
+import pytest
 
 from tests.tools import REPO, assert_table_matches
 
@@ -134,8 +134,6 @@ def test_demo_runs_end_to_end():
     assert result.stdout.count("equal") >= 5
     assert "cdc: 15 changes" in result.stdout
 
-
-import pytest  # noqa: E402
 
 
 @pytest.mark.parametrize("destination", ["duckdb", "filesystem"])

@@ -4,7 +4,6 @@ import threading
 import time
 
 import psycopg2
-import pytest
 
 from sandbox.sample_schema import SAMPLE_TABLES, create_sample_schema
 from tests.tools import assert_table_matches
