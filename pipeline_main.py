@@ -5,6 +5,7 @@ with its own exit code (pg_replication.failures); --debug adds the traceback.
 """
 
 import functools
+import logging
 import os
 import signal
 import sys
@@ -112,6 +113,9 @@ def cli(ctx: click.Context, destination: str, dataset: str, pipeline_name: str,
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     # Failures are reported once, as one line; dlt's own log would repeat them with tracebacks.
     os.environ.setdefault("RUNTIME__LOG_LEVEL", "INFO" if debug else "CRITICAL")
+    if not debug:  # client libraries log their retries to stderr: the failure line says enough
+        for name in ("databricks", "urllib3", "thrift"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     # SIGTERM must let a load finish (cdc --follow), not abort it inside dlt.
     os.environ.setdefault("RUNTIME__INTERCEPT_SIGNALS", "false")
 

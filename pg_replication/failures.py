@@ -17,6 +17,8 @@ EXIT_CODES = {
 EXIT_UNEXPECTED = 1
 EXIT_CHECK_FAILED = 9
 
+# Errors from these packages come from the destination (dlt syncs with it before extracting).
+_DESTINATION_MODULES = {"databricks", "urllib3", "requests", "duckdb", "deltalake", "thrift"}
 _TOML_ERRORS = {"TomlDecodeError", "TOMLKitError", "ParseError", "UnexpectedCharError",
                 "EmptyKeyError", "UnexpectedEofError", "InvalidCharInStringError"}
 
@@ -36,8 +38,10 @@ def describe_failure(error: BaseException) -> Tuple[str, int]:
     if config_text:
         return mask_secrets(config_text), EXIT_CODES[ConfigError]
     line = essential_line(inner)
-    if step in ("load", "normalize"):
-        return (mask_secrets(f"the destination failed during {step}: {line}; the slot was not "
+    if step in ("sync", "load", "normalize") or (
+            type(inner).__module__.split(".")[0] in _DESTINATION_MODULES):
+        during = {"sync": "connect", None: "load"}.get(step, step)
+        return (mask_secrets(f"the destination failed during {during}: {line}; the slot was not "
                              "advanced, the next run retries"), EXIT_CODES[LoadError])
     return mask_secrets(f"{type(inner).__name__}: {line}"), EXIT_UNEXPECTED
 

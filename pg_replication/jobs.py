@@ -8,6 +8,7 @@ Order of a cdc run:
    repeat while a segment ended early (truncate, repeated key).
 """
 
+import json
 import os
 import threading
 import time
@@ -301,11 +302,20 @@ def make_pipeline(pipeline_name: str, destination: str, dataset_name: str,
                         dataset_name=dataset_name, **options)
 
 
+DATABRICKS_RETRY_LIMITS = {"_retry_stop_after_attempts_count": 3,
+                           "_retry_stop_after_attempts_duration": 60, "_retry_delay_max": 10}
+
+
 def make_destination(name: str) -> Any:
     """dlt's destination by name; Databricks removes staged files unless configured to keep them
     (dlt's own default keeps every parquet file in the volume forever)."""
     if name != "databricks":
         return name
+    if dlt.secrets.get("destination.databricks.credentials.connection_parameters") is None:
+        # The SQL connector retries an unreachable workspace for 15 minutes by default; a cron
+        # job should fail within about a minute and let the next run try again.
+        os.environ["DESTINATION__DATABRICKS__CREDENTIALS__CONNECTION_PARAMETERS"] = json.dumps(
+            DATABRICKS_RETRY_LIMITS)
     keep = dlt.config.get("destination.databricks.keep_staged_files")
     return dlt.destinations.databricks(keep_staged_files=_as_bool(keep, default=False))
 
