@@ -103,6 +103,9 @@ def init_replication(
         ensure_publications(conn, pub_name, list(tables.values()))
         types = load_type_catalog(conn)
         slot = get_slot(conn, slot_name)
+        if slot is not None and slot.wal_status == "lost" and persist_snapshots:
+            drop_slot(conn, slot_name)  # a new copy starts over: a new slot goes with it
+            slot = None
         if slot is not None:
             check_slot_usable(slot, slot_name, current_database(conn))
         if not persist_snapshots:

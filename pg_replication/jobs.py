@@ -136,7 +136,8 @@ def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotRepor
         acquire_run_lock(lock, settings.slot_name)
         tables = select_tables(lock, settings.schema_name, settings.table_names)  # fail fast
         finish_pending_load(pipeline, lock, settings.slot_name)
-        slot_existed = get_slot(lock, settings.slot_name) is not None
+        slot = get_slot(lock, settings.slot_name)
+        slot_existed = slot is not None and slot.wal_status != "lost"  # a lost one is replaced
         source = init_replication(
             settings.slot_name, settings.pub_name, settings.schema_name, settings.table_names,
             credentials=settings.dsn, persist_snapshots=True, deletes=settings.deletes,

@@ -78,7 +78,8 @@ def check_slot_usable(slot: SlotInfo, slot_name: str, database: str) -> None:
     if slot.wal_status == "lost":
         raise SlotError(
             f"slot {slot_name!r} was invalidated by the server (wal_status=lost): changes were "
-            "lost on the source side; drop the slot and run `snapshot` again"
+            "lost on the source side; run `snapshot` to copy the tables again (it replaces the "
+            "slot)"
         )
 
 
