@@ -14,8 +14,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 install: $(VENV)/.installed
 	./scripts/ensure-postgres.sh
 
+# Two workers, one test file each (files share their throw-away servers).
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 demo: install
 	$(PY) demo.py
