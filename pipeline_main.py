@@ -150,7 +150,7 @@ def snapshot(ctx: click.Context, tables: Optional[str]) -> None:
 
         handoff = f", hand-off LSN {int_to_lsn(report.handoff_lsn)}"
     click.echo(f"total: {total} rows in {len(report.rows)} tables{handoff}, "
-               f"{report.seconds:.1f}s")
+               f"{report.seconds:.2f}s")
 
 
 @cli.command()

@@ -64,8 +64,9 @@ class CdcReport:
         confirmed = (f", slot confirmed to {int_to_lsn(self.confirmed_lsn)}"
                      if self.confirmed_lsn else "")
         tables = f" ({per_table})" if per_table else ""
-        return (f"cdc: {self.total} changes{tables}, {lsn_range}{confirmed}, "
-                f"{self.seconds:.1f}s")
+        pending = ", after loading a package an earlier run left" if self.pending_loaded else ""
+        return (f"cdc: {self.total} changes{tables}, {lsn_range}{confirmed}{pending}, "
+                f"{self.seconds:.2f}s")
 
 
 def merge_strategy_for(pipeline: dlt.Pipeline) -> str:

@@ -60,7 +60,8 @@ def test_failed_load_keeps_the_slot_and_the_pending_package_loads_first(source, 
 
     _require_names(project, "items", False)
     _sql(source, "UPDATE items SET qty = 3 WHERE id = 3")
-    project.run("cdc")  # the failed package first, then the new change
+    rerun = project.run("cdc")  # the failed package first, then the new change
+    assert "after loading a package an earlier run left" in rerun.stdout
     assert_table_matches(source, project, "items")
     assert project.slot_confirmed_lsn() > confirmed
     # and nothing is left to do
