@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,31 +20,45 @@ from sandbox.pg_server import PostgresCluster  # noqa: E402
 @dataclass
 class Measurement:
     name: str
-    seconds: float
+    seconds: float  # wall time of the whole process, interpreter start and imports included
     peak_rss_mb: float
     rows: int
+    work_seconds: float  # the work alone, as the process reports it (wall time if it does not)
 
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
-        return (f"{self.name:<28} {self.seconds:8.2f} s  {self.rows_per_second:12,.0f} rows/s  "
+        return (f"{self.name:<28} wall {self.seconds:7.2f} s  work {self.work_seconds:7.2f} s  "
+                f"{self.rows / self.work_seconds if self.work_seconds else 0:12,.0f} rows/s  "
                 f"peak RSS {self.peak_rss_mb:7.1f} MB")
 
 
-def measure(name: str, args: List[str], rows: int, env: Optional[Dict[str, str]] = None,
-            stdout=subprocess.DEVNULL) -> Measurement:
-    """Runs a command, returns its wall time and the peak RSS of the process (wait4)."""
+WORK_TIME = re.compile(r"(?:WORK |, )(\d+\.\d+)s?\s*$")
+
+
+def measure(name: str, args: List[str], rows: int, env: Optional[Dict[str, str]] = None
+            ) -> Measurement:
+    """Runs a command; returns its wall time, its own work time and its peak RSS (wait4).
+
+    The work time is the last line's trailing seconds: "WORK 1.23" from the helper scripts, or the
+    duration at the end of pipeline_main.py's summary line.
+    """
     started = time.perf_counter()
-    process = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=stdout,
-                               stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{name} failed ({process.returncode}): {process.stderr.read().decode()}")
-    return Measurement(name, seconds, usage.ru_maxrss / 1024, rows)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=out,
+                                   stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        lines = out.read().decode().strip().splitlines()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{name} failed: {err.read().decode()}")
+    found = WORK_TIME.search(lines[-1]) if lines else None
+    work = float(found.group(1)) if found else seconds
+    return Measurement(name, seconds, usage.ru_maxrss / 1024, rows, work)
 
 
 def start_cluster() -> PostgresCluster:
