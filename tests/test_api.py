@@ -9,12 +9,7 @@ from pg_replication.changes import ChangeCollector, Position, SegmentResult, rea
 from pg_replication.connect import connect
 from pg_replication.slots import current_wal_lsn, ensure_publications
 from pg_replication.stream import ReplicationStream
-
-
-def _sql(conn, *statements):
-    with conn.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
+from tests.tools import run_sql
 
 
 def test_pg_replication_source_reads_its_config_and_confirms_only_loaded_positions(
@@ -22,7 +17,7 @@ def test_pg_replication_source_reads_its_config_and_confirms_only_loaded_positio
     monkeypatch.setenv("SOURCES__PG_REPLICATION__CREDENTIALS", source_url)
     monkeypatch.setenv("SOURCES__PG_REPLICATION__SLOT_NAME", "api_slot")
     monkeypatch.setenv("SOURCES__PG_REPLICATION__PUB_NAME", "api_pub")
-    _sql(source, "CREATE TABLE items (id int PRIMARY KEY, name text)",
+    run_sql(source, "CREATE TABLE items (id int PRIMARY KEY, name text)",
          "INSERT INTO items VALUES (1, 'a'), (2, 'b')")
     pipeline = dlt.pipeline("api_test", pipelines_dir=str(tmp_path / "pipelines"),
                             destination=dlt.destinations.duckdb(str(tmp_path / "api.duckdb")),
@@ -38,7 +33,7 @@ def test_pg_replication_source_reads_its_config_and_confirms_only_loaded_positio
             return int(cur.fetchone()[0])
 
     handoff = confirmed()
-    _sql(source, "UPDATE items SET name = 'changed' WHERE id = 1", "DELETE FROM items WHERE id = 2")
+    run_sql(source, "UPDATE items SET name = 'changed' WHERE id = 1", "DELETE FROM items WHERE id = 2")
     pipeline.run(pg_replication())  # everything from [sources.pg_replication]
     assert confirmed() == handoff, "nothing is confirmed before the destination has it"
     with duckdb.connect(str(tmp_path / "api.duckdb"), read_only=True) as con:
@@ -51,11 +46,11 @@ def test_pg_replication_source_reads_its_config_and_confirms_only_loaded_positio
 
 
 def test_batches_are_bounded_by_target_batch_size(source, source_url):
-    _sql(source, "CREATE TABLE big (id int PRIMARY KEY, v text)")
+    run_sql(source, "CREATE TABLE big (id int PRIMARY KEY, v text)")
     conn = connect(source_url)
     tables = describe_tables(conn, "public", ["big"])
     ensure_publications(conn, "batch_pub", list(tables.values()))
-    _sql(source, "SELECT pg_create_logical_replication_slot('batch_slot', 'pgoutput')",
+    run_sql(source, "SELECT pg_create_logical_replication_slot('batch_slot', 'pgoutput')",
          "INSERT INTO big SELECT g, 'v' FROM generate_series(1, 1050) g")  # one transaction
     collector = ChangeCollector(tables, load_type_catalog(conn),
                                 lambda *args: fetch_current_values(conn, *args))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.tools import Project, assert_table_matches
+from tests.tools import Project, assert_table_matches, run_sql
 
 DESTINATIONS = ["duckdb", "filesystem"]
 
@@ -12,10 +12,6 @@ def project(request, tmp_path, source_url) -> Project:
     return Project(tmp_path, source_url, destination=request.param)
 
 
-def _sql(conn, *statements):
-    with conn.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
 
 
 def _rows_by_id(project, table, key="id"):
@@ -23,7 +19,7 @@ def _rows_by_id(project, table, key="id"):
 
 
 def _items_table(conn):
-    _sql(conn, """CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int,
+    run_sql(conn, """CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int,
                   body text, tags text[], price numeric(8,2))""",
          "INSERT INTO items SELECT g, 'item ' || g, g, NULL, ARRAY['a'], g FROM generate_series(1, 20) g")
 
@@ -31,7 +27,7 @@ def _items_table(conn):
 def test_inserts_updates_deletes_and_last_change_wins(source, project):
     _items_table(source)
     project.run("snapshot")
-    _sql(source,
+    run_sql(source,
          "INSERT INTO items VALUES (100, 'new', 1, NULL, NULL, 1.5)",
          "UPDATE items SET name = 'first' WHERE id = 1",
          "UPDATE items SET name = 'second', qty = 99 WHERE id = 1",
@@ -48,7 +44,7 @@ def test_inserts_updates_deletes_and_last_change_wins(source, project):
     assert rows[1]["name"] == "second" and rows[4]["qty"] == 3 and 3 not in rows
 
     # across loads: a later run overrides, an insert-then-delete disappears
-    _sql(source, "UPDATE items SET name = 'third' WHERE id = 1",
+    run_sql(source, "UPDATE items SET name = 'third' WHERE id = 1",
          "INSERT INTO items VALUES (101, 'short-lived', 1, NULL, NULL, 1)",
          "DELETE FROM items WHERE id = 101")
     project.run("cdc")
@@ -59,7 +55,7 @@ def test_inserts_updates_deletes_and_last_change_wins(source, project):
 def test_primary_key_update_moves_the_row(source, project):
     _items_table(source)
     project.run("snapshot")
-    _sql(source, "UPDATE items SET id = 1001 WHERE id = 5",
+    run_sql(source, "UPDATE items SET id = 1001 WHERE id = 5",
          "BEGIN; UPDATE items SET id = 2002 WHERE id = 6; UPDATE items SET id = 6 WHERE id = 7; COMMIT")
     project.run("cdc")
     rows = _rows_by_id(project, "items")
@@ -70,13 +66,13 @@ def test_primary_key_update_moves_the_row(source, project):
 
 @pytest.mark.parametrize("identity", ["DEFAULT", "FULL"])
 def test_unchanged_toast_column_is_never_nulled(source, project, identity):
-    _sql(source, "CREATE TABLE docs (id int PRIMARY KEY, title text, body text, meta jsonb)",
+    run_sql(source, "CREATE TABLE docs (id int PRIMARY KEY, title text, body text, meta jsonb)",
          f"ALTER TABLE docs REPLICA IDENTITY {identity}",
          "ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL",
          "INSERT INTO docs SELECT g, 't' || g, repeat(md5(g::text), 400), "
          "jsonb_build_object('x', repeat('y', 9000)) FROM generate_series(1, 5) g")
     project.run("snapshot")
-    _sql(source,
+    run_sql(source,
          "UPDATE docs SET title = 'changed' WHERE id = 1",  # body and meta unchanged: sent as 'u'
          "BEGIN; UPDATE docs SET title = 'twice' WHERE id = 2; UPDATE docs SET title = 'again' "
          "WHERE id = 2; COMMIT",
@@ -98,10 +94,10 @@ def test_unchanged_toast_column_is_never_nulled(source, project, identity):
 
 def test_truncate_empties_the_table_and_later_changes_apply_after_it(source, project):
     _items_table(source)
-    _sql(source, "CREATE TABLE other (id int PRIMARY KEY, v text)",
+    run_sql(source, "CREATE TABLE other (id int PRIMARY KEY, v text)",
          "INSERT INTO other VALUES (1, 'keep')")
     project.run("snapshot")
-    _sql(source,
+    run_sql(source,
          "UPDATE items SET name = 'before truncate' WHERE id = 1",
          "INSERT INTO other VALUES (2, 'also keep')",
          "TRUNCATE items",
@@ -124,7 +120,7 @@ def test_truncate_empties_the_table_and_later_changes_apply_after_it(source, pro
 def test_ddl_add_drop_and_type_change_do_not_stop_the_pipeline(source, project):
     _items_table(source)
     project.run("snapshot")
-    _sql(source, "ALTER TABLE items ADD COLUMN color text",
+    run_sql(source, "ALTER TABLE items ADD COLUMN color text",
          "UPDATE items SET color = 'red' WHERE id = 1",
          "BEGIN; UPDATE items SET qty = 7 WHERE id = 2; ALTER TABLE items DROP COLUMN body; "
          "UPDATE items SET qty = 8 WHERE id = 3; COMMIT",
@@ -141,12 +137,12 @@ def test_ddl_add_drop_and_type_change_do_not_stop_the_pipeline(source, project):
 
 
 def test_table_without_primary_key_never_fails_source_writes(source, project):
-    _sql(source, "CREATE TABLE logs (at int, msg text)", "INSERT INTO logs VALUES (1, 'a')")
+    run_sql(source, "CREATE TABLE logs (at int, msg text)", "INSERT INTO logs VALUES (1, 'a')")
     _items_table(source)
     snapshot = project.run("snapshot")
     assert "warning: logs has no primary key" in snapshot.stderr
     # In a publication that publishes UPDATE/DELETE, these would fail without a replica identity.
-    _sql(source, "INSERT INTO logs VALUES (2, 'b')", "UPDATE logs SET msg = 'c' WHERE at = 1",
+    run_sql(source, "INSERT INTO logs VALUES (2, 'b')", "UPDATE logs SET msg = 'c' WHERE at = 1",
          "DELETE FROM logs WHERE at = 2", "INSERT INTO logs VALUES (3, 'd')")
     project.run("cdc")
     # Append only: inserts arrive, updates and deletes of keyless rows are not captured.
@@ -159,7 +155,7 @@ def test_first_cdc_run_without_slot_creates_it_and_asks_for_snapshot(source, pro
     first = project.run("cdc")
     assert "Run `snapshot`" in first.stdout
     assert project.slot_confirmed_lsn() is not None
-    _sql(source, "INSERT INTO items VALUES (500, 'after slot', 1, NULL, NULL, 1)")
+    run_sql(source, "INSERT INTO items VALUES (500, 'after slot', 1, NULL, NULL, 1)")
     project.run("cdc")
     assert list(_rows_by_id(project, "items")) == [500]
 
@@ -167,7 +163,7 @@ def test_first_cdc_run_without_slot_creates_it_and_asks_for_snapshot(source, pro
 def test_soft_deletes_keep_rows_with_delete_time(source, project):
     _items_table(source)
     project.run("snapshot")
-    _sql(source, "DELETE FROM items WHERE id = 1", "UPDATE items SET name = 'live' WHERE id = 2")
+    run_sql(source, "DELETE FROM items WHERE id = 1", "UPDATE items SET name = 'live' WHERE id = 2")
     project.run("cdc", "--deletes", "soft")
     rows = _rows_by_id(project, "items")
     assert rows[1]["_pg_deleted_at"] is not None
@@ -179,7 +175,7 @@ def test_max_changes_bounds_a_run_at_a_commit_and_the_rest_follows(source, proje
     _items_table(source)
     project.run("snapshot")
     for i in range(5):
-        _sql(source, f"UPDATE items SET qty = {100 + i} WHERE id <= 3")  # 3 changes a transaction
+        run_sql(source, f"UPDATE items SET qty = {100 + i} WHERE id <= 3")  # 3 changes a transaction
     first = project.run("cdc", "--max-changes", "4")
     assert "cdc: 6 changes" in first.stdout  # stops at the end of the transaction holding #4
     second = project.run("cdc")
@@ -192,38 +188,38 @@ def test_max_changes_bounds_a_run_at_a_commit_and_the_rest_follows(source, proje
 def test_snapshot_again_with_existing_slot_converges_after_cdc(source, project):
     _items_table(source)
     project.run("snapshot")
-    _sql(source, "UPDATE items SET name = 'loaded' WHERE id = 1")
+    run_sql(source, "UPDATE items SET name = 'loaded' WHERE id = 1")
     project.run("cdc")
     # Changes the slot holds but cdc has not loaded yet, then a second snapshot (no exported
     # snapshot this time: the slot exists) that already contains them.
-    _sql(source, "UPDATE items SET name = 'pending' WHERE id = 2", "DELETE FROM items WHERE id = 3",
+    run_sql(source, "UPDATE items SET name = 'pending' WHERE id = 2", "DELETE FROM items WHERE id = 3",
          "UPDATE items SET id = 300 WHERE id = 4", "TRUNCATE items",
          "INSERT INTO items SELECT g, 'refilled', g, NULL, NULL, g FROM generate_series(1, 10) g")
     second = project.run("snapshot")
     assert "hand-off LSN" not in second.stdout  # the stored position stays where it was
-    _sql(source, "UPDATE items SET name = 'after resnapshot' WHERE id = 5")
+    run_sql(source, "UPDATE items SET name = 'after resnapshot' WHERE id = 5")
     project.run("cdc")
     assert_table_matches(source, project, "items")
 
 
 def test_table_added_later_joins_the_publication(source, project):
     _items_table(source)
-    _sql(source, "CREATE TABLE late (id int PRIMARY KEY, v text)", "INSERT INTO late VALUES (1, 'a')")
+    run_sql(source, "CREATE TABLE late (id int PRIMARY KEY, v text)", "INSERT INTO late VALUES (1, 'a')")
     project.run("snapshot", "--tables", "items")
-    _sql(source, "INSERT INTO late VALUES (2, 'b')", "UPDATE items SET name = 'x' WHERE id = 1")
+    run_sql(source, "INSERT INTO late VALUES (2, 'b')", "UPDATE items SET name = 'x' WHERE id = 1")
     project.run("snapshot", "--tables", "late")
-    _sql(source, "INSERT INTO late VALUES (3, 'c')", "UPDATE late SET v = 'z' WHERE id = 1")
+    run_sql(source, "INSERT INTO late VALUES (3, 'c')", "UPDATE late SET v = 'z' WHERE id = 1")
     project.run("cdc")
     assert_table_matches(source, project, "items")
     assert_table_matches(source, project, "late")
 
 
 def test_deferrable_primary_key_swap_in_one_statement(source, project):
-    _sql(source, "CREATE TABLE swap (id int PRIMARY KEY DEFERRABLE INITIALLY IMMEDIATE, v text)",
+    run_sql(source, "CREATE TABLE swap (id int PRIMARY KEY DEFERRABLE INITIALLY IMMEDIATE, v text)",
          "ALTER TABLE swap REPLICA IDENTITY FULL",
          "INSERT INTO swap VALUES (1, 'a'), (2, 'b'), (3, 'c')")
     project.run("snapshot")
-    _sql(source, "UPDATE swap SET id = 3 - id WHERE id IN (1, 2)",
+    run_sql(source, "UPDATE swap SET id = 3 - id WHERE id IN (1, 2)",
          "BEGIN; SET CONSTRAINTS ALL DEFERRED; INSERT INTO swap VALUES (3, 'new three'); "
          "UPDATE swap SET id = 30 WHERE v = 'c'; COMMIT")
     project.run("cdc")

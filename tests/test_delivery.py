@@ -10,7 +10,7 @@ import duckdb
 import psycopg2
 import pytest
 
-from tests.tools import DATASET, Project, assert_table_matches
+from tests.tools import DATASET, Project, assert_table_matches, run_sql
 
 
 @pytest.fixture(params=["duckdb", "filesystem"])
@@ -34,14 +34,10 @@ def _require_names(project, table: str, required: bool) -> None:
         con.execute(f"ALTER TABLE {DATASET}.{table} ALTER COLUMN name {action} NOT NULL")
 
 
-def _sql(conn, *statements):
-    with conn.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
 
 
 def _items(conn, rows=50):
-    _sql(conn, "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int)",
+    run_sql(conn, "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int)",
          f"INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, {rows}) g")
 
 
@@ -51,7 +47,7 @@ def test_failed_load_keeps_the_slot_and_the_pending_package_loads_first(source, 
     confirmed = project.slot_confirmed_lsn()
     # The destination starts refusing NULL names: the next load fails after extract/normalize.
     _require_names(project, "items", True)
-    _sql(source, "UPDATE items SET name = NULL WHERE id = 1", "UPDATE items SET qty = 0 WHERE id = 2")
+    run_sql(source, "UPDATE items SET name = NULL WHERE id = 1", "UPDATE items SET qty = 0 WHERE id = 2")
 
     failed = project.run("cdc", expect=7)
     assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("Error: ")
@@ -59,7 +55,7 @@ def test_failed_load_keeps_the_slot_and_the_pending_package_loads_first(source, 
     assert project.slot_confirmed_lsn() == confirmed
 
     _require_names(project, "items", False)
-    _sql(source, "UPDATE items SET qty = 3 WHERE id = 3")
+    run_sql(source, "UPDATE items SET qty = 3 WHERE id = 3")
     rerun = project.run("cdc")  # the failed package first, then the new change
     assert "after loading a package an earlier run left" in rerun.stdout
     assert_table_matches(source, project, "items")
@@ -74,7 +70,7 @@ def test_killed_runs_lose_nothing_and_duplicate_nothing(source, project):
     _items(source, rows=1000)
     project.run("snapshot")
     for round_number in range(3):
-        _sql(source,
+        run_sql(source,
              f"INSERT INTO items SELECT g, 'r{round_number}', g FROM "
              f"generate_series({100_000 * (round_number + 1)}, {100_000 * (round_number + 1) + 40_000}) g",
              f"UPDATE items SET qty = qty + 1 WHERE id % 3 = {round_number}",
@@ -128,7 +124,7 @@ def test_a_second_run_while_one_holds_the_slot_exits_with_one_line(source, proje
 def test_two_cdc_runs_started_together_never_corrupt(source, project):
     _items(source, rows=100)
     project.run("snapshot")
-    _sql(source, "INSERT INTO items SELECT g, 'x', g FROM generate_series(1000, 60000) g",
+    run_sql(source, "INSERT INTO items SELECT g, 'x', g FROM generate_series(1000, 60000) g",
          "UPDATE items SET qty = -1 WHERE id < 50")
     first, second = project.start("cdc"), project.start("cdc")
     codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
@@ -143,7 +139,7 @@ def test_nothing_to_read_returns_and_max_seconds_bounds_a_run(source, project):
     idle = project.run("cdc", timeout=60)
     assert "cdc: 0 changes, no new changes" in idle.stdout
     transactions = 20_000
-    _sql(source, f"DO $$ BEGIN FOR i IN 1..{transactions} LOOP "
+    run_sql(source, f"DO $$ BEGIN FOR i IN 1..{transactions} LOOP "
                  "UPDATE items SET qty = i WHERE id = 1 + i % 50; COMMIT; END LOOP; END $$")
     bounded = project.run("cdc", "--max-seconds", "0.1")
     loaded = int(bounded.stdout.split("cdc: ")[1].split(" changes")[0])

@@ -13,7 +13,7 @@ from typing import List, Tuple
 import duckdb
 from psycopg2 import sql
 
-from tests.tools import DATASET, Project
+from tests.tools import DATASET, Project, run_sql
 
 SCHEMA = "Sales Data"
 # source table -> (expected destination table, expected destination names of its columns)
@@ -24,14 +24,10 @@ TABLES = {
 BIG = 6_000  # characters of "Note" (STORAGE EXTERNAL: TOASTed out of line)
 
 
-def _sql(conn, *statements) -> None:
-    with conn.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
 
 
 def _create(conn) -> None:
-    _sql(conn,
+    run_sql(conn,
          'CREATE SCHEMA "Sales Data"',
          '''CREATE TABLE "Sales Data"."Order Items" (
                 "Order" int NOT NULL,
@@ -114,7 +110,7 @@ def test_quoted_schema_table_and_column_names_replicate(source, project):
     assert assert_replicated(source, project, "Order Items") == 60
     assert assert_replicated(source, project, "select") == 20
 
-    _sql(source,
+    run_sql(source,
          # inserts, with a quote and a TOASTed value
          f'''INSERT INTO "Sales Data"."Order Items" VALUES
              (7, 1000, 'new "user"', 'it''s "quoted"', '2025-02-03', repeat('Q', {BIG})),

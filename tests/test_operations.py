@@ -9,17 +9,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.tools import REPO, assert_table_matches
+from tests.tools import REPO, assert_table_matches, run_sql
 
 
-def _sql(conn, *statements):
-    with conn.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
 
 
 def _items(conn):
-    _sql(conn, "CREATE TABLE items (id int PRIMARY KEY, name text)",
+    run_sql(conn, "CREATE TABLE items (id int PRIMARY KEY, name text)",
          "INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 10) g")
 
 
@@ -36,7 +32,7 @@ def test_status_reports_slot_lag_publication_and_last_run(source, project):
     assert ok["last_run"]["command"] == "snapshot" and ok["last_run"]["outcome"] == "succeeded"
     assert ok["last_loaded_lsn"] == ok["confirmed_flush_lsn"]
 
-    _sql(source, "INSERT INTO items SELECT g, repeat('x', 1000) FROM generate_series(11, 3000) g")
+    run_sql(source, "INSERT INTO items SELECT g, repeat('x', 1000) FROM generate_series(11, 3000) g")
     lagging = project.run("status", "--max-lag-mb", "0.5", expect=9)
     assert "exceeds 0.5 MB" in lagging.stdout
     assert "lag" in lagging.stdout and "WAL retained" in lagging.stdout
@@ -51,9 +47,9 @@ def test_status_reports_slot_lag_publication_and_last_run(source, project):
 def test_idle_slot_is_moved_forward_past_unpublished_wal(source, project):
     _items(source)
     project.run("snapshot")
-    _sql(source, "CREATE TABLE unpublished (id int, payload text)")
+    run_sql(source, "CREATE TABLE unpublished (id int, payload text)")
     for _ in range(8):  # ~64 MB of WAL that the slot's publication never sees
-        _sql(source, "INSERT INTO unpublished SELECT g, repeat(md5(g::text), 30) "
+        run_sql(source, "INSERT INTO unpublished SELECT g, repeat(md5(g::text), 30) "
                      "FROM generate_series(1, 8000) g")
     before = json.loads(project.run("status", "--json").stdout)["lag_bytes"]
     assert before > 60 * (1 << 20)
@@ -65,7 +61,7 @@ def test_idle_slot_is_moved_forward_past_unpublished_wal(source, project):
 
 def test_least_privileged_role_with_a_precreated_publication(source, project):
     _items(source)
-    _sql(source,
+    run_sql(source,
          "CREATE ROLE replicator LOGIN REPLICATION PASSWORD 'replicator-pw'",
          "GRANT SELECT ON ALL TABLES IN SCHEMA public TO replicator",
          f"CREATE PUBLICATION {project.pub} FOR TABLE items "
@@ -75,14 +71,14 @@ def test_least_privileged_role_with_a_precreated_publication(source, project):
     env = {"SOURCES__PG_REPLICATION__CREDENTIALS": url}
     result = project.run("snapshot", env=env)
     assert "items: 10 rows" in result.stdout and "replicator-pw" not in result.output
-    _sql(source, "UPDATE items SET name = 'changed' WHERE id = 1", "DELETE FROM items WHERE id = 2")
+    run_sql(source, "UPDATE items SET name = 'changed' WHERE id = 1", "DELETE FROM items WHERE id = 2")
     project.run("cdc", env=env)
     assert_table_matches(source, project, "items")
     assert json.loads(project.run("status", "--json", env=env).stdout)["slot_exists"]
 
     # Without the publication and without owning the table, the error says what to grant.
-    _sql(source, f"DROP PUBLICATION {project.pub}")
-    _sql(source, "SELECT pg_drop_replication_slot(%s)" % repr(project.slot).replace('"', "'"))
+    run_sql(source, f"DROP PUBLICATION {project.pub}")
+    run_sql(source, "SELECT pg_drop_replication_slot(%s)" % repr(project.slot).replace('"', "'"))
     refused = project.run("snapshot", env=env, expect=4)
     assert refused.stderr.startswith("Error: ") and refused.stderr.count("\n") == 1
     assert "publication" in refused.stderr and "replicator-pw" not in refused.output
@@ -93,7 +89,7 @@ def test_follow_finishes_the_load_in_progress_on_sigterm(source, project):
     project.run("snapshot")
     follower = project.start("cdc", "--follow", "--interval", "0.5")
     try:
-        _sql(source, "UPDATE items SET name = 'followed' WHERE id = 1")
+        run_sql(source, "UPDATE items SET name = 'followed' WHERE id = 1")
         deadline = time.time() + 60
         while time.time() < deadline:
             rows = {r["id"]: r["name"] for r in _read_retrying(project, "items")}
@@ -102,7 +98,7 @@ def test_follow_finishes_the_load_in_progress_on_sigterm(source, project):
             time.sleep(0.5)
         else:
             raise AssertionError("--follow did not load the change within 60 s")
-        _sql(source, "INSERT INTO items SELECT g, 'late' FROM generate_series(100, 20100) g")
+        run_sql(source, "INSERT INTO items SELECT g, 'late' FROM generate_series(100, 20100) g")
         time.sleep(0.5)
         follower.send_signal(signal.SIGTERM)
         stdout, stderr = follower.communicate(timeout=120)
@@ -143,7 +139,7 @@ def test_verify_checks_slot_state_and_staged_files(source, tmp_path, source_url,
     project = Project(tmp_path, source_url, destination=destination)
     _items(source)
     project.run("snapshot")
-    _sql(source, "UPDATE items SET name = 'v' WHERE id = 1")
+    run_sql(source, "UPDATE items SET name = 'v' WHERE id = 1")
     project.run("cdc")
     good = project.run("verify")
     lines = good.stdout.strip().splitlines()
@@ -155,11 +151,11 @@ def test_verify_checks_slot_state_and_staged_files(source, tmp_path, source_url,
         assert lines[2].startswith("✓ staged files: no leftover load files")
 
     # The slot confirmed past the destination (someone advanced it by hand): verify fails.
-    _sql(source, "BEGIN; SET LOCAL synchronous_commit = on; INSERT INTO items VALUES (99, 'x'); COMMIT")
-    _sql(source, f"SELECT pg_replication_slot_advance('{project.slot}', pg_current_wal_flush_lsn())")
+    run_sql(source, "BEGIN; SET LOCAL synchronous_commit = on; INSERT INTO items VALUES (99, 'x'); COMMIT")
+    run_sql(source, f"SELECT pg_replication_slot_advance('{project.slot}', pg_current_wal_flush_lsn())")
     ahead = project.run("verify", expect=9)
     assert "✗ _dlt_pipeline_state:" in ahead.stdout and "ahead of the destination" in ahead.stdout
 
-    _sql(source, f"SELECT pg_drop_replication_slot('{project.slot}')")
+    run_sql(source, f"SELECT pg_drop_replication_slot('{project.slot}')")
     missing = project.run("verify", expect=9)
     assert "✗ replication slot:" in missing.stdout

@@ -16,7 +16,7 @@ from typing import List, Optional
 import psycopg2
 import pytest
 
-from tests.tools import Project, assert_table_matches
+from tests.tools import Project, assert_table_matches, run_sql
 
 DESTINATIONS = ["duckdb", "filesystem"]
 
@@ -30,10 +30,6 @@ def project(request, tmp_path, source_url) -> Project:
     return Project(tmp_path, source_url, destination=request.param)
 
 
-def _sql(conn, *statements):
-    with conn.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
 
 
 def _base_tables(conn) -> List[str]:
@@ -168,7 +164,7 @@ def _load_pagila(project: Project, pagila_dir) -> None:
 def test_pagila_snapshot_then_two_workloads_through_cdc(source, project, pagila_dir):
     """Every Pagila table (partitioned `payment` once) equals the source after each workload."""
     _load_pagila(project, pagila_dir)
-    _sql(source, PAGILA_LARGE_FILMS)
+    run_sql(source, PAGILA_LARGE_FILMS)
     with source.cursor() as cur:  # the premise: those values are stored out of line
         cur.execute("SELECT count(*) FROM film WHERE film_id <= 5 AND pg_column_size(description) "
                     "> 2000 AND pg_column_size(fulltext) > 2000")
@@ -179,7 +175,7 @@ def test_pagila_snapshot_then_two_workloads_through_cdc(source, project, pagila_
     project.run("snapshot")
     assert project.dest_tables() == tables
 
-    _sql(source, *PAGILA_WORKLOAD_1)
+    run_sql(source, *PAGILA_WORKLOAD_1)
     first = project.run("cdc")
     assert _cdc_changes(first) > 0
     assert project.dest_tables() == tables, "partitions must land in the one `payment` table"
@@ -192,7 +188,7 @@ def test_pagila_snapshot_then_two_workloads_through_cdc(source, project, pagila_
     assert all(len(films[f]["description"]) > 4000 and films[f]["fulltext"]
                for f in (1, 2, 3, 5))
 
-    _sql(source, *PAGILA_WORKLOAD_2)
+    run_sql(source, *PAGILA_WORKLOAD_2)
     project.run("cdc")
     assert project.dest_tables() == tables
     _assert_all_match(source, project, tables, "pagila workload 2")
@@ -212,7 +208,7 @@ def _big_text(rng: random.Random) -> str:
 
 
 def _accounts_table(conn, rows: int = ROWS) -> None:
-    _sql(conn,
+    run_sql(conn,
          """CREATE TABLE accounts (id bigint PRIMARY KEY, qty int NOT NULL, note text,
                                    body text, updated_at timestamptz)""",
          # never compressed inline: a large body is always a TOAST pointer
@@ -393,7 +389,7 @@ def test_cdc_run_ends_while_a_writer_keeps_truncating(source, tmp_path, source_u
     """A run ends although the writer truncates a table every few hundred milliseconds."""
     # Destination-independent (segments end on TRUNCATE for every merge strategy): DuckDB only.
     project = Project(tmp_path, source_url, destination="duckdb")
-    _sql(source, "CREATE TABLE staging (id int PRIMARY KEY, v text)",
+    run_sql(source, "CREATE TABLE staging (id int PRIMARY KEY, v text)",
          "CREATE TABLE events (id bigserial PRIMARY KEY, v text)")
     project.run("snapshot")
     stop = threading.Event()

@@ -126,6 +126,13 @@ class Project:
         return int(row[0]) if row else None
 
 
+def run_sql(conn, *statements: str) -> None:
+    """Runs statements one after another on an autocommit connection."""
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+
+
 # -- comparing source and destination -----------------------------------------------------------
 
 
