@@ -1,7 +1,8 @@
 """`make demo`: the whole product on a laptop, in about a minute.
 
 Starts a throw-away PostgreSQL (the test harness), creates sample tables, runs `snapshot`, makes
-inserts, updates and deletes, runs `cdc`, and shows the destination (DuckDB) next to the source.
+inserts, updates and deletes, runs `cdc` and `status`, and shows the destination (DuckDB) next to
+the source.
 """
 
 import os
@@ -60,6 +61,7 @@ def main() -> None:
         with conn.cursor() as cur:
             cur.execute(CHANGES)
         run(common + ["cdc"], env)
+        run(common + ["status"], env)
         print("\nSource next to destination (customers 1-5 and the new one):")
         with duckdb.connect(str(workdir / "demo.duckdb"), read_only=True) as duck:
             query = ("SELECT id, name FROM {} WHERE id <= 5 OR id > 100000 ORDER BY id")

@@ -129,6 +129,7 @@ def test_demo_runs_end_to_end():
     assert "DIFFERENT" not in result.stdout
     assert result.stdout.count("equal") >= 5
     assert "cdc: 15 changes" in result.stdout
+    assert "confirmed_flush_lsn" in result.stdout and "WAL retained" in result.stdout  # status
 
 
 
