@@ -14,9 +14,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import psycopg2
-
-from common import cli, cli_env, measure, print_result, start_cluster
+from common import (BENCH_TABLE_DDL, cli, cli_env, connect_autocommit, measure, print_result,
+                    start_cluster)
 
 WORKLOAD_SQL = """
 DO $$
@@ -54,12 +53,9 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-cdc-"))
     cluster = start_cluster()
     try:
-        conn = psycopg2.connect(cluster.url)
-        conn.autocommit = True
+        conn = connect_autocommit(cluster.url)
         with conn.cursor() as cur:
-            cur.execute("""CREATE TABLE bench (id bigint PRIMARY KEY, quantity int, title text,
-                           price numeric(12, 2), created_at timestamptz, note text,
-                           attributes jsonb, active bool)""")
+            cur.execute(BENCH_TABLE_DDL)
         env = cli_env(cluster.url, workdir)
         measure("snapshot (creates the slot)", cli("snapshot"), 0, env)
         with conn.cursor() as cur:

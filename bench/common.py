@@ -61,6 +61,21 @@ def measure(name: str, args: List[str], rows: int, env: Optional[Dict[str, str]]
     return Measurement(name, seconds, usage.ru_maxrss / 1024, rows, work)
 
 
+# The benchmark table of both benchmarks (~175 bytes a row when filled by bench/snapshot.py).
+BENCH_TABLE_DDL = """CREATE TABLE bench (
+    id bigint PRIMARY KEY, quantity int, title text, price numeric(12, 2),
+    created_at timestamptz, note text, attributes jsonb, active bool
+)"""
+
+
+def connect_autocommit(url: str):
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    return conn
+
+
 def start_cluster() -> PostgresCluster:
     # Benchmarks want durable-ish defaults off for speed, like the tests.
     return PostgresCluster(extra_settings={"shared_buffers": "512MB",

@@ -15,15 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psycopg2
+from common import (BENCH_TABLE_DDL, cli, cli_env, connect_autocommit, measure, print_result,
+                    start_cluster)
 
-from common import cli, cli_env, measure, print_result, start_cluster
-
-TABLE_SQL = """
-CREATE TABLE bench (
-    id bigint PRIMARY KEY, quantity int, title text, price numeric(12, 2),
-    created_at timestamptz, note text, attributes jsonb, active bool
-);
+FILL_SQL = """
 INSERT INTO bench
 SELECT g, g % 1000, 'title number ' || g, (g % 100000) / 100.0,
        timestamptz '2024-01-01' + g * interval '1 second',
@@ -64,10 +59,10 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-snapshot-"))
     cluster = start_cluster()
     try:
-        conn = psycopg2.connect(cluster.url)
-        conn.autocommit = True
+        conn = connect_autocommit(cluster.url)
         with conn.cursor() as cur:
-            cur.execute(TABLE_SQL.format(rows=args.rows))
+            cur.execute(BENCH_TABLE_DDL)
+            cur.execute(FILL_SQL.format(rows=args.rows))
             cur.execute("VACUUM ANALYZE bench")
             cur.execute("SELECT pg_total_relation_size('bench')")
             size_mb = cur.fetchone()[0] / (1 << 20)
