@@ -3,19 +3,20 @@
     python bench/cdc.py --changes 200000 --tx-size 1
     python bench/cdc.py --changes 1000000 --tx-size 1000000
 
-Two slots are created at the same point (ours by `snapshot` of the empty table, a second one
-right after); then N changes are made in transactions of K rows (60% inserts, 30% updates, 10%
-deletes). Measured, each in its own process: `pg_recvlogical` (pgoutput, proto 1) into /dev/null up
-to the end of those changes (the limit), and our `cdc` into DuckDB. Prints wall time, rows/s, peak
-RSS, the ratio ours/pg_recvlogical, and a final `RESULT cdc {...}` line.
+For each of `--repeat` rounds two slots are created before any change (ours by `snapshot` of the
+empty table into a pipeline and DuckDB file of its own, and one for pg_recvlogical); then N changes
+are made in transactions of K rows (60% inserts, 30% updates, 10% deletes). Measured round by round,
+each in its own process: `pg_recvlogical` (pgoutput, proto 1) into /dev/null up to the end of those
+changes (the limit), and our `cdc` into DuckDB. Prints the medians (wall time, rows/s, highest peak
+RSS), the ratio ours/pg_recvlogical, and a final `RESULT cdc {...}` line.
 """
 
 import argparse
 import tempfile
 from pathlib import Path
 
-from common import (BENCH_TABLE_DDL, cli, cli_env, connect_autocommit, measure, print_result,
-                    start_cluster)
+from common import (BENCH_TABLE_DDL, add_repeat_option, cli, cli_env, connect_autocommit, measure,
+                    median_of, print_result, start_cluster)
 
 WORKLOAD_SQL = """
 DO $$
@@ -49,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=200_000)
     parser.add_argument("--tx-size", type=int, default=1)
+    add_repeat_option(parser)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-cdc-"))
     cluster = start_cluster()
@@ -56,10 +58,16 @@ def main() -> None:
         conn = connect_autocommit(cluster.url)
         with conn.cursor() as cur:
             cur.execute(BENCH_TABLE_DDL)
-        env = cli_env(cluster.url, workdir)
-        measure("snapshot (creates the slot)", cli("snapshot"), 0, env)
+        envs = []
+        for round_number in range(args.repeat):
+            round_dir = workdir / f"round{round_number}"
+            round_dir.mkdir()
+            envs.append(cli_env(cluster.url, round_dir, slot=f"bench_slot_{round_number}"))
+            measure("snapshot (creates the slot)", cli("snapshot"), 0, envs[-1])
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_create_logical_replication_slot('recv_slot', 'pgoutput')")
+            for round_number in range(args.repeat):
+                cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')",
+                            (f"recv_slot_{round_number}",))
             cur.execute(WORKLOAD_SQL.format(changes=args.changes, tx_size=args.tx_size))
             cur.execute("SELECT pg_current_wal_insert_lsn()::text")
             end_lsn = cur.fetchone()[0]
@@ -67,18 +75,24 @@ def main() -> None:
         conn.close()
         print(f"{args.changes:,} changes in transactions of {args.tx_size:,}, WAL up to {end_lsn}")
 
-        recv = measure("pg_recvlogical to /dev/null", [
-            "pg_recvlogical", "-d", cluster.url, "--slot", "recv_slot", "--start",
-            "-o", "proto_version=1", "-o", "publication_names=bench_pub",
-            "--endpos", end_lsn, "-f", "/dev/null", "--no-loop"], args.changes)
+        recv_runs, our_runs = [], []
+        for round_number, env in enumerate(envs):
+            recv_runs.append(measure("pg_recvlogical to /dev/null", [
+                "pg_recvlogical", "-d", cluster.url, "--slot", f"recv_slot_{round_number}",
+                "--start", "-o", "proto_version=1", "-o", "publication_names=bench_pub",
+                "--endpos", end_lsn, "-f", "/dev/null", "--no-loop"], args.changes))
+            our_runs.append(measure("pipeline_main.py cdc", cli("cdc"), args.changes, env))
+            print(f"  round {round_number + 1}: {recv_runs[-1].line()}")
+            print(f"  round {round_number + 1}: {our_runs[-1].line()}")
+        recv, ours = median_of(recv_runs), median_of(our_runs)
+        print(f"medians of {args.repeat} interleaved runs:")
         print(recv.line())
-        ours = measure("pipeline_main.py cdc", cli("cdc"), args.changes, env)
         print(ours.line())
         ratio = ours.work_seconds / recv.seconds
         print(f"ours / pg_recvlogical: {ratio:.2f}x work time "
               f"({ours.seconds / recv.seconds:.2f}x wall, interpreter start included)")
         print_result("cdc", {
-            "changes": args.changes, "tx_size": args.tx_size,
+            "changes": args.changes, "tx_size": args.tx_size, "repeat": args.repeat,
             "pg_recvlogical_s": round(recv.seconds, 3), "ours_s": round(ours.work_seconds, 3),
             "ours_wall_s": round(ours.seconds, 3), "ours_peak_rss_mb": round(ours.peak_rss_mb, 1),
             "ours_over_recvlogical": round(ratio, 2),

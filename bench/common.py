@@ -61,6 +61,27 @@ def measure(name: str, args: List[str], rows: int, env: Optional[Dict[str, str]]
     return Measurement(name, seconds, usage.ru_maxrss / 1024, rows, work)
 
 
+def median_of(runs: List[Measurement]) -> Measurement:
+    """One figure for repeated runs: median wall and work time, the highest peak RSS.
+
+    The machines are shared: one run's time can be off by half; the median of interleaved runs is
+    what the ratios are computed from.
+    """
+    def median(values: List[float]) -> float:
+        ordered = sorted(values)
+        middle = len(ordered) // 2
+        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+    return Measurement(runs[0].name, median([r.seconds for r in runs]),
+                       max(r.peak_rss_mb for r in runs), runs[0].rows,
+                       median([r.work_seconds for r in runs]))
+
+
+def add_repeat_option(parser) -> None:
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="Runs of each contender, interleaved; figures are medians (default 3).")
+
+
 # The benchmark table of both benchmarks (~175 bytes a row when filled by bench/snapshot.py).
 BENCH_TABLE_DDL = """CREATE TABLE bench (
     id bigint PRIMARY KEY, quantity int, title text, price numeric(12, 2),

@@ -2,8 +2,8 @@
 
     python bench/snapshot.py --rows 1000000
 
-Measures, each in its own process (wall time, work time without interpreter start and imports,
-rows/s, peak RSS):
+Measures, each in its own process and `--repeat` times interleaved (median wall time, median work
+time without interpreter start and imports, rows/s, highest peak RSS):
 - raw `COPY (SELECT * FROM t) TO STDOUT` into /dev/null: the limit;
 - dlt `sql_database` with the connectorx backend into DuckDB: the best stock path;
 - our `snapshot` into DuckDB.
@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import (BENCH_TABLE_DDL, cli, cli_env, connect_autocommit, measure, print_result,
-                    start_cluster)
+from common import (BENCH_TABLE_DDL, add_repeat_option, cli, cli_env, connect_autocommit, measure,
+                    median_of, print_result, start_cluster)
 
 FILL_SQL = """
 INSERT INTO bench
@@ -55,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--skip-connectorx", action="store_true")
+    add_repeat_option(parser)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-snapshot-"))
     cluster = start_cluster()
@@ -68,23 +69,38 @@ def main() -> None:
             size_mb = cur.fetchone()[0] / (1 << 20)
         conn.close()
         print(f"table bench: {args.rows:,} rows, {size_mb:.0f} MB on disk")
-        env = {**cli_env(cluster.url, workdir), "RUNTIME__DLTHUB_TELEMETRY": "false"}
+        env = cli_env(cluster.url, workdir)
 
-        copy = measure("raw COPY to /dev/null", [sys.executable, "-c", COPY_SCRIPT, cluster.url],
-                       args.rows)
-        print(copy.line())
-        connectorx = None
-        if not args.skip_connectorx:
-            connectorx = measure(
-                "dlt sql_database connectorx",
-                [sys.executable, "-c", CONNECTORX_SCRIPT, cluster.url,
-                 str(workdir / "cx.duckdb"), str(workdir / "cx_pipelines")],
-                args.rows, env)
-            print(connectorx.line())
-        ours = measure("pipeline_main.py snapshot", cli("snapshot"), args.rows, env)
-        print(ours.line())
+        runs = {"copy": [], "connectorx": [], "ours": []}
+        for round_number in range(args.repeat):
+            runs["copy"].append(measure(
+                "raw COPY to /dev/null", [sys.executable, "-c", COPY_SCRIPT, cluster.url],
+                args.rows))
+            if not args.skip_connectorx:
+                runs["connectorx"].append(measure(
+                    "dlt sql_database connectorx",
+                    [sys.executable, "-c", CONNECTORX_SCRIPT, cluster.url,
+                     str(workdir / f"cx{round_number}.duckdb"),
+                     str(workdir / f"cx_pipelines{round_number}")],
+                    args.rows, env))
+            # Each round starts from nothing: its own slot, pipeline and DuckDB file.
+            round_dir = workdir / f"round{round_number}"
+            round_dir.mkdir()
+            runs["ours"].append(measure(
+                "pipeline_main.py snapshot", cli("snapshot"), args.rows,
+                cli_env(cluster.url, round_dir, slot=f"bench_slot_{round_number}")))
+            for contender in runs.values():
+                if contender:
+                    print(f"  round {round_number + 1}: {contender[-1].line()}")
+        copy, ours = median_of(runs["copy"]), median_of(runs["ours"])
+        connectorx = median_of(runs["connectorx"]) if runs["connectorx"] else None
+        print(f"medians of {args.repeat} interleaved runs:")
+        for figure in (copy, connectorx, ours):
+            if figure:
+                print(figure.line())
         figures = {
             "rows": args.rows,
+            "repeat": args.repeat,
             "copy_s": round(copy.work_seconds, 3),
             "ours_s": round(ours.work_seconds, 3),
             "ours_wall_s": round(ours.seconds, 3),

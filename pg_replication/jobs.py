@@ -308,9 +308,20 @@ DATABRICKS_RETRY_LIMITS = {"_retry_stop_after_attempts_count": 3,
                            "_retry_stop_after_attempts_duration": 60, "_retry_delay_max": 10}
 
 
+# DuckDB runs inside this process and by default may use 80% of the machine's memory as its cache;
+# a replication job on a shared host gets a fixed budget instead (DuckDB spills to disk beyond it).
+DUCKDB_DEFAULT_SETTINGS = {"memory_limit": "192MB"}
+
+
 def make_destination(name: str) -> Any:
     """dlt's destination by name; Databricks removes staged files unless configured to keep them
-    (dlt's own default keeps every parquet file in the volume forever)."""
+    (dlt's own default keeps every parquet file in the volume forever); DuckDB gets a memory
+    budget unless configured."""
+    if name == "duckdb":
+        if dlt.config.get("destination.duckdb.credentials.global_config") is None:
+            os.environ.setdefault("DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG",
+                                  json.dumps(DUCKDB_DEFAULT_SETTINGS))
+        return name
     if name != "databricks":
         return name
     if dlt.secrets.get("destination.databricks.credentials.connection_parameters") is None:
