@@ -24,6 +24,7 @@ class Measurement:
     peak_rss_mb: float
     rows: int
     work_seconds: float  # the work alone, as the process reports it (wall time if it does not)
+    cpu_seconds: float = 0.0  # user + system time of the process (not of the server it talks to)
 
     @property
     def rows_per_second(self) -> float:
@@ -32,7 +33,7 @@ class Measurement:
     def line(self) -> str:
         return (f"{self.name:<28} wall {self.seconds:7.2f} s  work {self.work_seconds:7.2f} s  "
                 f"{self.rows / self.work_seconds if self.work_seconds else 0:12,.0f} rows/s  "
-                f"peak RSS {self.peak_rss_mb:7.1f} MB")
+                f"peak RSS {self.peak_rss_mb:7.1f} MB  cpu {self.cpu_seconds:6.2f} s")
 
 
 WORK_TIME = re.compile(r"(?:WORK |, )(\d+\.\d+)s?\s*$")
@@ -58,7 +59,8 @@ def measure(name: str, args: List[str], rows: int, env: Optional[Dict[str, str]]
             raise RuntimeError(f"{name} failed: {err.read().decode()}")
     found = WORK_TIME.search(lines[-1]) if lines else None
     work = float(found.group(1)) if found else seconds
-    return Measurement(name, seconds, usage.ru_maxrss / 1024, rows, work)
+    return Measurement(name, seconds, usage.ru_maxrss / 1024, rows, work,
+                       usage.ru_utime + usage.ru_stime)
 
 
 def median_of(runs: List[Measurement]) -> Measurement:
@@ -74,7 +76,8 @@ def median_of(runs: List[Measurement]) -> Measurement:
 
     return Measurement(runs[0].name, median([r.seconds for r in runs]),
                        max(r.peak_rss_mb for r in runs), runs[0].rows,
-                       median([r.work_seconds for r in runs]))
+                       median([r.work_seconds for r in runs]),
+                       median([r.cpu_seconds for r in runs]))
 
 
 def add_repeat_option(parser) -> None:

@@ -15,6 +15,8 @@ The position then records how many changes of the open transaction are loaded, a
 segment skips exactly those when the server sends the transaction again.
 """
 
+import contextlib
+import gc
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -379,12 +381,30 @@ def read_changes(
     result.confirm_lsn = position.lsn
     counts: Dict[int, int] = {}  # changes per relation id
     try:
-        yield from _read_segment(messages, collector, position, stop_lsn, result, batch_size,
-                                 max_changes, deadline_reached, counts)
+        with _fewer_gc_passes():
+            yield from _read_segment(messages, collector, position, stop_lsn, result, batch_size,
+                                     max_changes, deadline_reached, counts)
     finally:
         for relation_id, count in counts.items():
             table = collector.relations[relation_id].relation.name
             result.changes[table] = result.changes.get(table, 0) + count
+
+
+@contextlib.contextmanager
+def _fewer_gc_passes(first_generation_threshold: int = 100_000) -> Iterator[None]:
+    """Lets the cyclic garbage collector run less often while changes are decoded.
+
+    Every change allocates a few objects that hold no cycles (a row's values, its metadata), and
+    the buffers keep up to a batch of them alive. With the default threshold (700 allocations) the
+    collector ran thousands of times over those buffers: about a third of the time of a
+    300 k-change transaction. It still runs, every 100 k allocations.
+    """
+    previous = gc.get_threshold()
+    gc.set_threshold(max(previous[0], first_generation_threshold), *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
 
 
 def _read_segment(messages, collector: ChangeCollector, position: Position, stop_lsn: int,
