@@ -15,8 +15,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import (BENCH_TABLE_DDL, add_repeat_option, cli, cli_env, connect_autocommit, measure,
-                    median_of, print_result, start_cluster)
+from common import (BENCH_TABLE_DDL, add_repeat_option, cli, cli_env, connect_autocommit,
+                    dlt_phases, measure, median_of, median_phases, phases_line, print_result,
+                    start_cluster)
 
 WORKLOAD_SQL = """
 DO $$
@@ -76,18 +77,22 @@ def main() -> None:
         print(f"{args.changes:,} changes in transactions of {args.tx_size:,}, WAL up to {end_lsn}")
 
         recv_runs, our_runs = [], []
+        phases = []  # where our run spent its time, from dlt's trace of its (last) load
         for round_number, env in enumerate(envs):
             recv_runs.append(measure("pg_recvlogical to /dev/null", [
                 "pg_recvlogical", "-d", cluster.url, "--slot", f"recv_slot_{round_number}",
                 "--start", "-o", "proto_version=1", "-o", "publication_names=bench_pub",
                 "--endpos", end_lsn, "-f", "/dev/null", "--no-loop"], args.changes))
             our_runs.append(measure("pipeline_main.py cdc", cli("cdc"), args.changes, env))
+            phases.append(dlt_phases(env["DLT_DATA_DIR"]))
             print(f"  round {round_number + 1}: {recv_runs[-1].line()}")
             print(f"  round {round_number + 1}: {our_runs[-1].line()}")
         recv, ours = median_of(recv_runs), median_of(our_runs)
         print(f"medians of {args.repeat} interleaved runs:")
         print(recv.line())
         print(ours.line())
+        our_phases = median_phases(phases)
+        print(f"ours by dlt step (the run's last load): {phases_line(our_phases)}")
         ratio = ours.work_seconds / recv.seconds
         print(f"ours / pg_recvlogical: {ratio:.2f}x work time "
               f"({ours.seconds / recv.seconds:.2f}x wall, interpreter start included)")
@@ -96,6 +101,7 @@ def main() -> None:
             "pg_recvlogical_s": round(recv.seconds, 3), "ours_s": round(ours.work_seconds, 3),
             "ours_wall_s": round(ours.seconds, 3), "ours_peak_rss_mb": round(ours.peak_rss_mb, 1),
             "ours_over_recvlogical": round(ratio, 2),
+            **{f"ours_{name}_s": round(seconds, 3) for name, seconds in our_phases.items()},
         })
     finally:
         cluster.stop()

@@ -80,6 +80,31 @@ def median_of(runs: List[Measurement]) -> Measurement:
                        median([r.cpu_seconds for r in runs]))
 
 
+def dlt_phases(dlt_data_dir: str, pipeline_name: str = "bench") -> Dict[str, float]:
+    """Seconds of each step of the pipeline's last `run`, from the trace dlt keeps on disk.
+
+    "setup" is what `run` spent outside extract, normalize and load (mostly restoring state from
+    the destination).
+    """
+    import dlt
+
+    pipeline = dlt.attach(pipeline_name=pipeline_name, pipelines_dir=f"{dlt_data_dir}/pipelines")
+    trace = pipeline.last_trace
+    phases = {step.step: (step.finished_at - step.started_at).total_seconds()
+              for step in trace.steps if step.step in ("extract", "normalize", "load")}
+    run_seconds = (trace.finished_at - trace.started_at).total_seconds()
+    phases["setup"] = max(0.0, run_seconds - sum(phases.values()))
+    return phases
+
+
+def median_phases(runs: List[Dict[str, float]]) -> Dict[str, float]:
+    return {name: sorted(run[name] for run in runs)[len(runs) // 2] for name in runs[0]}
+
+
+def phases_line(phases: Dict[str, float]) -> str:
+    return "  ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items())
+
+
 def add_repeat_option(parser) -> None:
     parser.add_argument("--repeat", type=int, default=3,
                         help="Runs of each contender, interleaved; figures are medians (default 3).")

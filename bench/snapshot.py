@@ -15,8 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import (BENCH_TABLE_DDL, add_repeat_option, cli, cli_env, connect_autocommit, measure,
-                    median_of, print_result, start_cluster)
+from common import (BENCH_TABLE_DDL, add_repeat_option, cli, cli_env, connect_autocommit,
+                    dlt_phases, measure, median_of, median_phases, phases_line, print_result,
+                    start_cluster)
 
 FILL_SQL = """
 INSERT INTO bench
@@ -72,6 +73,7 @@ def main() -> None:
         env = cli_env(cluster.url, workdir)
 
         runs = {"copy": [], "connectorx": [], "ours": []}
+        phases = []  # where our run spent its time, from dlt's trace
         for round_number in range(args.repeat):
             runs["copy"].append(measure(
                 "raw COPY to /dev/null", [sys.executable, "-c", COPY_SCRIPT, cluster.url],
@@ -86,9 +88,10 @@ def main() -> None:
             # Each round starts from nothing: its own slot, pipeline and DuckDB file.
             round_dir = workdir / f"round{round_number}"
             round_dir.mkdir()
-            runs["ours"].append(measure(
-                "pipeline_main.py snapshot", cli("snapshot"), args.rows,
-                cli_env(cluster.url, round_dir, slot=f"bench_slot_{round_number}")))
+            round_env = cli_env(cluster.url, round_dir, slot=f"bench_slot_{round_number}")
+            runs["ours"].append(measure("pipeline_main.py snapshot", cli("snapshot"), args.rows,
+                                        round_env))
+            phases.append(dlt_phases(round_env["DLT_DATA_DIR"]))
             for contender in runs.values():
                 if contender:
                     print(f"  round {round_number + 1}: {contender[-1].line()}")
@@ -98,6 +101,8 @@ def main() -> None:
         for figure in (copy, connectorx, ours):
             if figure:
                 print(figure.line())
+        our_phases = median_phases(phases)
+        print(f"ours by dlt step: {phases_line(our_phases)}")
         figures = {
             "rows": args.rows,
             "repeat": args.repeat,
@@ -107,6 +112,7 @@ def main() -> None:
             "ours_peak_rss_mb": round(ours.peak_rss_mb, 1),
             "ours_over_copy": round(ours.work_seconds / copy.work_seconds, 2),
             "ours_over_copy_wall": round(ours.seconds / copy.seconds, 2),
+            **{f"ours_{name}_s": round(seconds, 3) for name, seconds in our_phases.items()},
         }
         print(f"ours / COPY: {figures['ours_over_copy']:.2f}x work time "
               f"({figures['ours_over_copy_wall']:.2f}x wall, interpreter start included)")
