@@ -80,21 +80,28 @@ def median_of(runs: List[Measurement]) -> Measurement:
                        median([r.cpu_seconds for r in runs]))
 
 
+PHASES_SCRIPT = """
+import json, sys, dlt
+pipeline = dlt.attach(pipeline_name=sys.argv[2], pipelines_dir=sys.argv[1] + "/pipelines")
+trace = pipeline.last_trace
+phases = {step.step: (step.finished_at - step.started_at).total_seconds()
+          for step in trace.steps if step.step in ("extract", "normalize", "load")}
+run_seconds = (trace.finished_at - trace.started_at).total_seconds()
+phases["setup"] = max(0.0, run_seconds - sum(phases.values()))
+print(json.dumps(phases))
+"""
+
+
 def dlt_phases(dlt_data_dir: str, pipeline_name: str = "bench") -> Dict[str, float]:
     """Seconds of each step of the pipeline's last `run`, from the trace dlt keeps on disk.
 
     "setup" is what `run` spent outside extract, normalize and load (mostly restoring state from
-    the destination).
+    the destination). Read in a child process: importing dlt here would grow this process, and a
+    child's peak RSS counts the parent's memory it was forked from.
     """
-    import dlt
-
-    pipeline = dlt.attach(pipeline_name=pipeline_name, pipelines_dir=f"{dlt_data_dir}/pipelines")
-    trace = pipeline.last_trace
-    phases = {step.step: (step.finished_at - step.started_at).total_seconds()
-              for step in trace.steps if step.step in ("extract", "normalize", "load")}
-    run_seconds = (trace.finished_at - trace.started_at).total_seconds()
-    phases["setup"] = max(0.0, run_seconds - sum(phases.values()))
-    return phases
+    output = subprocess.run([sys.executable, "-c", PHASES_SCRIPT, dlt_data_dir, pipeline_name],
+                            check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def median_phases(runs: List[Dict[str, float]]) -> Dict[str, float]:

@@ -1,5 +1,7 @@
 """The library API a dlt user sees: init_replication, pg_replication(), replication_resource."""
 
+import gc
+
 import dlt
 import duckdb
 
@@ -63,3 +65,29 @@ def test_batches_are_bounded_by_target_batch_size(source, source_url):
     assert sizes == [100] * 10 + [50]
     assert result.changes == {"big": 1050} and result.transactions == 1
     assert result.position.lsn > 0 and result.confirm_lsn >= result.position.lsn
+
+
+def test_garbage_collection_is_relaxed_only_while_changes_are_read(source, source_url):
+    """Decoding raises the GC threshold (a third of a large transaction's time went to the
+    collector); the process gets its own setting back when the segment ends."""
+    run_sql(source, "CREATE TABLE gc_rows (id int PRIMARY KEY, v text)")
+    conn = connect(source_url)
+    tables = describe_tables(conn, "public", ["gc_rows"])
+    ensure_publications(conn, "gc_pub", list(tables.values()))
+    run_sql(source, "SELECT pg_create_logical_replication_slot('gc_slot', 'pgoutput')",
+            "INSERT INTO gc_rows SELECT g, 'v' FROM generate_series(1, 300) g")
+    collector = ChangeCollector(tables, load_type_catalog(conn),
+                                lambda *args: fetch_current_values(conn, *args))
+    stop = current_wal_lsn(conn)
+    before = gc.get_threshold()
+    with ReplicationStream(source_url, "gc_slot", ["gc_pub"], stop) as stream:
+        batches = read_changes(stream.messages(), collector, Position(), stop,
+                               SegmentResult(Position()), batch_size=100)
+        next(batches)
+        while_reading = gc.get_threshold()
+        rest = list(batches)
+    conn.close()
+    assert while_reading[0] >= 100_000 > before[0]
+    assert gc.get_threshold() == before
+    assert len(rest) == 2
+
