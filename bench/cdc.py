@@ -12,12 +12,13 @@ RSS), the ratio ours/pg_recvlogical, and a final `RESULT cdc {...}` line.
 """
 
 import argparse
+import shutil
 import tempfile
 from pathlib import Path
 
-from common import (BENCH_TABLE_DDL, add_repeat_option, cli, cli_env, connect_autocommit,
-                    dlt_phases, measure, median_of, median_phases, phases_line, print_result,
-                    start_cluster)
+from common import (BENCH_TABLE_DDL, add_repeat_option, cli, connect_autocommit, dlt_phases,
+                    measure, median_of, median_phases, phases_line, print_result,
+                    round_environment, start_cluster)
 
 WORKLOAD_SQL = """
 DO $$
@@ -59,12 +60,9 @@ def main() -> None:
         conn = connect_autocommit(cluster.url)
         with conn.cursor() as cur:
             cur.execute(BENCH_TABLE_DDL)
-        envs = []
-        for round_number in range(args.repeat):
-            round_dir = workdir / f"round{round_number}"
-            round_dir.mkdir()
-            envs.append(cli_env(cluster.url, round_dir, slot=f"bench_slot_{round_number}"))
-            measure("snapshot (creates the slot)", cli("snapshot"), 0, envs[-1])
+        envs = [round_environment(cluster.url, workdir, n) for n in range(args.repeat)]
+        for env in envs:
+            measure("snapshot (creates the slot)", cli("snapshot"), 0, env)
         with conn.cursor() as cur:
             for round_number in range(args.repeat):
                 cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')",
@@ -105,6 +103,7 @@ def main() -> None:
         })
     finally:
         cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -63,17 +63,18 @@ def measure(name: str, args: List[str], rows: int, env: Optional[Dict[str, str]]
                        usage.ru_utime + usage.ru_stime)
 
 
+def median(values: List[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def median_of(runs: List[Measurement]) -> Measurement:
-    """One figure for repeated runs: median wall and work time, the highest peak RSS.
+    """One figure for repeated runs: median wall, work and CPU time, the highest peak RSS.
 
     The machines are shared: one run's time can be off by half; the median of interleaved runs is
     what the ratios are computed from.
     """
-    def median(values: List[float]) -> float:
-        ordered = sorted(values)
-        middle = len(ordered) // 2
-        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
     return Measurement(runs[0].name, median([r.seconds for r in runs]),
                        max(r.peak_rss_mb for r in runs), runs[0].rows,
                        median([r.work_seconds for r in runs]),
@@ -105,7 +106,7 @@ def dlt_phases(dlt_data_dir: str, pipeline_name: str = "bench") -> Dict[str, flo
 
 
 def median_phases(runs: List[Dict[str, float]]) -> Dict[str, float]:
-    return {name: sorted(run[name] for run in runs)[len(runs) // 2] for name in runs[0]}
+    return {name: median([run[name] for run in runs]) for name in runs[0]}
 
 
 def phases_line(phases: Dict[str, float]) -> str:
@@ -149,6 +150,13 @@ def cli_env(url: str, workdir: Path, slot: str = "bench_slot", pub: str = "bench
         "DLT_PROJECT_DIR": str(workdir),
         "RUNTIME__DLTHUB_TELEMETRY": "false",
     }
+
+
+def round_environment(url: str, workdir: Path, round_number: int) -> Dict[str, str]:
+    """A round of our CLI starts from nothing: its own slot, pipeline directory and DuckDB file."""
+    round_dir = workdir / f"round{round_number}"
+    round_dir.mkdir()
+    return cli_env(url, round_dir, slot=f"bench_slot_{round_number}")
 
 
 def cli(*args: str) -> List[str]:

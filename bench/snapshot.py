@@ -11,13 +11,14 @@ Prints the ratios ours/COPY and connectorx/ours, and a final `RESULT snapshot {.
 """
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from common import (BENCH_TABLE_DDL, add_repeat_option, cli, cli_env, connect_autocommit,
                     dlt_phases, measure, median_of, median_phases, phases_line, print_result,
-                    start_cluster)
+                    round_environment, start_cluster)
 
 FILL_SQL = """
 INSERT INTO bench
@@ -70,7 +71,7 @@ def main() -> None:
             size_mb = cur.fetchone()[0] / (1 << 20)
         conn.close()
         print(f"table bench: {args.rows:,} rows, {size_mb:.0f} MB on disk")
-        env = cli_env(cluster.url, workdir)
+        connectorx_env = cli_env(cluster.url, workdir)
 
         runs = {"copy": [], "connectorx": [], "ours": []}
         phases = []  # where our run spent its time, from dlt's trace
@@ -84,11 +85,8 @@ def main() -> None:
                     [sys.executable, "-c", CONNECTORX_SCRIPT, cluster.url,
                      str(workdir / f"cx{round_number}.duckdb"),
                      str(workdir / f"cx_pipelines{round_number}")],
-                    args.rows, env))
-            # Each round starts from nothing: its own slot, pipeline and DuckDB file.
-            round_dir = workdir / f"round{round_number}"
-            round_dir.mkdir()
-            round_env = cli_env(cluster.url, round_dir, slot=f"bench_slot_{round_number}")
+                    args.rows, connectorx_env))
+            round_env = round_environment(cluster.url, workdir, round_number)
             runs["ours"].append(measure("pipeline_main.py snapshot", cli("snapshot"), args.rows,
                                         round_env))
             phases.append(dlt_phases(round_env["DLT_DATA_DIR"]))
@@ -124,6 +122,7 @@ def main() -> None:
         print_result("snapshot", figures)
     finally:
         cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -90,4 +90,3 @@ def test_garbage_collection_is_relaxed_only_while_changes_are_read(source, sourc
     assert while_reading[0] >= 100_000 > before[0]
     assert gc.get_threshold() == before
     assert len(rest) == 2
-
