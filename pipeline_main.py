@@ -28,6 +28,7 @@ Exit codes:
   7  the destination failed to load; the slot was not advanced
   8  a replication message could not be decoded
   9  status/verify: a check failed (lag above --max-lag-mb, last run failed, ...)
+ 10  a table's copy is missing from the destination (never loaded, or lost): run snapshot
 """
 
 DEFAULT_DESTINATION = "databricks"
@@ -157,7 +158,7 @@ def snapshot(ctx: click.Context, tables: Optional[str]) -> None:
 @click.option("--max-changes", type=click.IntRange(min=1), default=None,
               help="Stop at the first commit after this many changes.")
 @click.option("--max-seconds", type=click.FloatRange(min=0.1), default=None,
-              help="Stop at the first commit after this many seconds.")
+              help="Stop at the first commit after this many seconds of reading.")
 @click.option("--deletes", type=click.Choice(["hard", "soft"]), default=None,
               help="hard: remove deleted rows (default); soft: keep them with _pg_deleted_at.")
 @click.option("--follow", is_flag=True,

@@ -38,6 +38,8 @@ from .types import ColumnKind, PgTypeRow, raw_values_to_arrow, resolve_kind
 Key = Tuple[TupleValue, ...]
 # (table, key column names, keys, wanted column names) -> {key: values of the wanted columns}
 FetchCurrent = Callable[[TableInfo, List[str], List[Key], List[str]], Dict[Key, List[Optional[bytes]]]]
+# (schema, table) -> the commit LSN from which the table's changes apply (see handoff.HandoffRule)
+AppliesFrom = Callable[[str, str], int]
 
 
 @dataclass
@@ -100,6 +102,8 @@ class _RelationState:
     row_index: Dict[Key, int] = field(default_factory=dict)  # upsert: buffered row of each key
     # Deferrable keys only: keys written in the current transaction (see _add_update).
     transaction_keys: Optional[set] = None
+    # Changes of transactions committing before this LSN are in the table's copy (handoff.py).
+    applies_from: int = 0
 
     @property
     def column_names(self) -> List[str]:
@@ -118,13 +122,18 @@ class ChangeCollector:
         fetch_current (FetchCurrent): Reads current values of unchanged TOASTed columns.
         deletes (DeleteMode): "hard" removes deleted rows, "soft" keeps them with `_pg_deleted_at`.
         merge_strategy (MergeStrategy): "upsert" makes a repeated key end the segment.
+        applies_from (AppliesFrom): Per table, the commit LSN from which its changes apply (its
+            hand-off); default: every change applies.
     """
 
     def __init__(self, tables: Mapping[str, TableInfo], types: Dict[int, PgTypeRow],
                  fetch_current: FetchCurrent, deletes: DeleteMode = "hard",
                  merge_strategy: MergeStrategy = "delete-insert",
-                 existing_column: Optional[ExistingColumn] = None) -> None:
+                 existing_column: Optional[ExistingColumn] = None,
+                 applies_from: AppliesFrom = lambda schema, name: 0) -> None:
         self.tables = tables
+        self.applies_from = applies_from
+        self.latest_handoff = 0  # the highest applies_from of any relation seen
         self.types = types
         self.fetch_current = fetch_current
         self.deletes = deletes
@@ -152,11 +161,17 @@ class ChangeCollector:
         output_key = [output_names[names.index(n)] for n in merge_key]
         hints = table_hints(relation.name, list(zip(output_names, kinds)), output_key,
                             self.deletes, self.merge_strategy)
+        applies_from = self.applies_from(relation.namespace, relation.name)
+        self.latest_handoff = max(self.latest_handoff, applies_from)
         self.relations[relation.relation_id] = _RelationState(
             relation, table, kinds, [names.index(n) for n in merge_key], hints, output_names,
-            transaction_keys=set() if table.deferrable_key else None,
+            transaction_keys=set() if table.deferrable_key else None, applies_from=applies_from,
         )
         return flushed
+
+    def in_copy(self, relation_id: int, commit_lsn: int) -> bool:
+        """True when the change belongs to a transaction the table's copy already holds."""
+        return commit_lsn < self._state(relation_id, "?").applies_from
 
     def _state(self, relation_id: int, tag: str) -> _RelationState:
         state = self.relations.get(relation_id)
@@ -252,11 +267,14 @@ class ChangeCollector:
 
     # -- truncate -------------------------------------------------------------------------------
 
-    def truncate_batches(self, message: Truncate) -> List[TableBatch]:
-        """Empty `replace` batches for the truncated tables (the truncate itself)."""
+    def truncate_batches(self, message: Truncate, commit_lsn: int) -> List[TableBatch]:
+        """Empty `replace` batches for the truncated tables (the truncate itself), leaving out the
+        tables whose copy already holds it."""
         batches = []
         for relation_id in message.relation_ids:
             state = self._state(relation_id, "T")
+            if commit_lsn < state.applies_from:
+                continue
             data = _empty_table(state, self.deletes)
             hints = dict(state.hints, write_disposition="replace")
             batches.append(TableBatch(state.relation.name, hints, data, replace=True))
@@ -414,21 +432,25 @@ def _read_segment(messages, collector: ChangeCollector, position: Position, stop
     check_repeats = collector.merge_strategy == "upsert"
     current: Optional[Begin] = None
     skipping = False
+    check_handoffs = False  # the transaction commits before some table's hand-off
     ordinal = already_loaded = taken = 0
     for lsn, message in messages:
         kind = type(message)
         if kind is Insert or kind is Update or kind is Delete or kind is Truncate:
             if skipping:
                 continue
-            ordinal += 1
+            ordinal += 1  # counts every change, so a resumed transaction skips the same ones
             if ordinal <= already_loaded:
                 continue
             if kind is Truncate:
+                batches = collector.truncate_batches(message, current.final_lsn)
+                if not batches:
+                    continue
                 if collector.segment_has_data:
                     result.position = Position(position.lsn, current.final_lsn, ordinal - 1)
                     result.more = True
                     break
-                for batch in collector.truncate_batches(message):
+                for batch in batches:
                     result.changes[batch.table_name] = result.changes.get(batch.table_name, 0) + 1
                     yield batch
                 if result.first_lsn is None:
@@ -437,6 +459,8 @@ def _read_segment(messages, collector: ChangeCollector, position: Position, stop
                 result.position = Position(position.lsn, current.final_lsn, ordinal)
                 result.more = True
                 return
+            if check_handoffs and collector.in_copy(message.relation_id, current.final_lsn):
+                continue
             if check_repeats and collector.would_repeat_key(message):
                 result.position = Position(position.lsn, current.final_lsn, ordinal - 1)
                 result.more = True
@@ -454,6 +478,7 @@ def _read_segment(messages, collector: ChangeCollector, position: Position, stop
                 result.confirm_lsn = max(result.confirm_lsn, message.final_lsn)
                 break
             current, ordinal = message, 0
+            check_handoffs = message.final_lsn < collector.latest_handoff
             collector.begin_transaction()
             skipping = message.final_lsn < position.lsn
             already_loaded = (position.partial_changes
@@ -470,6 +495,8 @@ def _read_segment(messages, collector: ChangeCollector, position: Position, stop
         elif kind is Relation:
             for batch in collector.on_relation(message):
                 yield batch
+            if current is not None:
+                check_handoffs = current.final_lsn < collector.latest_handoff
         elif kind is TypeInfo or kind is Origin or kind is LogicalMessage:
             continue  # types resolve through the catalog; origins and messages carry no rows
         elif kind in (StreamStart, StreamStop, StreamCommit, StreamAbort):

@@ -31,6 +31,10 @@ class SlotInUseError(SlotError):
     """Another run holds the slot."""
 
 
+class CopyMissingError(ReplicationError):
+    """The destination lacks a table's copy that the change stream would build on."""
+
+
 class DecodeError(ReplicationError):
     """A pgoutput message could not be decoded."""
 

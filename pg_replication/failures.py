@@ -2,8 +2,9 @@
 
 from typing import Optional, Tuple
 
-from .exceptions import (ConfigError, DecodeError, LoadError, ReplicationError, SlotError,
-                         SlotInUseError, SourceConnectionError, SourceNotReadyError, mask_secrets)
+from .exceptions import (ConfigError, CopyMissingError, DecodeError, LoadError, ReplicationError,
+                         SlotError, SlotInUseError, SourceConnectionError, SourceNotReadyError,
+                         mask_secrets)
 
 EXIT_CODES = {
     ConfigError: 2,
@@ -13,6 +14,7 @@ EXIT_CODES = {
     SlotError: 6,
     LoadError: 7,
     DecodeError: 8,
+    CopyMissingError: 10,
 }
 EXIT_UNEXPECTED = 1
 EXIT_CHECK_FAILED = 9

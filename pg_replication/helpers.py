@@ -2,8 +2,8 @@
 `replication_resource` (the change stream).
 
 Progress lives in the dlt source state of the source named `pg_replication` (shared by the snapshot
-and the change stream): `{"position": Position.to_state()}`. dlt commits that state with each load,
-so the destination and the position never disagree.
+and the change stream): the stream's position and each table's hand-off (see handoff.py). dlt
+commits that state with each load, so the destination and the positions never disagree.
 """
 
 import functools
@@ -19,24 +19,18 @@ from .catalog import (TableInfo, column_kinds, describe_tables, fetch_current_va
 from .changes import ChangeCollector, Position, SegmentResult, TableBatch, read_changes
 from .connect import connect, to_dsn
 from .exceptions import ConfigError, SlotError
+from .handoff import NEVER, SOURCE_NAME, HandoffRule, LoadedState, record_copy, start_snapshot
 from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, META_ARROW_TYPES, DeleteMode,
                      ExistingColumn, MergeStrategy, output_column_names, snapshot_hints,
                      table_hints)
-from .slots import (advance_slot, check_server, check_slot_usable, create_slot,
-                    create_slot_with_snapshot,
-                    current_database, current_wal_lsn, drop_publications, drop_slot,
+from .slots import (advance_slot, check_server, check_slot_usable, copy_slot_name, create_slot,
+                    create_slot_with_snapshot, current_database, current_wal_lsn, drop_publications, drop_slot,
                     ensure_publications, existing_publications, get_slot, publication_tables,
                     validate_slot_name)
-from .snapshot import begin_snapshot_transaction, read_table, snapshot_wal_lsn
+from .snapshot import begin_snapshot_transaction, read_table
 from .stream import ReplicationStream, emit_heartbeat
 
-SOURCE_NAME = "pg_replication"
 STATE_KEY = "position"
-
-
-def source_position() -> Position:
-    """The position in the current pipeline's `pg_replication` source state."""
-    return Position.from_state(dlt.current.source_state().get(STATE_KEY, {}))
 
 
 def _save_position(position: Position) -> None:
@@ -65,16 +59,20 @@ def init_replication(
 ) -> Optional[DltSource]:
     """Creates the publication and the replication slot; optionally returns the initial copy.
 
-    The copy is read inside the snapshot the slot exported at its consistent point, and that
-    point becomes the stored position: the change stream then applies exactly the changes after
-    it, none twice and none missed.
+    Every copy has an exact hand-off (see handoff.py): it is read inside a snapshot exported at a
+    logical slot's consistent point, and the change stream applies a copied table's changes only
+    from transactions that commit at or after that point. Every transaction lands exactly once, in
+    the copy or through the stream, for tables with or without a key.
 
-    When the slot already exists there is no exported snapshot to join. The tables are then read in
-    a fresh REPEATABLE READ snapshot taken *after* the slot's confirmed position, and the stored
-    position is left alone. The next `cdc` replays every change from that position: changes the
-    copy already contains are applied again, which only rewrites rows with values they held
-    earlier, and each key's last change in the stream is its current state. Deletes and truncates
-    replay the same way. So the destination converges to the source once `cdc` has run.
+    - No slot yet (or an invalidated one): the slot is created here and its own exported snapshot
+      is the copy's; its consistent point starts the stream, and hand-offs of an earlier stream are
+      dropped (tables not copied again must be).
+    - The slot exists (a rerun after a failed snapshot, a refresh or a table added later): a
+      TEMPORARY slot is created only to export the snapshot; the slot keeps its position. The copied
+      tables get the new hand-off, other tables keep theirs.
+
+    The hand-offs are stored in the source state with the copy, so they reach the destination in
+    the same load.
 
     Args:
         slot_name (str): Replication slot (lower-case letters, digits, underscores).
@@ -114,41 +112,43 @@ def init_replication(
             return None
     finally:
         conn.close()
-    reader, copy_lsn, handoff_lsn = _open_snapshot_reader(dsn, slot_name, create=slot is None)
-    return snapshot_source(reader, list(tables.values()), types, copy_lsn, handoff_lsn,
-                           include_columns, columns, deletes)
+    new_stream = slot is None
+    reader, handoff_lsn = _open_snapshot_reader(dsn, slot_name, new_stream)
+    return snapshot_source(reader, list(tables.values()), types, handoff_lsn, new_stream,
+                           slot_name, include_columns, columns, deletes)
 
 
-def _open_snapshot_reader(dsn: str, slot_name: str, create: bool):
-    """A connection inside the snapshot to copy from: (connection, `_pg_lsn` of the copied rows,
-    hand-off LSN to store or None).
+def _open_snapshot_reader(dsn: str, slot_name: str, new_stream: bool):
+    """A connection inside an exported snapshot, and that snapshot's hand-off LSN.
 
-    A new slot exports the snapshot of its consistent point, imported here before the exporting
-    connection closes. An existing slot has none to offer (see init_replication).
+    With `new_stream` the pipeline's slot is created here and exports it; otherwise a temporary
+    slot does. The snapshot is imported before the exporting connection closes (which also drops a
+    temporary slot): the importing transaction keeps it alive.
     """
     reader = connect(dsn)
     try:
-        if not create:
-            begin_snapshot_transaction(reader, None)
-            return reader, snapshot_wal_lsn(reader), None
-        exporter, handoff_lsn, snapshot_name = create_slot_with_snapshot(dsn, slot_name)
+        exporter, handoff_lsn, snapshot_name = create_slot_with_snapshot(
+            dsn, slot_name if new_stream else copy_slot_name(slot_name), temporary=not new_stream)
         try:
             begin_snapshot_transaction(reader, snapshot_name)
         finally:
-            exporter.close()  # the importing transaction keeps the snapshot alive
-        return reader, handoff_lsn, handoff_lsn
+            exporter.close()
+        return reader, handoff_lsn
     except Exception:
         reader.close()
         raise
 
 
-def snapshot_source(reader, tables: List[TableInfo], types, copy_lsn: int,
-                    handoff_lsn: Optional[int], include_columns=None, columns=None,
+def snapshot_source(reader, tables: List[TableInfo], types, handoff_lsn: int, new_stream: bool,
+                    slot_name: str, include_columns=None, columns=None,
                     deletes: DeleteMode = "hard") -> DltSource:
-    """A `pg_replication` source whose one resource copies `tables` on `reader`'s transaction."""
+    """A `pg_replication` source whose one resource copies `tables` on `reader`'s transaction and
+    records their hand-off (handoff.py) in the source state."""
 
     def snapshot_rows() -> Iterator[Any]:
         try:
+            state = dlt.current.source_state()
+            start_snapshot(state, slot_name, handoff_lsn, new_stream)
             for table in tables:
                 kinds = column_kinds(table, types)
                 names = _included(table.name, [c.name for c in table.columns], include_columns)
@@ -161,15 +161,15 @@ def snapshot_source(reader, tables: List[TableInfo], types, copy_lsn: int,
                 hints = snapshot_hints(_with_column_hints(hints, columns))
                 marker = DELETED_COLUMN if deletes == "hard" else DELETED_AT_COLUMN
                 first = True
-                for data in read_table(reader, table, column_kinds(table, types), copy_lsn, marker):
+                for data in read_table(reader, table, column_kinds(table, types), handoff_lsn,
+                                       marker):
                     data = data.rename_columns([renames.get(n, n) for n in data.column_names])
                     data = data.select([n for n in data.column_names if n in hints["columns"]])
                     yield _mark(data, hints, first)
                     first = False
                 if first:  # empty table: still replace what the destination holds
                     yield _mark(_empty_like(hints, kinds, marker), hints, True)
-            if handoff_lsn is not None:
-                _save_position(Position(handoff_lsn))
+                record_copy(state, table.schema, table.name, handoff_lsn)
         finally:
             reader.close()
 
@@ -243,6 +243,7 @@ def replication_resource(
     result: Optional[SegmentResult] = None,
     stop_requested: Optional[Callable[[], bool]] = None,
     stop_lsn: Optional[int] = None,
+    skip_uncopied_tables: bool = False,
 ) -> Any:
     """A dlt resource with the changes in the slot since the stored position, one table each.
 
@@ -272,18 +273,22 @@ def replication_resource(
         stop_lsn (Optional[int]): Read up to here; default the server's WAL position now. A run
             of several segments passes the position it took at its start, so that a source that
             keeps truncating cannot keep the run going.
+        skip_uncopied_tables (bool): A copied table gets its changes from its hand-off on
+            (handoff.py). A table that was never copied gets every change in the slot, or, with
+            True, none (the CLI refuses to run while a published table lacks its copy).
     """
     dsn = to_dsn(credentials)
     validate_slot_name(slot_name)
 
     def changes() -> Iterator[Any]:
         segment = result if result is not None else SegmentResult(Position())
-        position = source_position()
-        segment.position = position
-        yield from _read_segment(dsn, slot_name, pub_name, schema_name, position, segment,
+        loaded = LoadedState.from_source_state(dlt.current.source_state())
+        segment.position = loaded.position
+        handoffs = HandoffRule(loaded.handoffs, skip_uncopied_tables)
+        yield from _read_segment(dsn, slot_name, pub_name, schema_name, loaded.position, segment,
                                  target_batch_size, flush_slot, deletes, merge_strategy,
                                  max_changes, max_seconds, include_columns, columns,
-                                 stop_requested or (lambda: False), stop_lsn)
+                                 stop_requested or (lambda: False), stop_lsn, handoffs)
         _save_position(segment.position)
 
     return dlt.resource(changes, name="changes", write_disposition="merge")()
@@ -292,7 +297,8 @@ def replication_resource(
 def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
                   segment: SegmentResult, batch_size: int, flush_slot: bool, deletes, strategy,
                   max_changes, max_seconds, include_columns, columns,
-                  stop_requested: Callable[[], bool], stop_lsn: Optional[int]) -> Iterator[Any]:
+                  stop_requested: Callable[[], bool], stop_lsn: Optional[int],
+                  handoffs: HandoffRule) -> Iterator[Any]:
     started = time.monotonic()
     conn = connect(dsn)
     try:
@@ -305,28 +311,66 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
         publications = existing_publications(conn, pub_name)
         published = _published_tables(conn, schema_name, publications)
         stop_lsn = stop_lsn or run_stop_position(conn)
+        streamed, deferred_until = _publications_to_stream(
+            conn, publications, handoffs, slot.confirmed_flush_lsn or 0)
+        if deferred_until is not None and deferred_until <= stop_lsn:
+            stop_lsn = deferred_until
         collector = ChangeCollector(published, load_type_catalog(conn),
                                     functools.partial(fetch_current_values, conn), deletes, strategy,
-                                    existing_destination_column())
+                                    existing_destination_column(), handoffs.applies_from)
         deadline = started + max_seconds if max_seconds else None
 
         def should_stop() -> bool:
             return stop_requested() or (deadline is not None and time.monotonic() >= deadline)
 
-        with ReplicationStream(dsn, slot_name, publications, stop_lsn, deadline,
-                               stop_requested) as stream:
-            sent_hints: Dict[str, int] = {}
-            for batch in read_changes(stream.messages(), collector, position, stop_lsn, segment,
-                                      batch_size, max_changes, should_stop):
-                yield _batch_item(batch, sent_hints, include_columns, columns)
-            if segment.exhausted and not segment.more:
-                segment.confirm_lsn = max(segment.confirm_lsn, stream.wal_end)
+        reached = not streamed  # nothing to decode before stop_lsn
+        if streamed:
+            with ReplicationStream(dsn, slot_name, streamed, stop_lsn, deadline,
+                                   stop_requested) as stream:
+                sent_hints: Dict[str, int] = {}
+                for batch in read_changes(stream.messages(), collector, position, stop_lsn,
+                                          segment, batch_size, max_changes, should_stop):
+                    yield _batch_item(batch, sent_hints, include_columns, columns)
+                if segment.exhausted and not segment.more:
+                    segment.confirm_lsn = max(segment.confirm_lsn, stream.wal_end)
+            if deferred_until is not None:
+                # A deferred publication's changes were not decoded: confirm no further than the
+                # stop (or the end of the last transaction taken).
+                segment.confirm_lsn = min(segment.confirm_lsn,
+                                          max(stop_lsn, segment.position.lsn))
+            reached = not segment.more and segment.confirm_lsn >= stop_lsn
+        if reached:
+            segment.confirm_lsn = max(segment.confirm_lsn, stop_lsn)
+            # A publication waited for this position: read on with it.
+            segment.more = stop_lsn == deferred_until
         if segment.position.partial_commit_lsn is None:
             # Everything before confirm_lsn is read (loaded, or not ours): store that as the
             # position too, so the destination's state and the confirmed slot agree.
             segment.position = Position(max(segment.position.lsn, segment.confirm_lsn))
     finally:
         conn.close()
+
+
+def _publications_to_stream(conn, publications: List[str], handoffs: HandoffRule,
+                            start_lsn: int):
+    """The publications to decode from `start_lsn`, and the position from which the others are
+    needed (or None).
+
+    A publication is decoded from the earliest hand-off of its tables on; before that none of its
+    changes would be applied. This matters for a publication created while the stream was
+    running (the `_insert_only` one, when the first table without a key comes later): pgoutput
+    fails on any change from before a named publication existed. So it is left out until the
+    stream reaches that position; the segment stops there, and the next one includes it.
+    """
+    needed_from = {}
+    for name in publications:
+        tables = publication_tables(conn, name) or []
+        needed_from[name] = min((handoffs.applies_from(schema, table) for schema, table in tables),
+                                default=NEVER)
+    streamed = [name for name in publications if needed_from[name] <= start_lsn]
+    later = [needed_from[name] for name in publications if needed_from[name] > start_lsn
+             and needed_from[name] < NEVER]
+    return streamed, (min(later) if later else None)
 
 
 def run_stop_position(conn) -> int:

@@ -2,10 +2,17 @@
 
 Order of a cdc run:
 1. take the run lock (an advisory lock named after the slot), so runs never overlap;
-2. load any package a crashed run left behind (dlt would otherwise load it and silently ignore
+2. refuse when the destination lost what this pipeline loaded (integrity.py);
+3. load any package a crashed run left behind (dlt would otherwise load it and silently ignore
    the new data) and confirm the slot up to the position that package carried;
-3. read a segment of changes, load it, and only then confirm the slot up to what was loaded;
+4. refuse when the slot is gone or a table's copy is missing (integrity.py);
+5. read a segment of changes, load it, and only then confirm the slot up to what was loaded;
    repeat while a segment ended early (truncate, repeated key).
+
+A slot that no load has used (the first snapshot failed or was killed) holds nothing the
+destination needs: every table's copy is still to come and will start at its own hand-off. `cdc`
+then confirms that slot up to the current WAL position, so it retains no WAL while the pipeline
+waits for its snapshot, and refuses with "run `snapshot`".
 """
 
 import json
@@ -21,8 +28,13 @@ import dlt
 from . import pg_replication
 from .changes import Position, SegmentResult
 from .connect import connect
-from .exceptions import SlotError, mask_secrets
-from .helpers import SOURCE_NAME, STATE_KEY, init_replication, run_stop_position, select_tables
+from .dlt_compat import destination_state
+from .exceptions import CopyMissingError, SlotError, mask_secrets
+from .failures import essential_line
+from .handoff import LoadedState, table_key
+from .helpers import init_replication, run_stop_position, select_tables
+from .integrity import (copy_problems, destination_lost, integrity_problems, loaded_state,
+                        remember_loaded_state)
 from .protocol import int_to_lsn
 from .settings import JobSettings
 from .verify import Check, run_checks
@@ -46,7 +58,6 @@ class CdcReport:
     first_lsn: Optional[int] = None
     last_lsn: Optional[int] = None
     confirmed_lsn: Optional[int] = None
-    slot_created: bool = False
     pending_loaded: bool = False
     seconds: float = 0.0
 
@@ -55,9 +66,6 @@ class CdcReport:
         return sum(self.changes.values())
 
     def summary(self) -> str:
-        if self.slot_created:
-            return ("cdc: created the replication slot; capturing changes from now on. "
-                    "Run `snapshot` to copy the rows that already exist.")
         per_table = ", ".join(f"{t} {n}" for t, n in sorted(self.changes.items()))
         lsn_range = (f"LSN {int_to_lsn(self.first_lsn)}..{int_to_lsn(self.last_lsn)}"
                      if self.first_lsn is not None else "no new changes")
@@ -79,8 +87,8 @@ def table_format_for(pipeline: dlt.Pipeline) -> Optional[str]:
 
 
 def stored_position(pipeline: dlt.Pipeline) -> Position:
-    state = pipeline.state.get("sources", {}).get(SOURCE_NAME, {}).get(STATE_KEY, {})
-    return Position.from_state(state)
+    """The stream position in the local pipeline state."""
+    return LoadedState.from_pipeline_state(pipeline.state).position
 
 
 def finish_pending_load(pipeline: dlt.Pipeline, conn, slot_name: str) -> bool:
@@ -90,6 +98,7 @@ def finish_pending_load(pipeline: dlt.Pipeline, conn, slot_name: str) -> bool:
     _repair_crashed_packages(pipeline)
     pipeline.normalize()
     pipeline.load()
+    remember_loaded_state(pipeline)
     if get_slot(conn, slot_name) is not None:
         advance_slot(conn, slot_name, stored_position(pipeline).lsn)
     return True
@@ -144,7 +153,8 @@ def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotRepor
             credentials=settings.dsn, persist_snapshots=True, deletes=settings.deletes,
         )
         rows = _run_snapshot_source(source, pipeline)
-        handoff = stored_position(pipeline).lsn if not slot_existed else None
+        handoff = LoadedState.from_pipeline_state(pipeline.state).handoffs.get(
+            table_key(settings.schema_name, next(iter(tables))))
         keyless = sorted(name for name, table in tables.items() if not table.merge_key)
         return SnapshotReport(rows, handoff, not slot_existed, time.monotonic() - started,
                               keyless)
@@ -155,6 +165,7 @@ def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotRepor
 def _run_snapshot_source(source, pipeline: dlt.Pipeline) -> Dict[str, int]:
     _apply_table_format(source, pipeline)
     pipeline.run(source, loader_file_format="parquet")
+    remember_loaded_state(pipeline)
     trace = pipeline.last_trace
     counts: Dict[str, int] = {}
     normalize = trace.last_normalize_info if trace else None
@@ -180,16 +191,16 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
     try:
         check_server(lock)
         acquire_run_lock(lock, settings.slot_name)
-        slot = get_slot(lock, settings.slot_name)
-        if slot is None:
-            _refuse_if_changes_were_loaded(pipeline, settings.slot_name)
-            _create_slot_for_cdc(settings)
-            report.slot_created = True
-            return report
-        check_slot_usable(slot, settings.slot_name, current_database(lock))
+        remote = destination_state(pipeline)
+        lost = destination_lost(pipeline, remote)
+        if lost:
+            raise CopyMissingError(lost)
         report.pending_loaded = finish_pending_load(pipeline, lock, settings.slot_name)
+        loaded = loaded_state(pipeline, remote)
+        _refuse_without_copies(lock, settings, pipeline, loaded)
         stop_lsn = run_stop_position(lock)
-        deadline = started + max_seconds if max_seconds else None
+        # The bound counts from here: the checks above can take seconds on a remote destination.
+        deadline = time.monotonic() + max_seconds if max_seconds else None
         while True:
             remaining_seconds = max(deadline - time.monotonic(), 0.001) if deadline else None
             remaining_changes = max_changes - report.total if max_changes else None
@@ -227,16 +238,28 @@ def run_status(settings: JobSettings, pipeline: dlt.Pipeline,
     conn = connect(settings.dsn)
     try:
         position = stored_position(pipeline).lsn or None
-        return collect_status(conn, settings.slot_name, settings.pub_name, position,
-                              read_run_record(pipeline.working_dir), max_lag_mb)
+        report = collect_status(conn, settings.slot_name, settings.pub_name, position,
+                                read_run_record(pipeline.working_dir), max_lag_mb)
+        report.problems.extend(_destination_problems(conn, settings, pipeline))
+        return report
     finally:
         conn.close()
+
+
+def _destination_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline) -> List[str]:
+    try:
+        return integrity_problems(conn, settings, pipeline)
+    except Exception as e:  # noqa: BLE001 - status reports an unreachable destination, not raises
+        from .failures import essential_line
+
+        return [mask_secrets(f"cannot read the destination: {essential_line(e)}")]
 
 
 def run_verify(settings: JobSettings, pipeline: dlt.Pipeline) -> List[Check]:
     conn = connect(settings.dsn)
     try:
-        return run_checks(conn, settings.slot_name, pipeline)
+        return run_checks(conn, settings.slot_name, pipeline,
+                          lambda: integrity_problems(conn, settings, pipeline))
     finally:
         conn.close()
 
@@ -255,20 +278,28 @@ def recorded_run(pipeline: dlt.Pipeline, command: str) -> Iterator[Dict[str, str
     record_run(pipeline.working_dir, command, "succeeded", record["summary"])
 
 
-def _refuse_if_changes_were_loaded(pipeline: dlt.Pipeline, slot_name: str) -> None:
-    """A missing slot after loads means it was dropped: the changes since are gone from the WAL.
-    Creating a new one silently would lose them, so say so and ask for a snapshot."""
-    position = stored_position(pipeline).lsn
-    if position:
-        raise SlotError(
-            f"slot {slot_name!r} does not exist, but the destination holds changes up to "
-            f"{int_to_lsn(position)}: the slot was dropped and the changes since are lost on the "
-            "source; run `snapshot` to copy the tables again")
-
-
-def _create_slot_for_cdc(settings: JobSettings) -> None:
-    init_replication(settings.slot_name, settings.pub_name, settings.schema_name,
-                     settings.table_names, credentials=settings.dsn)
+def _refuse_without_copies(conn, settings: JobSettings, pipeline: dlt.Pipeline,
+                           loaded: LoadedState) -> None:
+    """Raises unless the slot is usable and every table the stream applies to has its copy."""
+    slot = get_slot(conn, settings.slot_name)
+    if slot is None:
+        # Nothing is created here: a new slot would silently skip the changes since the old one.
+        if loaded.anything_loaded:
+            raise SlotError(
+                f"slot {settings.slot_name!r} does not exist, but the destination holds a copy "
+                f"and changes up to {int_to_lsn(loaded.position.lsn)}: the slot was dropped and "
+                "the changes since are lost on the source; run `snapshot` to copy the tables "
+                "again")
+        raise CopyMissingError(f"slot {settings.slot_name!r} does not exist and no snapshot has "
+                               "been loaded: run `snapshot`")
+    check_slot_usable(slot, settings.slot_name, current_database(conn))
+    problems = copy_problems(conn, settings, pipeline, loaded)
+    if not problems:
+        return
+    if not loaded.anything_loaded:
+        # Nothing loaded needs the slot's WAL (see the module docstring).
+        advance_slot(conn, settings.slot_name, run_stop_position(conn))
+    raise CopyMissingError(problems[0])
 
 
 def _load_segment(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional[int],
@@ -280,10 +311,11 @@ def _load_segment(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Op
         schema_name=settings.schema_name, target_batch_size=settings.target_batch_size,
         flush_slot=False, deletes=settings.deletes, merge_strategy=merge_strategy_for(pipeline),
         max_changes=max_changes, max_seconds=max_seconds, result=segment,
-        stop_requested=stop_requested, stop_lsn=stop_lsn,
+        stop_requested=stop_requested, stop_lsn=stop_lsn, skip_uncopied_tables=True,
     )
     _apply_table_format(source, pipeline)
     pipeline.run(source, loader_file_format="parquet")
+    remember_loaded_state(pipeline)
     return segment
 
 

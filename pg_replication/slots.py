@@ -5,6 +5,7 @@ Every identifier is quoted with psycopg2.sql; nothing is built from names by pla
 
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -204,11 +205,20 @@ def existing_publications(conn, pub_name: str) -> List[str]:
             if publication_tables(conn, name) is not None]
 
 
-def create_slot_with_snapshot(dsn: str, slot_name: str) -> Tuple[object, int, str]:
-    """Creates the pgoutput slot and exports the snapshot of its consistent point.
+def copy_slot_name(slot_name: str) -> str:
+    """The temporary slot a snapshot creates beside `slot_name` to export its copy's snapshot; it
+    shows in pg_replication_slots while the copy starts, under a name that says whose it is."""
+    return f"{slot_name[:40]}_snapshot_{uuid.uuid4().hex[:8]}"
 
-    The returned replication connection must stay open and idle until every reader has imported
-    the snapshot (`SET TRANSACTION SNAPSHOT`); the snapshot dies with it.
+
+def create_slot_with_snapshot(dsn: str, slot_name: str,
+                              temporary: bool = False) -> Tuple[object, int, str]:
+    """Creates a pgoutput slot and exports the snapshot of its consistent point.
+
+    The snapshot sees exactly the transactions whose commit record lies before the consistent
+    point; the slot decodes exactly those at or after it. The returned replication connection must
+    stay open and idle until every reader has imported the snapshot (`SET TRANSACTION SNAPSHOT`);
+    the snapshot dies with it, and so does a `temporary` slot.
 
     Returns:
         (connection, consistent point LSN, snapshot name)
@@ -217,14 +227,14 @@ def create_slot_with_snapshot(dsn: str, slot_name: str) -> Tuple[object, int, st
     try:
         with conn.cursor() as cur:
             cur.execute(
-                sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT").format(
-                    sql.Identifier(slot_name)
+                sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput EXPORT_SNAPSHOT").format(
+                    sql.Identifier(slot_name), sql.SQL("TEMPORARY " if temporary else "")
                 )
             )
             _, consistent_point, snapshot_name, _ = cur.fetchone()
     except psycopg2.Error as e:
         conn.close()
-        raise _slot_error(e, slot_name) from None
+        raise _slot_error(e, slot_name, temporary) from None
     return conn, lsn_to_int(consistent_point), snapshot_name
 
 
@@ -241,11 +251,13 @@ def create_slot(conn, slot_name: str) -> int:
         raise _slot_error(e, slot_name) from None
 
 
-def _slot_error(error: psycopg2.Error, slot_name: str) -> Exception:
+def _slot_error(error: psycopg2.Error, slot_name: str, temporary: bool = False) -> Exception:
     message = describe_pg_error(error)
     if "all replication slots are in use" in message:
+        what = (f"the temporary slot {slot_name!r} that gives a snapshot its exact hand-off"
+                if temporary else f"slot {slot_name!r}")
         return SourceNotReadyError(
-            f"cannot create slot {slot_name!r}: all replication slots are in use "
+            f"cannot create {what}: all replication slots are in use "
             "(raise max_replication_slots or drop an unused slot)"
         )
     if "permission denied" in message or "must be superuser or replication" in message:

@@ -2,20 +2,20 @@
 
 1. the slot exists on the source (lag, active);
 2. the destination's `_dlt_pipeline_state` holds the position the slot was confirmed to;
-3. no staged files are left behind (Databricks volume, filesystem), not applicable to DuckDB.
+3. no staged files are left behind (Databricks volume, filesystem), not applicable to DuckDB;
+4. the destination holds the copy of every table the stream applies to (integrity.py).
 """
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import dlt
 
-from .changes import Position
+from .dlt_compat import destination_state
+from .handoff import LoadedState
 from .protocol import int_to_lsn
 from .slots import current_wal_lsn, get_slot
-
-STATE_SOURCE = "pg_replication"
 
 
 @dataclass
@@ -43,14 +43,8 @@ def check_slot(conn, slot_name: str) -> Check:
 
 def destination_position(pipeline: dlt.Pipeline) -> Optional[int]:
     """The position in the newest state stored in the destination, or None without one."""
-    from dlt.pipeline.state_sync import load_pipeline_state_from_destination
-
-    with pipeline.destination_client() as client:
-        state = load_pipeline_state_from_destination(pipeline.pipeline_name, client)
-    if not state:
-        return None
-    stored = state.get("sources", {}).get(STATE_SOURCE, {}).get("position")
-    return Position.from_state(stored).lsn if stored else None
+    loaded = LoadedState.from_pipeline_state(destination_state(pipeline))
+    return loaded.position.lsn if loaded.anything_loaded else None
 
 
 def check_state(conn, slot_name: str, pipeline: dlt.Pipeline) -> Check:
@@ -133,6 +127,19 @@ def _check_filesystem(pipeline: dlt.Pipeline) -> Check:
     return Check("staged files", True, f"no leftover load files in {root}")
 
 
-def run_checks(conn, slot_name: str, pipeline: dlt.Pipeline) -> List[Check]:
+def check_copies(integrity_problems: Callable[[], List[str]]) -> Check:
+    name = "table copies"
+    try:
+        problems = integrity_problems()
+    except Exception as e:  # an unreachable destination fails the check, in its own words
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return Check(name, False, f"cannot read the destination: {first}")
+    if problems:
+        return Check(name, False, problems[0])
+    return Check(name, True, "the destination holds the copy of every published table")
+
+
+def run_checks(conn, slot_name: str, pipeline: dlt.Pipeline,
+               integrity_problems: Callable[[], List[str]]) -> List[Check]:
     return [check_slot(conn, slot_name), check_state(conn, slot_name, pipeline),
-            check_staged_files(pipeline)]
+            check_staged_files(pipeline), check_copies(integrity_problems)]

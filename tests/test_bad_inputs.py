@@ -196,11 +196,11 @@ def test_wal_level_replica(replica_server, tmp_path, command):
     _check(prepared, [command], EXIT_NOT_READY, "wal_level")
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_max_replication_slots_exhausted(one_slot, tmp_path, command):
+def test_max_replication_slots_exhausted(one_slot, tmp_path):
+    # Only snapshot creates slots (cdc without a snapshot refuses before creating anything).
     other = Project(tmp_path, one_slot.project.source_url)  # a second slot name
     prepared = Prepared(other, one_slot.admin_url)
-    _check(prepared, [command], EXIT_NOT_READY, "all replication slots are in use")
+    _check(prepared, ["snapshot"], EXIT_NOT_READY, "all replication slots are in use")
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -260,3 +260,10 @@ def test_the_prepared_projects_still_work(shared, one_slot):
         result = prepared.run("cdc")
         assert result.exit_code == 0, result.output
         assert result.stdout.startswith("cdc: 11 changes"), result.stdout
+
+
+def test_snapshot_with_an_existing_slot_needs_one_free_slot(one_slot):
+    # A rerun or refresh reads its copy at a temporary slot's consistent point: with no free slot
+    # it refuses clearly, and the pipeline's slot stays where it was.
+    result = _check(one_slot, ["snapshot"], EXIT_NOT_READY, "temporary slot")
+    assert "all replication slots are in use" in result.stderr

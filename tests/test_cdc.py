@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.tools import Project, assert_table_matches, run_sql
+from tests.tools import Project, assert_table_matches, lsn_in, run_sql
 
 DESTINATIONS = ["duckdb", "filesystem"]
 
@@ -150,14 +150,18 @@ def test_table_without_primary_key_never_fails_source_writes(source, project):
         (1, "a"), (2, "b"), (3, "d")]
 
 
-def test_first_cdc_run_without_slot_creates_it_and_asks_for_snapshot(source, project):
+def test_first_cdc_run_without_snapshot_refuses_and_creates_nothing(source, project):
+    # A cdc before any snapshot would load changes into tables that never got their copy.
     _items_table(source)
-    first = project.run("cdc")
-    assert "Run `snapshot`" in first.stdout
-    assert project.slot_confirmed_lsn() is not None
+    first = project.run("cdc", expect=10)
+    assert first.stderr.splitlines() == [
+        f"Error: slot '{project.slot}' does not exist and no snapshot has been loaded: "
+        "run `snapshot`"]
+    assert project.slot_confirmed_lsn() is None
+    project.run("snapshot")
     run_sql(source, "INSERT INTO items VALUES (500, 'after slot', 1, NULL, NULL, 1)")
     project.run("cdc")
-    assert list(_rows_by_id(project, "items")) == [500]
+    assert len(_rows_by_id(project, "items")) == 21
 
 
 def test_soft_deletes_keep_rows_with_delete_time(source, project):
@@ -190,13 +194,15 @@ def test_snapshot_again_with_existing_slot_converges_after_cdc(source, project):
     project.run("snapshot")
     run_sql(source, "UPDATE items SET name = 'loaded' WHERE id = 1")
     project.run("cdc")
-    # Changes the slot holds but cdc has not loaded yet, then a second snapshot (no exported
-    # snapshot this time: the slot exists) that already contains them.
+    # Changes the slot holds but cdc has not loaded yet, then a second snapshot (the slot exists:
+    # a temporary slot gives this copy its own hand-off) that already contains them.
     run_sql(source, "UPDATE items SET name = 'pending' WHERE id = 2", "DELETE FROM items WHERE id = 3",
          "UPDATE items SET id = 300 WHERE id = 4", "TRUNCATE items",
          "INSERT INTO items SELECT g, 'refilled', g, NULL, NULL, g FROM generate_series(1, 10) g")
+    confirmed = project.slot_confirmed_lsn()
     second = project.run("snapshot")
-    assert "hand-off LSN" not in second.stdout  # the stored position stays where it was
+    assert lsn_in(second.stdout, "hand-off LSN ") > confirmed
+    assert project.slot_confirmed_lsn() == confirmed  # the slot stays where it was
     run_sql(source, "UPDATE items SET name = 'after resnapshot' WHERE id = 5")
     project.run("cdc")
     assert_table_matches(source, project, "items")

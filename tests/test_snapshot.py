@@ -6,7 +6,7 @@ import time
 import psycopg2
 
 from sandbox.sample_schema import SAMPLE_TABLES, create_sample_schema
-from tests.tools import assert_table_matches
+from tests.tools import assert_table_matches, lsn_in
 
 
 def _objects(conn):
@@ -119,9 +119,7 @@ def test_rows_committed_during_snapshot_come_through_cdc_after_the_handoff(sourc
     finally:
         stop.set()
         thread.join()
-    handoff_text = result.stdout.split("hand-off LSN ")[1].split(",")[0]
-    high, low = handoff_text.split("/")
-    handoff = (int(high, 16) << 32) + int(low, 16)
+    handoff = lsn_in(result.stdout, "hand-off LSN ")
 
     in_snapshot = {r["id"] for r in project.dest_rows("ticks") if r["id"] >= 1_000_000}
     assert in_snapshot, "the writer started before the slot: some live rows are in the copy"

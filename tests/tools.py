@@ -126,6 +126,12 @@ class Project:
         return int(row[0]) if row else None
 
 
+def lsn_in(text: str, label: str) -> int:
+    """The LSN printed after `label` in a command's output (e.g. "hand-off LSN 0/1A2B")."""
+    high, low = text.split(label, 1)[1].split()[0].rstrip(",").split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
 def run_sql(conn, *statements: str) -> None:
     """Runs statements one after another on an autocommit connection."""
     with conn.cursor() as cur:

@@ -1,0 +1,119 @@
+"""Per-table hand-off positions: where each table's copy ends and its change stream begins.
+
+The definition every other module relies on:
+
+- A copy of a table is read inside the snapshot that a logical replication slot exports when it is
+  created (`CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT`). That snapshot sees exactly the
+  transactions whose commit record lies *before* the slot's consistent point C.
+- The first snapshot uses the pipeline's own slot, created there; every later one (a rerun after a
+  failure, `snapshot --tables x`, a table added later) creates a TEMPORARY slot only to get an exact
+  C for its copy. The temporary slot is gone when the copy's transaction has imported its snapshot;
+  the pipeline's own slot stays where it is.
+- C is the table's hand-off LSN. The change stream applies a change of that table only when its
+  transaction's commit record is at or after C (pgoutput's Begin.final_lsn >= C). So every
+  transaction reaches the destination exactly once: in the copy, or through the stream. That holds
+  for tables without a key too, whose rows are appended.
+
+Where it lives: the dlt source state of `pg_replication`, which dlt loads together with the data:
+
+    {"position": Position.to_state(),        # how far the stream is loaded
+     "tables": {"public.orders": {"handoff_lsn": C}, ...},
+     "slot_name": "pg_replication_slot"}      # the slot these positions belong to
+
+A table's hand-off stays until the table is copied again. A snapshot that creates a new slot
+(none existed, or the old one was invalidated) starts a new stream: the hand-offs of the old one
+are dropped, and tables not copied again must be.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional
+
+from .changes import Position
+
+SOURCE_NAME = "pg_replication"  # the dlt source whose state holds all of this
+POSITION_KEY = "position"
+TABLES_KEY = "tables"
+SLOT_KEY = "slot_name"
+
+
+def table_key(schema: str, name: str) -> str:
+    """How a source table is named in the state: schema-qualified, as the server spells it."""
+    return f"{schema}.{name}"
+
+
+@dataclass
+class LoadedState:
+    """What the pipeline state says the destination holds."""
+
+    position: Position = field(default_factory=Position)
+    handoffs: Dict[str, int] = field(default_factory=dict)  # table_key -> hand-off LSN
+    slot_name: Optional[str] = None
+
+    @property
+    def anything_loaded(self) -> bool:
+        return bool(self.handoffs) or self.position.lsn > 0
+
+    @classmethod
+    def from_source_state(cls, state: Optional[Mapping[str, Any]]) -> "LoadedState":
+        state = state or {}
+        tables = state.get(TABLES_KEY) or {}
+        return cls(Position.from_state(state.get(POSITION_KEY) or {}),
+                   {key: int(entry["handoff_lsn"]) for key, entry in tables.items()},
+                   state.get(SLOT_KEY))
+
+    @classmethod
+    def from_pipeline_state(cls, state: Optional[Mapping[str, Any]]) -> "LoadedState":
+        """From a whole dlt pipeline state (local or the destination's)."""
+        sources = (state or {}).get("sources", {})
+        return cls.from_source_state(sources.get(SOURCE_NAME))
+
+
+def start_snapshot(state: MutableMapping[str, Any], slot_name: str, handoff_lsn: int,
+                   new_stream: bool) -> None:
+    """Prepares the source state for a copy; with `new_stream` (the slot was just created) the old
+    stream's position and hand-offs no longer mean anything and are replaced."""
+    if new_stream:
+        state[POSITION_KEY] = Position(handoff_lsn).to_state()
+        state[TABLES_KEY] = {}
+    state.setdefault(TABLES_KEY, {})
+    state[SLOT_KEY] = slot_name
+
+
+def record_copy(state: MutableMapping[str, Any], schema: str, name: str, handoff_lsn: int) -> None:
+    state.setdefault(TABLES_KEY, {})[table_key(schema, name)] = {"handoff_lsn": handoff_lsn}
+
+
+# A relation whose changes are never applied (no copy of it is loaded; its future copy holds them).
+NEVER = 1 << 64
+
+
+class HandoffRule:
+    """From which commit LSN on the stream applies a table's changes.
+
+    Args:
+        handoffs: hand-off LSN per table_key.
+        skip_uncopied: True (the CLI): a table without a hand-off gets none of its changes; it is
+            refused up front, and a table published mid-run gets them through its own copy later.
+            False (the library without a snapshot): such a table gets every change in the slot.
+    """
+
+    def __init__(self, handoffs: Mapping[str, int], skip_uncopied: bool = False) -> None:
+        self.handoffs = dict(handoffs)
+        self.skip_uncopied = skip_uncopied
+
+    def applies_from(self, schema: str, name: str) -> int:
+        found = self.handoffs.get(table_key(schema, name))
+        if found is not None:
+            return found
+        return NEVER if self.skip_uncopied else 0
+
+
+def tables_without_copy(required: Iterable[str], loaded: LoadedState) -> List[str]:
+    """The required table_keys that have no hand-off, sorted."""
+    return sorted(key for key in set(required) if key not in loaded.handoffs)
+
+
+def short_names(keys: Iterable[str], schema: str) -> List[str]:
+    """table_keys as a user writes them in --tables: without the configured schema."""
+    prefix = schema + "."
+    return [key[len(prefix):] if key.startswith(prefix) else key for key in keys]

@@ -1,0 +1,114 @@
+"""Whether the destination holds the copies the change stream builds on.
+
+`cdc` applies changes on top of each table's copy (handoff.py). It refuses to run, and `status` and
+`verify` report a failure, when it cannot be sure that copy is there:
+
+- the destination lost what this pipeline loaded (a deleted DuckDB file, a dropped schema, a new
+  workspace): its stored state is missing or older than the last load this machine saw succeed;
+- no copy was ever loaded (the first snapshot failed or was killed);
+- a published (or configured) table has no copy (a snapshot that failed part-way, a table added to
+  the publication by hand), or its destination table is gone;
+- the positions belong to another slot than the configured one.
+
+Which state is the truth: the destination's, since dlt loads it together with the data. The local
+state is ahead of it only while a load package is pending, and `cdc` loads those first.
+"""
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import dlt
+
+from .dlt_compat import destination_state, existing_destination_tables
+from .handoff import LoadedState, short_names, table_key, tables_without_copy
+from .settings import JobSettings
+from .slots import existing_publications, publication_tables
+
+# The state version of the last load this machine saw complete, kept beside the pipeline's state.
+LOADED_RECORD_FILE = "last_loaded_state.json"
+
+
+def remember_loaded_state(pipeline: dlt.Pipeline) -> None:
+    """Called after every successful load: the destination now holds this state version."""
+    path = Path(pipeline.working_dir) / LOADED_RECORD_FILE
+    path.write_text(json.dumps({"state_version": pipeline.state.get("_state_version", 0)}))
+
+
+def _remembered_version(pipeline: dlt.Pipeline) -> int:
+    try:
+        record = json.loads((Path(pipeline.working_dir) / LOADED_RECORD_FILE).read_text())
+        return int(record.get("state_version") or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def destination_lost(pipeline: dlt.Pipeline, remote: Optional[Dict[str, Any]]) -> Optional[str]:
+    """A problem line when the destination no longer holds the last load seen to succeed."""
+    remembered = _remembered_version(pipeline)
+    if not remembered:
+        return None
+    if remote is not None and remote.get("_state_version", 0) >= remembered:
+        return None
+    found = "no pipeline state" if remote is None else (
+        f"state version {remote.get('_state_version')}, older than {remembered}")
+    return (f"the destination no longer holds what this pipeline loaded ({found}: a deleted "
+            "database file, a dropped schema or table?): run `snapshot` to copy the tables again")
+
+
+def loaded_state(pipeline: dlt.Pipeline, remote: Optional[Dict[str, Any]]) -> LoadedState:
+    """What the destination holds: its own state, unless the local one is newer (pending loads)."""
+    local = pipeline.state
+    if remote is not None and remote.get("_state_version", 0) >= local.get("_state_version", 0):
+        return LoadedState.from_pipeline_state(remote)
+    return LoadedState.from_pipeline_state(local)
+
+
+def required_tables(conn, settings: JobSettings) -> List[str]:
+    """table_keys the stream applies changes to: the published tables of the configured schema,
+    and the configured tables."""
+    keys = {table_key(schema, name)
+            for publication in existing_publications(conn, settings.pub_name)
+            for schema, name in publication_tables(conn, publication)
+            if schema == settings.schema_name}
+    keys |= {table_key(settings.schema_name, name) for name in settings.table_names or []}
+    return sorted(keys)
+
+
+def copy_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline,
+                  loaded: LoadedState) -> List[str]:
+    """Problem lines, each with the command that fixes it; [] when every copy is in place."""
+    if not loaded.anything_loaded:
+        return ["no snapshot has been loaded into the destination yet: run `snapshot`"]
+    if loaded.slot_name and loaded.slot_name != settings.slot_name:
+        return [f"the destination was loaded from slot {loaded.slot_name!r}, not the configured "
+                f"{settings.slot_name!r}: run `snapshot` to start over from "
+                f"{settings.slot_name!r}"]
+    problems = []
+    required = required_tables(conn, settings)
+    uncopied = short_names(tables_without_copy(required, loaded), settings.schema_name)
+    if uncopied:
+        problems.append(
+            f"no copy of {_tables(uncopied)} in the destination (a failed or partial snapshot, or "
+            f"a table published later): run `snapshot --tables {','.join(uncopied)}`")
+    copied = {key.split(".", 1)[1]: key for key in required if key in loaded.handoffs}
+    present = existing_destination_tables(pipeline, copied)
+    gone = short_names(sorted(key for name, key in copied.items() if name not in present),
+                       settings.schema_name)
+    if gone:
+        problems.append(f"{_tables(gone)} missing from the destination although copied: run "
+                        f"`snapshot --tables {','.join(gone)}`")
+    return problems
+
+
+def integrity_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline) -> List[str]:
+    """Every problem, for `status` and `verify` (which load nothing)."""
+    remote = destination_state(pipeline)
+    lost = destination_lost(pipeline, remote)
+    if lost:
+        return [lost]
+    return copy_problems(conn, settings, pipeline, loaded_state(pipeline, remote))
+
+
+def _tables(names: List[str]) -> str:
+    return ("table " if len(names) == 1 else "tables ") + ", ".join(names)

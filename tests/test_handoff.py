@@ -1,0 +1,296 @@
+"""Per-table hand-offs: every snapshot hands off exactly, and `cdc` never runs on a destination
+without its copy (handoff.py, integrity.py).
+
+Tables without a key are the sharp test: their rows are appended, so a change applied twice stays
+as a duplicate row, and `assert_table_matches` compares them as multisets.
+"""
+
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from tests.tools import DATASET, Project, assert_table_matches, lsn_in, run_sql
+
+PGBENCH_TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
+EXIT_SLOT, EXIT_CHECK_FAILED, EXIT_NO_COPY = 6, 9, 10
+
+
+@pytest.fixture(params=["duckdb", "filesystem"])
+def project(request, tmp_path, source_url) -> Project:
+    return Project(tmp_path, source_url, destination=request.param)
+
+
+def _one_error_line(result) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+class Writer:
+    """Inserts into the given tables, one transaction each, until stopped."""
+
+    def __init__(self, url: str, tables, pause: float = 0.002) -> None:
+        self.url, self.tables, self.pause = url, tables, pause
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.count = 0
+
+    def _run(self) -> None:
+        conn = psycopg2.connect(self.url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while not self.stop.is_set():
+                self.count += 1
+                for table in self.tables:
+                    cur.execute(f"INSERT INTO {table} (id, v) VALUES (%s, 'live')",
+                                (1_000_000 + self.count,))
+                time.sleep(self.pause)
+        conn.close()
+
+    def __enter__(self) -> "Writer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _keyed_and_keyless(conn, rows: int = 20_000) -> None:
+    run_sql(conn,
+            "CREATE TABLE a (id bigint PRIMARY KEY, v text)",
+            "CREATE TABLE a_log (id bigint, v text)",  # no key: appended
+            "CREATE TABLE b (id bigint PRIMARY KEY, v text)",
+            f"INSERT INTO a SELECT g, repeat('x', 100) FROM generate_series(1, {rows}) g",
+            f"INSERT INTO a_log SELECT g, repeat('x', 100) FROM generate_series(1, {rows}) g",
+            f"INSERT INTO b SELECT g, 'b' FROM generate_series(1, {rows}) g")
+
+
+# -- reruns after a failed or killed first snapshot ---------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("pgbench") is None, reason="pgbench is not installed")
+def test_killed_first_snapshot_under_pgbench_then_rerun_is_exact(source, project):
+    seed = random.randrange(1_000_000)
+    kill_after = random.Random(seed).uniform(0.2, 3.0)
+    subprocess.run(["pgbench", "-i", "-q", "-s", "1", project.source_url], check=True,
+                   capture_output=True)
+    bench = subprocess.Popen(["pgbench", "-n", "-c", "3", "-T", "20", project.source_url],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        first = project.start("snapshot")
+        time.sleep(kill_after)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        project.run("snapshot")
+        for _ in range(3):
+            project.run("cdc")
+            time.sleep(1)
+    finally:
+        _, errors = bench.communicate(timeout=120)
+    assert bench.returncode == 0, errors
+    project.run("cdc")
+    with source.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pgbench_history")
+        assert cur.fetchone()[0] > 100, "pgbench made transactions during the runs"
+    for table in PGBENCH_TABLES:  # pgbench_history has no key: compared as a multiset
+        assert_table_matches(source, project, table), f"seed {seed}, killed after {kill_after:.2f}s"
+
+
+def test_failed_first_snapshot_then_good_one_then_dropped_slot_refuses(source, project, tmp_path):
+    _keyed_and_keyless(source, rows=100)
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("")
+    unwritable = {"DESTINATION__DUCKDB__CREDENTIALS": str(blocker / "dest.duckdb"),
+                  "DESTINATION__FILESYSTEM__BUCKET_URL": (blocker / "lake").as_uri()}
+    failed = project.run("snapshot", env=unwritable, expect=None)
+    assert failed.exit_code != 0
+    _one_error_line(failed)
+    assert project.slot_confirmed_lsn() is not None, "the failed snapshot left its slot"
+
+    project.run("snapshot")
+    run_sql(source, f"SELECT pg_drop_replication_slot('{project.slot}')",
+            "INSERT INTO a_log VALUES (500, 'after the drop')")
+    refused = project.run("cdc", expect=EXIT_SLOT)
+    line = _one_error_line(refused)
+    assert f"slot '{project.slot}' does not exist" in line and "run `snapshot`" in line
+    assert project.slot_confirmed_lsn() is None, "nothing is created silently"
+
+
+def test_cdc_after_a_snapshot_that_failed_on_its_last_table(source, project, tmp_path):
+    # The pipeline logs in as a role that may not read the last table: the copy fails there.
+    _keyed_and_keyless(source, rows=1000)
+    run_sql(source, "CREATE TABLE zz_last (id int PRIMARY KEY, v text)",
+            "INSERT INTO zz_last SELECT g, 'z' FROM generate_series(1, 1001) g",
+            "DROP ROLE IF EXISTS copier", "CREATE ROLE copier LOGIN REPLICATION",
+            "GRANT SELECT ON a, a_log, b TO copier",
+            f"CREATE PUBLICATION {project.pub} FOR TABLE a, b, zz_last "
+            "WITH (publish_via_partition_root = true)",
+            f"CREATE PUBLICATION {project.pub}_insert_only FOR TABLE a_log "
+            "WITH (publish = 'insert, truncate')")
+    as_copier = {"SOURCES__PG_REPLICATION__CREDENTIALS":
+                 project.source_url.replace("postgres@", "copier@")}
+    try:
+        failed = project.run("snapshot", env=as_copier, expect=None)
+        assert failed.exit_code != 0 and "zz_last" in _one_error_line(failed)
+        run_sql(source, "INSERT INTO zz_last VALUES (5000, 'after')", "UPDATE a SET v = 'u'")
+
+        refused = project.run("cdc", env=as_copier, expect=EXIT_NO_COPY)
+        assert "run `snapshot`" in _one_error_line(refused)
+        assert project.run("status", env=as_copier, expect=None).exit_code == EXIT_CHECK_FAILED
+        verify = project.run("verify", env=as_copier, expect=EXIT_CHECK_FAILED)
+        assert "✗ table copies: no snapshot has been loaded" in verify.stdout
+
+        run_sql(source, "GRANT SELECT ON zz_last TO copier")
+        project.run("snapshot", env=as_copier)
+        run_sql(source, "INSERT INTO zz_last VALUES (5001, 'later')", "DELETE FROM b WHERE id < 10",
+                "INSERT INTO a_log VALUES (7, 'appended')")
+        project.run("cdc", env=as_copier)
+        for table in ("a", "a_log", "b", "zz_last"):
+            assert_table_matches(source, project, table)
+        project.run("verify", env=as_copier)
+    finally:
+        run_sql(source, f"DROP PUBLICATION IF EXISTS {project.pub}",
+                f"DROP PUBLICATION IF EXISTS {project.pub}_insert_only",
+                "DROP OWNED BY copier", "DROP ROLE copier")
+
+
+def test_a_slot_no_load_used_retains_no_wal_while_cdc_refuses(source, project, tmp_path):
+    # The rule for a slot that exists but no load ever confirmed: it holds nothing the destination
+    # needs, so cdc confirms it to the current WAL position and asks for a snapshot.
+    _keyed_and_keyless(source, rows=100)
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("")
+    project.run("snapshot", expect=None,
+                env={"DESTINATION__DUCKDB__CREDENTIALS": str(blocker / "dest.duckdb"),
+                     "DESTINATION__FILESYSTEM__BUCKET_URL": (blocker / "lake").as_uri()})
+    created_at = project.slot_confirmed_lsn()
+    run_sql(source, "INSERT INTO a_log SELECT g, 'x' FROM generate_series(1, 5000) g")
+    refused = project.run("cdc", expect=EXIT_NO_COPY)
+    assert "no snapshot has been loaded into the destination yet: run `snapshot`" in \
+        _one_error_line(refused)
+    with source.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_insert_lsn() - '0/0'")
+        now = int(cur.fetchone()[0])
+    assert created_at < project.slot_confirmed_lsn() <= now
+    project.run("snapshot")
+    run_sql(source, "INSERT INTO a_log VALUES (1, 'after the copy')")
+    project.run("cdc")
+    assert_table_matches(source, project, "a_log")
+
+
+# -- snapshots of some tables on a running pipeline ----------------------------------------------
+
+
+def test_resnapshot_of_one_table_under_writes_applies_nothing_twice(source, project):
+    _keyed_and_keyless(source)
+    project.run("snapshot")
+    run_sql(source, "INSERT INTO a_log VALUES (1, 'before cdc')", "UPDATE b SET v = 'c1'")
+    project.run("cdc")
+    # Writes to a, a_log and b before, during and after the refresh of a and a_log.
+    with Writer(project.source_url, ["a", "a_log", "b"]) as writer:
+        time.sleep(0.3)
+        refreshed = project.run("snapshot", "--tables", "a,a_log")
+        time.sleep(0.3)
+    assert writer.count > 20
+    handoff = lsn_in(refreshed.stdout, "hand-off LSN ")
+    assert project.slot_confirmed_lsn() < handoff
+    project.run("cdc")
+    for table in ("a", "a_log", "b"):
+        assert_table_matches(source, project, table)
+    # The writer commits in id order: live rows up to the hand-off came in the copy only (a
+    # change applied again by cdc would carry a commit time), the later ones through cdc.
+    live = sorted((r["id"], r["_pg_commit_ts"]) for r in project.dest_rows("a")
+                  if r["id"] > 1_000_000)
+    copied = [i for i, commit_ts in live if commit_ts is None]
+    streamed = [i for i, commit_ts in live if commit_ts is not None]
+    assert copied and streamed and max(copied) < min(streamed)
+
+
+def test_table_added_later_starts_exactly_at_its_own_handoff(source, project):
+    _keyed_and_keyless(source, rows=100)
+    project.run("snapshot", "--tables", "a,b")
+    run_sql(source, "CREATE TABLE late (id bigint, v text)",  # no key: appended
+            "INSERT INTO late SELECT g, 'old' FROM generate_series(1, 30000) g")
+    project.run("cdc")
+    with Writer(project.source_url, ["late", "a"]) as writer:
+        time.sleep(0.2)
+        added = project.run("snapshot", "--tables", "late")
+        time.sleep(0.2)
+    assert writer.count > 10
+    assert "late: " in added.stdout
+    project.run("cdc")
+    for table in ("a", "b", "late"):
+        assert_table_matches(source, project, table)
+    handoff = lsn_in(added.stdout, "hand-off LSN ")
+    late_rows = project.dest_rows("late")
+    assert all(r["_pg_lsn"] == handoff for r in late_rows if r["_pg_commit_ts"] is None)
+    assert any(r["_pg_commit_ts"] is not None for r in late_rows), "some rows came by cdc"
+
+
+def test_table_published_by_hand_without_a_copy_is_refused(source, project):
+    _keyed_and_keyless(source, rows=10)
+    project.run("snapshot", "--tables", "a,b")
+    run_sql(source, "CREATE TABLE extra (id int PRIMARY KEY)", "INSERT INTO extra VALUES (1)",
+            f"ALTER PUBLICATION {project.pub} ADD TABLE extra")
+    refused = project.run("cdc", expect=EXIT_NO_COPY)
+    assert "no copy of table extra" in _one_error_line(refused)
+    assert "run `snapshot --tables extra`" in refused.stderr
+    project.run("snapshot", "--tables", "extra")
+    run_sql(source, "INSERT INTO extra VALUES (2)")
+    project.run("cdc")
+    assert_table_matches(source, project, "extra")
+
+
+# -- the destination lost its copy --------------------------------------------------------------
+
+
+def test_destination_lost_between_runs_is_refused_and_snapshot_recovers(source, project):
+    _keyed_and_keyless(source, rows=1001)
+    project.run("snapshot")
+    run_sql(source, "UPDATE a SET v = 'one' WHERE id = 1")
+    project.run("cdc")
+    if project.destination == "duckdb":
+        for path in project.dir.glob("dest.duckdb*"):
+            path.unlink()
+        expected = "the destination no longer holds what this pipeline loaded"
+    else:
+        shutil.rmtree(project.delta_root / DATASET / "a")
+        expected = "table a missing from the destination although copied: run `snapshot --tables a`"
+    run_sql(source, "UPDATE a SET v = 'two' WHERE id < 6")
+
+    refused = project.run("cdc", expect=EXIT_NO_COPY)
+    assert expected in _one_error_line(refused)
+    verify = project.run("verify", expect=EXIT_CHECK_FAILED)
+    assert "✗ table copies: " + expected in verify.stdout
+    status = project.run("status", expect=EXIT_CHECK_FAILED)
+    assert "problem: " + expected in status.stdout
+
+    project.run("snapshot")
+    run_sql(source, "UPDATE a SET v = 'three' WHERE id < 3")
+    project.run("cdc")
+    for table in ("a", "a_log", "b"):
+        assert_table_matches(source, project, table)
+    project.run("verify")
+
+
+def test_positions_of_another_slot_are_refused(source, project):
+    # The configured slot changed (or another pipeline's slot has that name): the stored
+    # positions mean nothing for it.
+    _keyed_and_keyless(source, rows=10)
+    project.run("snapshot")
+    other = project.slot + "_other"
+    run_sql(source, f"SELECT pg_create_logical_replication_slot('{other}', 'pgoutput')")
+    refused = project.run("cdc", env={"SOURCES__PG_REPLICATION__SLOT_NAME": other},
+                          expect=EXIT_NO_COPY)
+    assert (f"the destination was loaded from slot '{project.slot}', not the configured "
+            f"'{other}'") in _one_error_line(refused)
