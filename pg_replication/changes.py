@@ -13,6 +13,9 @@ transaction if need be, when
   source rows for one key.
 The position then records how many changes of the open transaction are loaded, and the next
 segment skips exactly those when the server sends the transaction again.
+
+A change of a table whose transaction commits before that table's hand-off is skipped: the table's
+copy already holds it (handoff.py).
 """
 
 import contextlib
