@@ -83,7 +83,7 @@ def test_killed_first_snapshot_under_pgbench_then_rerun_is_exact(source, project
     kill_after = random.Random(seed).uniform(0.2, 3.0)
     subprocess.run(["pgbench", "-i", "-q", "-s", "1", project.source_url], check=True,
                    capture_output=True)
-    bench = subprocess.Popen(["pgbench", "-n", "-c", "3", "-T", "20", project.source_url],
+    bench = subprocess.Popen(["pgbench", "-n", "-c", "3", "-T", "12", project.source_url],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(0.5)
