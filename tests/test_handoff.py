@@ -294,3 +294,33 @@ def test_positions_of_another_slot_are_refused(source, project):
                           expect=EXIT_NO_COPY)
     assert (f"the destination was loaded from slot '{project.slot}', not the configured "
             f"'{other}'") in _one_error_line(refused)
+
+
+def _forget_local_state(project: Project) -> None:
+    """A new machine, or a wiped working folder: the pipeline's local state is gone."""
+    shutil.rmtree(project.dir / "dlt_data" / "pipelines" / project.pipeline_name)
+
+
+def test_local_state_lost_the_destination_state_is_the_truth(source, project):
+    _keyed_and_keyless(source, rows=100)
+    project.run("snapshot", "--tables", "a,a_log")
+    project.run("snapshot", "--tables", "b")  # a second hand-off, for b only
+    run_sql(source, "INSERT INTO a_log VALUES (1, 'x')", "UPDATE b SET v = 'y' WHERE id = 1")
+    project.run("cdc")
+    _forget_local_state(project)
+    run_sql(source, "INSERT INTO a_log VALUES (2, 'x')", "DELETE FROM b WHERE id = 2",
+            "UPDATE a SET v = 'z' WHERE id < 4")
+    project.run("cdc")
+    for table in ("a", "a_log", "b"):
+        assert_table_matches(source, project, table)
+
+
+def test_local_state_lost_and_slot_dropped_is_refused(source, project):
+    _keyed_and_keyless(source, rows=10)
+    project.run("snapshot")
+    _forget_local_state(project)
+    run_sql(source, f"SELECT pg_drop_replication_slot('{project.slot}')",
+            "INSERT INTO a_log VALUES (3, 'lost with the slot')")
+    refused = project.run("cdc", expect=EXIT_SLOT)
+    assert f"slot '{project.slot}' does not exist" in _one_error_line(refused)
+    assert project.slot_confirmed_lsn() is None
