@@ -6,11 +6,12 @@ import os
 import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import psycopg2
 
@@ -124,6 +125,27 @@ class Project:
             row = cur.fetchone()
         conn.close()
         return int(row[0]) if row else None
+
+
+PGBENCH_TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
+
+
+@contextmanager
+def pgbench_load(url: str, seconds: int, clients: int = 3) -> Iterator[None]:
+    """pgbench's TPC-B tables (scale 1), with its load running inside the block for `seconds`;
+    the block waits for the load to end. `pgbench_history` has no key."""
+    subprocess.run(["pgbench", "-i", "-q", "-s", "1", url], check=True, capture_output=True)
+    bench = subprocess.Popen(["pgbench", "-n", "-c", str(clients), "-T", str(seconds), url],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield
+    finally:
+        _, errors = bench.communicate(timeout=120)
+    assert bench.returncode == 0, errors
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pgbench_history")
+        assert cur.fetchone()[0] > 100, "pgbench made transactions during the block"
+    conn.close()
 
 
 def lsn_in(text: str, label: str) -> int:
