@@ -57,12 +57,12 @@ def pg_replication(
     result: Optional[SegmentResult] = None,
     stop_requested: Optional[Callable[[], bool]] = None,
     stop_lsn: Optional[int] = None,
-    skip_uncopied_tables: bool = False,
+    require_copies: bool = False,
 ) -> Any:
     """The changes in the replication slot since the last load, merged into one table per source
     table. See `replication_resource` for the arguments."""
     return replication_resource(
         slot_name, pub_name, credentials, schema_name, include_columns, columns,
         target_batch_size, flush_slot, deletes, merge_strategy, max_changes, max_seconds, result,
-        stop_requested, stop_lsn, skip_uncopied_tables,
+        stop_requested, stop_lsn, require_copies,
     )

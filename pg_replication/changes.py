@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import pyarrow as pa
 
 from .catalog import TableInfo
-from .exceptions import DecodeError
+from .exceptions import CopyMissingError, DecodeError
 from .protocol import (
     UNCHANGED_TOAST, Begin, Commit, Delete, Insert, LogicalMessage, Message, Origin, PartialTuple,
     Relation,
@@ -41,8 +41,10 @@ from .types import ColumnKind, PgTypeRow, raw_values_to_arrow, resolve_kind
 Key = Tuple[TupleValue, ...]
 # (table, key column names, keys, wanted column names) -> {key: values of the wanted columns}
 FetchCurrent = Callable[[TableInfo, List[str], List[Key], List[str]], Dict[Key, List[Optional[bytes]]]]
-# (schema, table) -> the commit LSN from which the table's changes apply (see handoff.HandoffRule)
+# (schema, table) -> the commit LSN from which the table's changes apply (see handoff.HandoffRule),
+# or NO_COPY: the table has no copy in the destination, and a change of it stops the run.
 AppliesFrom = Callable[[str, str], int]
+NO_COPY = 1 << 64
 
 
 @dataclass
@@ -120,7 +122,9 @@ class ChangeCollector:
     """Buffers rows per relation, column values still as raw text, and turns them into Arrow.
 
     Args:
-        tables (Mapping[str, TableInfo]): Published tables by name (keys, column types for casts).
+        tables (Mapping[str, TableInfo]): The published tables as the catalog describes them now
+            (keys, column types for casts); matched to the stream's relations by OID, so a table
+            renamed since its changes were written is still found.
         types (Dict[int, PgTypeRow]): pg_type rows for the Relation messages' type OIDs.
         fetch_current (FetchCurrent): Reads current values of unchanged TOASTed columns.
         deletes (DeleteMode): "hard" removes deleted rows, "soft" keeps them with `_pg_deleted_at`.
@@ -134,7 +138,7 @@ class ChangeCollector:
                  merge_strategy: MergeStrategy = "delete-insert",
                  existing_column: Optional[ExistingColumn] = None,
                  applies_from: AppliesFrom = lambda schema, name: 0) -> None:
-        self.tables = tables
+        self.tables_by_oid = {table.oid: table for table in tables.values()}
         self.applies_from = applies_from
         self.latest_handoff = 0  # the highest applies_from of any relation seen
         self.types = types
@@ -153,7 +157,7 @@ class ChangeCollector:
         """Registers a (possibly changed) relation; rows of its previous shape are flushed first."""
         previous = self.relations.get(relation.relation_id)
         flushed = self._flush_relation(previous) if previous is not None else []
-        table = self.tables.get(relation.name) or _table_from_relation(relation)
+        table = self.tables_by_oid.get(relation.relation_id) or _table_from_relation(relation)
         kinds = [resolve_kind(c.type_oid, c.type_modifier, self.types) for c in relation.columns]
         names = [c.name for c in relation.columns]
         merge_key = [n for n in table.merge_key if n in names]
@@ -173,8 +177,19 @@ class ChangeCollector:
         return flushed
 
     def in_copy(self, relation_id: int, commit_lsn: int) -> bool:
-        """True when the change belongs to a transaction the table's copy already holds."""
-        return commit_lsn < self._state(relation_id, "?").applies_from
+        """True when the change belongs to a transaction the table's copy already holds.
+
+        Raises:
+            CopyMissingError: The table has no copy at all (renamed, or published after the last
+                snapshot): applying its changes would leave a partial table.
+        """
+        state = self._state(relation_id, "?")
+        if state.applies_from == NO_COPY:
+            name = state.relation.name
+            raise CopyMissingError(
+                f"table {name} has changes in the stream but no copy in the destination "
+                f"(renamed, or published after the last snapshot): run `snapshot --tables {name}`")
+        return commit_lsn < state.applies_from
 
     def _state(self, relation_id: int, tag: str) -> _RelationState:
         state = self.relations.get(relation_id)
@@ -339,9 +354,11 @@ class ChangeCollector:
                          for i, v in enumerate(row) if v is UNCHANGED_TOAST})
         needing = [r for r, row in enumerate(state.rows) if UNCHANGED_TOAST in row]
         keys = list({state.key_of(state.rows[r]) for r in needing})
+        # A table the catalog no longer has (dropped since) cannot be read: its updates are
+        # dropped like those of rows deleted since.
         current = self.fetch_current(
             state.table, [names[i] for i in state.key_indexes], keys, [names[i] for i in wanted]
-        ) if state.key_indexes else {}
+        ) if state.key_indexes and state.table.columns else {}
         kept_rows, kept_meta = [], []
         for row, meta in zip(state.rows, state.meta):
             if UNCHANGED_TOAST in row:

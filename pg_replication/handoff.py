@@ -28,7 +28,7 @@ are dropped, and tables not copied again must be.
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional
 
-from .changes import Position
+from .changes import NO_COPY, Position
 
 SOURCE_NAME = "pg_replication"  # the dlt source whose state holds all of this
 POSITION_KEY = "position"
@@ -48,6 +48,7 @@ class LoadedState:
     position: Position = field(default_factory=Position)
     handoffs: Dict[str, int] = field(default_factory=dict)  # table_key -> hand-off LSN
     slot_name: Optional[str] = None
+    oids: Dict[str, int] = field(default_factory=dict)  # table_key -> pg_class OID when copied
 
     @property
     def anything_loaded(self) -> bool:
@@ -59,7 +60,8 @@ class LoadedState:
         tables = state.get(TABLES_KEY) or {}
         return cls(Position.from_state(state.get(POSITION_KEY) or {}),
                    {key: int(entry["handoff_lsn"]) for key, entry in tables.items()},
-                   state.get(SLOT_KEY))
+                   state.get(SLOT_KEY),
+                   {key: int(entry["oid"]) for key, entry in tables.items() if entry.get("oid")})
 
     @classmethod
     def from_pipeline_state(cls, state: Optional[Mapping[str, Any]]) -> "LoadedState":
@@ -79,12 +81,10 @@ def start_snapshot(state: MutableMapping[str, Any], slot_name: str, handoff_lsn:
     state[SLOT_KEY] = slot_name
 
 
-def record_copy(state: MutableMapping[str, Any], schema: str, name: str, handoff_lsn: int) -> None:
-    state.setdefault(TABLES_KEY, {})[table_key(schema, name)] = {"handoff_lsn": handoff_lsn}
-
-
-# A relation whose changes are never applied (no copy of it is loaded; its future copy holds them).
-NEVER = 1 << 64
+def record_copy(state: MutableMapping[str, Any], schema: str, name: str, oid: int,
+                handoff_lsn: int) -> None:
+    state.setdefault(TABLES_KEY, {})[table_key(schema, name)] = {"handoff_lsn": handoff_lsn,
+                                                                 "oid": oid}
 
 
 class HandoffRule:
@@ -92,20 +92,29 @@ class HandoffRule:
 
     Args:
         handoffs: hand-off LSN per table_key.
-        skip_uncopied: True (the CLI): a table without a hand-off gets none of its changes; it is
-            refused up front, and a table published mid-run gets them through its own copy later.
-            False (the library without a snapshot): such a table gets every change in the slot.
+        require_copies: True (the CLI): a table without a hand-off has no copy, and a change of it
+            stops the run (NO_COPY). False (the library without a snapshot): such a table gets
+            every change in the slot.
     """
 
-    def __init__(self, handoffs: Mapping[str, int], skip_uncopied: bool = False) -> None:
+    def __init__(self, handoffs: Mapping[str, int], require_copies: bool = False,
+                 oids: Optional[Mapping[str, int]] = None) -> None:
         self.handoffs = dict(handoffs)
-        self.skip_uncopied = skip_uncopied
+        self.require_copies = require_copies
+        self.by_oid: Dict[int, int] = {}  # OID -> earliest hand-off under any name it had
+        for key, oid in (oids or {}).items():
+            self.by_oid[oid] = min(self.by_oid.get(oid, NO_COPY), self.handoffs[key])
 
     def applies_from(self, schema: str, name: str) -> int:
         found = self.handoffs.get(table_key(schema, name))
         if found is not None:
             return found
-        return NEVER if self.skip_uncopied else 0
+        return NO_COPY if self.require_copies else 0
+
+    def earliest_needed(self, oid: int, schema: str, name: str) -> int:
+        """From where the stream is needed for a table as the catalog names it now: a table
+        renamed since it was copied still needs the changes made under its old name."""
+        return min(self.applies_from(schema, name), self.by_oid.get(oid, NO_COPY))
 
 
 def tables_without_copy(required: Iterable[str], loaded: LoadedState) -> List[str]:

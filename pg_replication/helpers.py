@@ -19,11 +19,12 @@ from .catalog import (TableInfo, column_kinds, describe_tables, fetch_current_va
 from .changes import ChangeCollector, Position, SegmentResult, TableBatch, read_changes
 from .connect import connect, to_dsn
 from .exceptions import ConfigError, SlotError
-from .handoff import NEVER, SOURCE_NAME, HandoffRule, LoadedState, record_copy, start_snapshot
+from .changes import NO_COPY
+from .handoff import SOURCE_NAME, HandoffRule, LoadedState, record_copy, start_snapshot
 from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, META_ARROW_TYPES, DeleteMode,
                      ExistingColumn, MergeStrategy, output_column_names, snapshot_hints,
                      table_hints)
-from .slots import (advance_slot, check_server, check_slot_usable, copy_slot_name, create_slot,
+from .slots import (advance_slot, publication_relations, check_server, check_slot_usable, copy_slot_name, create_slot,
                     create_slot_with_snapshot, current_database, current_wal_lsn, drop_publications, drop_slot,
                     ensure_publications, existing_publications, get_slot, publication_tables,
                     validate_slot_name)
@@ -169,7 +170,7 @@ def snapshot_source(reader, tables: List[TableInfo], types, handoff_lsn: int, ne
                     first = False
                 if first:  # empty table: still replace what the destination holds
                     yield _mark(_empty_like(hints, kinds, marker), hints, True)
-                record_copy(state, table.schema, table.name, handoff_lsn)
+                record_copy(state, table.schema, table.name, table.oid, handoff_lsn)
         finally:
             reader.close()
 
@@ -243,7 +244,7 @@ def replication_resource(
     result: Optional[SegmentResult] = None,
     stop_requested: Optional[Callable[[], bool]] = None,
     stop_lsn: Optional[int] = None,
-    skip_uncopied_tables: bool = False,
+    require_copies: bool = False,
 ) -> Any:
     """A dlt resource with the changes in the slot since the stored position, one table each.
 
@@ -273,9 +274,10 @@ def replication_resource(
         stop_lsn (Optional[int]): Read up to here; default the server's WAL position now. A run
             of several segments passes the position it took at its start, so that a source that
             keeps truncating cannot keep the run going.
-        skip_uncopied_tables (bool): A copied table gets its changes from its hand-off on
+        require_copies (bool): A copied table gets its changes from its hand-off on
             (handoff.py). A table that was never copied gets every change in the slot, or, with
-            True, none (the CLI refuses to run while a published table lacks its copy).
+            True, a change of it stops the run with CopyMissingError (the CLI: applying it would
+            leave a partial table).
     """
     dsn = to_dsn(credentials)
     validate_slot_name(slot_name)
@@ -284,7 +286,7 @@ def replication_resource(
         segment = result if result is not None else SegmentResult(Position())
         loaded = LoadedState.from_source_state(dlt.current.source_state())
         segment.position = loaded.position
-        handoffs = HandoffRule(loaded.handoffs, skip_uncopied_tables)
+        handoffs = HandoffRule(loaded.handoffs, require_copies, loaded.oids)
         yield from _read_segment(dsn, slot_name, pub_name, schema_name, loaded.position, segment,
                                  target_batch_size, flush_slot, deletes, merge_strategy,
                                  max_changes, max_seconds, include_columns, columns,
@@ -364,12 +366,12 @@ def _publications_to_stream(conn, publications: List[str], handoffs: HandoffRule
     """
     needed_from = {}
     for name in publications:
-        tables = publication_tables(conn, name) or []
-        needed_from[name] = min((handoffs.applies_from(schema, table) for schema, table in tables),
-                                default=NEVER)
+        needed_from[name] = min((handoffs.earliest_needed(oid, schema, table)
+                                 for oid, schema, table in publication_relations(conn, name)),
+                                default=NO_COPY)
     streamed = [name for name in publications if needed_from[name] <= start_lsn]
     later = [needed_from[name] for name in publications if needed_from[name] > start_lsn
-             and needed_from[name] < NEVER]
+             and needed_from[name] < NO_COPY]
     return streamed, (min(later) if later else None)
 
 

@@ -311,7 +311,7 @@ def _load_segment(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Op
         schema_name=settings.schema_name, target_batch_size=settings.target_batch_size,
         flush_slot=False, deletes=settings.deletes, merge_strategy=merge_strategy_for(pipeline),
         max_changes=max_changes, max_seconds=max_seconds, result=segment,
-        stop_requested=stop_requested, stop_lsn=stop_lsn, skip_uncopied_tables=True,
+        stop_requested=stop_requested, stop_lsn=stop_lsn, require_copies=True,
     )
     _apply_table_format(source, pipeline)
     pipeline.run(source, loader_file_format="parquet")

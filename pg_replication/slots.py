@@ -117,6 +117,20 @@ def publication_tables(conn, pub_name: str) -> Optional[List[Tuple[str, str]]]:
         return [(schema, name) for _, schema, name in cur.fetchall()]
 
 
+def publication_relations(conn, pub_name: str) -> List[Tuple[int, str, str]]:
+    """(OID, schema, table) of every table in the publication (none when it does not exist)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT c.oid, n.nspname, c.relname FROM pg_publication p
+               JOIN pg_publication_rel pr ON pr.prpubid = p.oid
+               JOIN pg_class c ON c.oid = pr.prrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE p.pubname = %s ORDER BY 2, 3""",
+            (pub_name,),
+        )
+        return [tuple(row) for row in cur.fetchall()]
+
+
 def _table_identifier(table: TableInfo) -> sql.Composable:
     return sql.Identifier(table.schema, table.name)
 
