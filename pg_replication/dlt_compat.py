@@ -3,11 +3,31 @@
 Kept in one place so that a dlt upgrade that changes them breaks here, loudly, and nowhere else.
 """
 
-from typing import Any, Dict, Iterable, Optional, Set
+import functools
+from typing import Any, Callable, Dict, Iterable, Optional, Set
 
 import dlt
 
+from .exceptions import LoadError, ReplicationError
+from .failures import destination_failed, essential_line
 
+
+def _destination_read(read: Callable) -> Callable:
+    """Whatever a destination read raises (its client library, a file system) becomes LoadError."""
+
+    @functools.wraps(read)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return read(*args, **kwargs)
+        except ReplicationError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure of the destination is exit 7
+            raise LoadError(destination_failed("connect", essential_line(e))) from e
+
+    return wrapper
+
+
+@_destination_read
 def destination_state(pipeline: dlt.Pipeline) -> Optional[Dict[str, Any]]:
     """The newest pipeline state the destination holds from a completed load, or None when it has
     none (no dataset, no state table, or no row for this pipeline)."""
@@ -21,6 +41,7 @@ def destination_state(pipeline: dlt.Pipeline) -> Optional[Dict[str, Any]]:
             return None
 
 
+@_destination_read
 def existing_destination_tables(pipeline: dlt.Pipeline, table_names: Iterable[str]) -> Set[str]:
     """Which of the source-named tables exist in the destination (under their normalized name)."""
     naming = pipeline.default_schema.naming if pipeline.default_schema_name else None

@@ -40,12 +40,23 @@ def describe_failure(error: BaseException) -> Tuple[str, int]:
     if config_text:
         return mask_secrets(config_text), EXIT_CODES[ConfigError]
     line = essential_line(inner)
-    if step in ("sync", "load", "normalize") or (
-            type(inner).__module__.split(".")[0] in _DESTINATION_MODULES):
+    if step in ("sync", "load", "normalize") or _from_destination(inner):
         during = {"sync": "connect", None: "load"}.get(step, step)
-        return (mask_secrets(f"the destination failed during {during}: {line}; the slot was not "
-                             "advanced, the next run retries"), EXIT_CODES[LoadError])
+        return mask_secrets(destination_failed(during, line)), EXIT_CODES[LoadError]
     return mask_secrets(f"{type(inner).__name__}: {line}"), EXIT_UNEXPECTED
+
+
+def destination_failed(during: str, line: str) -> str:
+    return (f"the destination failed during {during}: {line}; the slot was not advanced: run the "
+            "command again once the destination works")
+
+
+def _from_destination(error: BaseException) -> bool:
+    """Raised by a destination's client library or by dlt's destination layer (the reads of the
+    destination's state before a run)."""
+    module = type(error).__module__
+    return module.split(".")[0] in _DESTINATION_MODULES or module.startswith(
+        ("dlt.destinations", "dlt.common.destination"))
 
 
 def _unwrap(error: BaseException) -> Tuple[BaseException, Optional[str]]:

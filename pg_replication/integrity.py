@@ -8,7 +8,9 @@
 - no copy was ever loaded (the first snapshot failed or was killed);
 - a published (or configured) table has no copy (a snapshot that failed part-way, a table added to
   the publication by hand), or its destination table is gone;
-- the positions belong to another slot than the configured one.
+- the positions belong to another slot than the configured one;
+- the slot was confirmed past what the destination holds of a table (a destination restored from
+  a backup while the local state was lost): the changes in between are gone from the stream.
 
 Which state is the truth: the destination's, since dlt loads it together with the data. The local
 state is ahead of it only while a load package is pending, and `cdc` loads those first.
@@ -23,7 +25,7 @@ import dlt
 from .dlt_compat import destination_state, existing_destination_tables
 from .handoff import LoadedState, short_names, table_key, tables_without_copy
 from .settings import JobSettings
-from .slots import existing_publications, publication_tables
+from .slots import existing_publications, get_slot, publication_tables
 
 # The state version of the last load this machine saw complete, kept beside the pipeline's state.
 LOADED_RECORD_FILE = "last_loaded_state.json"
@@ -89,8 +91,15 @@ def copy_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline,
     uncopied = short_names(tables_without_copy(required, loaded), settings.schema_name)
     if uncopied:
         problems.append(
-            f"no copy of {_tables(uncopied)} in the destination (a failed or partial snapshot, or "
-            f"a table published later): run `snapshot --tables {','.join(uncopied)}`")
+            f"no copy of {_tables(uncopied)} in the destination for the current slot (a failed "
+            "or partial snapshot, a new slot, or a table published later): run "
+            f"`snapshot --tables {','.join(uncopied)}`")
+    behind = short_names(_behind_the_slot(conn, settings, loaded, required), settings.schema_name)
+    if behind:
+        problems.append(
+            f"the slot is confirmed past what the destination holds of {_tables(behind)} (a "
+            "destination restored from a backup?): the changes in between are gone from the "
+            f"stream; run `snapshot --tables {','.join(behind)}`")
     copied = {key.split(".", 1)[1]: key for key in required if key in loaded.handoffs}
     present = existing_destination_tables(pipeline, copied)
     gone = short_names(sorted(key for name, key in copied.items() if name not in present),
@@ -99,6 +108,22 @@ def copy_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline,
         problems.append(f"{_tables(gone)} missing from the destination although copied: run "
                         f"`snapshot --tables {','.join(gone)}`")
     return problems
+
+
+def _behind_the_slot(conn, settings: JobSettings, loaded: LoadedState,
+                     required: List[str]) -> List[str]:
+    """Copied tables the stream would have to bring from before the slot's confirmed position.
+
+    The destination holds a table up to the later of its hand-off and the stream position; the
+    slot is confirmed only up to what the destination committed, so it is never past that unless
+    the destination went back (or the slot was confirmed by someone else).
+    """
+    slot = get_slot(conn, settings.slot_name)
+    confirmed = slot.confirmed_flush_lsn if slot else None
+    if confirmed is None:
+        return []
+    return sorted(key for key in required if key in loaded.handoffs
+                  and max(loaded.handoffs[key], loaded.position.lsn) < confirmed)
 
 
 def integrity_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline) -> List[str]:

@@ -316,3 +316,46 @@ def test_local_state_lost_and_slot_dropped_is_refused(source, project):
     refused = project.run("cdc", expect=EXIT_SLOT)
     assert f"slot '{project.slot}' does not exist" in _one_error_line(refused)
     assert project.slot_confirmed_lsn() is None
+
+
+def test_destination_restored_from_a_backup_on_a_new_machine_is_refused(source, tmp_path,
+                                                                        source_url):
+    # An older destination and no local state: only the slot tells that changes since the backup
+    # were loaded (and confirmed) and are gone from the stream.
+    project = Project(tmp_path, source_url, destination="duckdb")
+    _keyed_and_keyless(source, rows=100)
+    project.run("snapshot")
+    backup = tmp_path / "backup.duckdb"
+    shutil.copy(project.duckdb_path, backup)
+    run_sql(source, "UPDATE a SET v = 'after the backup' WHERE id < 50", "DELETE FROM b WHERE id < 9")
+    project.run("cdc")
+    shutil.copy(backup, project.duckdb_path)
+    _forget_local_state(project)
+
+    refused = project.run("cdc", expect=EXIT_NO_COPY)
+    line = _one_error_line(refused)
+    assert "the slot is confirmed past what the destination holds of tables a, a_log, b" in line
+    assert "run `snapshot --tables a,a_log,b`" in line
+    assert project.run("status", expect=None).exit_code == EXIT_CHECK_FAILED
+    project.run("verify", expect=EXIT_CHECK_FAILED)
+
+    project.run("snapshot", "--tables", "a,a_log,b")
+    project.run("cdc")
+    for table in ("a", "a_log", "b"):
+        assert_table_matches(source, project, table)
+
+
+def test_unreachable_destination_before_reading_is_exit_7(source, project, tmp_path):
+    _keyed_and_keyless(source, rows=10)
+    project.run("snapshot")
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("")
+    confirmed = project.slot_confirmed_lsn()
+    run_sql(source, "INSERT INTO a_log VALUES (1, 'waits')")
+    failed = project.run("cdc", expect=7, env={
+        "DESTINATION__DUCKDB__CREDENTIALS": str(blocker / "dest.duckdb"),
+        "DESTINATION__FILESYSTEM__BUCKET_URL": (blocker / "lake").as_uri()})
+    assert "the destination failed" in _one_error_line(failed)
+    assert project.slot_confirmed_lsn() == confirmed
+    project.run("cdc")
+    assert_table_matches(source, project, "a_log")
