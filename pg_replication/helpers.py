@@ -24,8 +24,9 @@ from .handoff import SOURCE_NAME, HandoffRule, LoadedState, record_copy, start_s
 from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, META_ARROW_TYPES, DeleteMode,
                      ExistingColumn, MergeStrategy, output_column_names, snapshot_hints,
                      table_hints)
-from .slots import (advance_slot, publication_relations, check_server, check_slot_usable, copy_slot_name, create_slot,
-                    create_slot_with_snapshot, current_database, current_wal_lsn, drop_publications, drop_slot,
+from .slots import (advance_slot, check_server, check_slot_usable, copy_slot_name, create_slot,
+                    create_slot_with_snapshot, current_database, current_wal_lsn, drop_publications,
+                    drop_slot, publication_relations,
                     ensure_publications, existing_publications, get_slot, publication_tables,
                     validate_slot_name)
 from .snapshot import begin_snapshot_transaction, read_table

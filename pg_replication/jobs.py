@@ -153,6 +153,7 @@ def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotRepor
             credentials=settings.dsn, persist_snapshots=True, deletes=settings.deletes,
         )
         rows = _run_snapshot_source(source, pipeline)
+        # Every table of one snapshot shares its hand-off: report the first one's.
         handoff = LoadedState.from_pipeline_state(pipeline.state).handoffs.get(
             table_key(settings.schema_name, next(iter(tables))))
         keyless = sorted(name for name, table in tables.items() if not table.merge_key)
@@ -250,9 +251,7 @@ def _destination_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline) -
     try:
         return integrity_problems(conn, settings, pipeline)
     except Exception as e:  # noqa: BLE001 - status reports an unreachable destination, not raises
-        from .failures import essential_line
-
-        return [mask_secrets(f"cannot read the destination: {essential_line(e)}")]
+        return [mask_secrets(essential_line(e))]
 
 
 def run_verify(settings: JobSettings, pipeline: dlt.Pipeline) -> List[Check]:

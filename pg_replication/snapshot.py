@@ -16,7 +16,6 @@ import pyarrow.csv as pacsv
 from psycopg2 import sql
 
 from .catalog import TableInfo
-from .protocol import lsn_to_int
 from .schema import COMMIT_TS_COLUMN, DELETED_COLUMN, LSN_COLUMN, META_ARROW_TYPES
 from .types import ColumnKind, text_to_arrow
 
@@ -35,13 +34,6 @@ def begin_snapshot_transaction(conn, snapshot_name: Optional[str]) -> None:
         cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         if snapshot_name:
             cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_name,))
-
-
-def snapshot_wal_lsn(conn) -> int:
-    """The WAL position when a self-made snapshot transaction took its snapshot (approximately)."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_current_wal_lsn()::text")
-        return lsn_to_int(cur.fetchone()[0])
 
 
 def _copy_sql(table: TableInfo) -> sql.Composable:
