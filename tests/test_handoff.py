@@ -26,6 +26,13 @@ def project(request, tmp_path, source_url) -> Project:
     return Project(tmp_path, source_url, destination=request.param)
 
 
+@pytest.fixture
+def duckdb_project(tmp_path, source_url) -> Project:
+    """For the hand-off cases, which are decided before dlt loads anything: one destination is
+    enough (the others above run on DuckDB and local Delta)."""
+    return Project(tmp_path, source_url, destination="duckdb")
+
+
 def _one_error_line(result) -> str:
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
@@ -77,23 +84,23 @@ def _keyed_and_keyless(conn, rows: int = 20_000) -> None:
 
 
 @pytest.mark.skipif(shutil.which("pgbench") is None, reason="pgbench is not installed")
-def test_killed_first_snapshot_under_pgbench_then_rerun_is_exact(source, project):
+def test_killed_first_snapshot_under_pgbench_then_rerun_is_exact(source, duckdb_project):
     seed = random.randrange(1_000_000)
     kill_after = random.Random(seed).uniform(0.2, 3.0)
-    with pgbench_load(project.source_url, seconds=12):
+    with pgbench_load(duckdb_project.source_url, seconds=12):
         time.sleep(0.5)
-        first = project.start("snapshot")
+        first = duckdb_project.start("snapshot")
         time.sleep(kill_after)
         first.send_signal(signal.SIGKILL)
         first.wait()
-        project.run("snapshot")
+        duckdb_project.run("snapshot")
         for _ in range(3):
-            project.run("cdc")
+            duckdb_project.run("cdc")
             time.sleep(1)
-    project.run("cdc")
+    duckdb_project.run("cdc")
     for table in PGBENCH_TABLES:  # pgbench_history has no key: compared as a multiset
         try:
-            assert_table_matches(source, project, table)
+            assert_table_matches(source, duckdb_project, table)
         except AssertionError as e:
             raise AssertionError(f"seed {seed}, killed after {kill_after:.2f}s: {e}") from None
 
@@ -118,41 +125,41 @@ def test_failed_first_snapshot_then_good_one_then_dropped_slot_refuses(source, p
     assert project.slot_confirmed_lsn() is None, "nothing is created silently"
 
 
-def test_cdc_after_a_snapshot_that_failed_on_its_last_table(source, project, tmp_path):
+def test_cdc_after_a_snapshot_that_failed_on_its_last_table(source, duckdb_project, tmp_path):
     # The pipeline logs in as a role that may not read the last table: the copy fails there.
     _keyed_and_keyless(source, rows=1000)
     run_sql(source, "CREATE TABLE zz_last (id int PRIMARY KEY, v text)",
             "INSERT INTO zz_last SELECT g, 'z' FROM generate_series(1, 1001) g",
             "DROP ROLE IF EXISTS copier", "CREATE ROLE copier LOGIN REPLICATION",
             "GRANT SELECT ON a, a_log, b TO copier",
-            f"CREATE PUBLICATION {project.pub} FOR TABLE a, b, zz_last "
+            f"CREATE PUBLICATION {duckdb_project.pub} FOR TABLE a, b, zz_last "
             "WITH (publish_via_partition_root = true)",
-            f"CREATE PUBLICATION {project.pub}_insert_only FOR TABLE a_log "
+            f"CREATE PUBLICATION {duckdb_project.pub}_insert_only FOR TABLE a_log "
             "WITH (publish = 'insert, truncate')")
     as_copier = {"SOURCES__PG_REPLICATION__CREDENTIALS":
-                 project.source_url.replace("postgres@", "copier@")}
+                 duckdb_project.source_url.replace("postgres@", "copier@")}
     try:
-        failed = project.run("snapshot", env=as_copier, expect=None)
+        failed = duckdb_project.run("snapshot", env=as_copier, expect=None)
         assert failed.exit_code != 0 and "zz_last" in _one_error_line(failed)
         run_sql(source, "INSERT INTO zz_last VALUES (5000, 'after')", "UPDATE a SET v = 'u'")
 
-        refused = project.run("cdc", env=as_copier, expect=EXIT_NO_COPY)
+        refused = duckdb_project.run("cdc", env=as_copier, expect=EXIT_NO_COPY)
         assert "run `snapshot`" in _one_error_line(refused)
-        assert project.run("status", env=as_copier, expect=None).exit_code == EXIT_CHECK_FAILED
-        verify = project.run("verify", env=as_copier, expect=EXIT_CHECK_FAILED)
+        assert duckdb_project.run("status", env=as_copier, expect=None).exit_code == EXIT_CHECK_FAILED
+        verify = duckdb_project.run("verify", env=as_copier, expect=EXIT_CHECK_FAILED)
         assert "✗ table copies: no snapshot has been loaded" in verify.stdout
 
         run_sql(source, "GRANT SELECT ON zz_last TO copier")
-        project.run("snapshot", env=as_copier)
+        duckdb_project.run("snapshot", env=as_copier)
         run_sql(source, "INSERT INTO zz_last VALUES (5001, 'later')", "DELETE FROM b WHERE id < 10",
                 "INSERT INTO a_log VALUES (7, 'appended')")
-        project.run("cdc", env=as_copier)
+        duckdb_project.run("cdc", env=as_copier)
         for table in ("a", "a_log", "b", "zz_last"):
-            assert_table_matches(source, project, table)
-        project.run("verify", env=as_copier)
+            assert_table_matches(source, duckdb_project, table)
+        duckdb_project.run("verify", env=as_copier)
     finally:
-        run_sql(source, f"DROP PUBLICATION IF EXISTS {project.pub}",
-                f"DROP PUBLICATION IF EXISTS {project.pub}_insert_only",
+        run_sql(source, f"DROP PUBLICATION IF EXISTS {duckdb_project.pub}",
+                f"DROP PUBLICATION IF EXISTS {duckdb_project.pub}_insert_only",
                 "DROP OWNED BY copier", "DROP ROLE copier")
 
 
@@ -183,64 +190,64 @@ def test_a_slot_no_load_used_retains_no_wal_while_cdc_refuses(source, project, t
 # -- snapshots of some tables on a running pipeline ----------------------------------------------
 
 
-def test_resnapshot_of_one_table_under_writes_applies_nothing_twice(source, project):
+def test_resnapshot_of_one_table_under_writes_applies_nothing_twice(source, duckdb_project):
     _keyed_and_keyless(source)
-    project.run("snapshot")
+    duckdb_project.run("snapshot")
     run_sql(source, "INSERT INTO a_log VALUES (1, 'before cdc')", "UPDATE b SET v = 'c1'")
-    project.run("cdc")
+    duckdb_project.run("cdc")
     # Writes to a, a_log and b before, during and after the refresh of a and a_log.
-    with Writer(project.source_url, ["a", "a_log", "b"]) as writer:
+    with Writer(duckdb_project.source_url, ["a", "a_log", "b"]) as writer:
         time.sleep(0.3)
-        refreshed = project.run("snapshot", "--tables", "a,a_log")
+        refreshed = duckdb_project.run("snapshot", "--tables", "a,a_log")
         time.sleep(0.3)
     assert writer.count > 20
     handoff = lsn_in(refreshed.stdout, "hand-off LSN ")
-    assert project.slot_confirmed_lsn() < handoff
-    project.run("cdc")
+    assert duckdb_project.slot_confirmed_lsn() < handoff
+    duckdb_project.run("cdc")
     for table in ("a", "a_log", "b"):
-        assert_table_matches(source, project, table)
+        assert_table_matches(source, duckdb_project, table)
     # The writer commits in id order: live rows up to the hand-off came in the copy only (a
     # change applied again by cdc would carry a commit time), the later ones through cdc.
-    live = sorted((r["id"], r["_pg_commit_ts"]) for r in project.dest_rows("a")
+    live = sorted((r["id"], r["_pg_commit_ts"]) for r in duckdb_project.dest_rows("a")
                   if r["id"] > 1_000_000)
     copied = [i for i, commit_ts in live if commit_ts is None]
     streamed = [i for i, commit_ts in live if commit_ts is not None]
     assert copied and streamed and max(copied) < min(streamed)
 
 
-def test_table_added_later_starts_exactly_at_its_own_handoff(source, project):
+def test_table_added_later_starts_exactly_at_its_own_handoff(source, duckdb_project):
     _keyed_and_keyless(source, rows=100)
-    project.run("snapshot", "--tables", "a,b")
+    duckdb_project.run("snapshot", "--tables", "a,b")
     run_sql(source, "CREATE TABLE late (id bigint, v text)",  # no key: appended
             "INSERT INTO late SELECT g, 'old' FROM generate_series(1, 30000) g")
-    project.run("cdc")
-    with Writer(project.source_url, ["late", "a"]) as writer:
+    duckdb_project.run("cdc")
+    with Writer(duckdb_project.source_url, ["late", "a"]) as writer:
         time.sleep(0.2)
-        added = project.run("snapshot", "--tables", "late")
+        added = duckdb_project.run("snapshot", "--tables", "late")
         time.sleep(0.2)
     assert writer.count > 10
     assert "late: " in added.stdout
-    project.run("cdc")
+    duckdb_project.run("cdc")
     for table in ("a", "b", "late"):
-        assert_table_matches(source, project, table)
+        assert_table_matches(source, duckdb_project, table)
     handoff = lsn_in(added.stdout, "hand-off LSN ")
-    late_rows = project.dest_rows("late")
+    late_rows = duckdb_project.dest_rows("late")
     assert all(r["_pg_lsn"] == handoff for r in late_rows if r["_pg_commit_ts"] is None)
     assert any(r["_pg_commit_ts"] is not None for r in late_rows), "some rows came by cdc"
 
 
-def test_table_published_by_hand_without_a_copy_is_refused(source, project):
+def test_table_published_by_hand_without_a_copy_is_refused(source, duckdb_project):
     _keyed_and_keyless(source, rows=10)
-    project.run("snapshot", "--tables", "a,b")
+    duckdb_project.run("snapshot", "--tables", "a,b")
     run_sql(source, "CREATE TABLE extra (id int PRIMARY KEY)", "INSERT INTO extra VALUES (1)",
-            f"ALTER PUBLICATION {project.pub} ADD TABLE extra")
-    refused = project.run("cdc", expect=EXIT_NO_COPY)
+            f"ALTER PUBLICATION {duckdb_project.pub} ADD TABLE extra")
+    refused = duckdb_project.run("cdc", expect=EXIT_NO_COPY)
     assert "no copy of table extra" in _one_error_line(refused)
     assert "run `snapshot --tables extra`" in refused.stderr
-    project.run("snapshot", "--tables", "extra")
+    duckdb_project.run("snapshot", "--tables", "extra")
     run_sql(source, "INSERT INTO extra VALUES (2)")
-    project.run("cdc")
-    assert_table_matches(source, project, "extra")
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "extra")
 
 
 # -- the destination lost its copy --------------------------------------------------------------
@@ -275,16 +282,16 @@ def test_destination_lost_between_runs_is_refused_and_snapshot_recovers(source, 
     project.run("verify")
 
 
-def test_positions_of_another_slot_are_refused(source, project):
+def test_positions_of_another_slot_are_refused(source, duckdb_project):
     # The configured slot changed (or another pipeline's slot has that name): the stored
     # positions mean nothing for it.
     _keyed_and_keyless(source, rows=10)
-    project.run("snapshot")
-    other = project.slot + "_other"
+    duckdb_project.run("snapshot")
+    other = duckdb_project.slot + "_other"
     run_sql(source, f"SELECT pg_create_logical_replication_slot('{other}', 'pgoutput')")
-    refused = project.run("cdc", env={"SOURCES__PG_REPLICATION__SLOT_NAME": other},
+    refused = duckdb_project.run("cdc", env={"SOURCES__PG_REPLICATION__SLOT_NAME": other},
                           expect=EXIT_NO_COPY)
-    assert (f"the destination was loaded from slot '{project.slot}', not the configured "
+    assert (f"the destination was loaded from slot '{duckdb_project.slot}', not the configured "
             f"'{other}'") in _one_error_line(refused)
 
 
@@ -293,29 +300,29 @@ def _forget_local_state(project: Project) -> None:
     shutil.rmtree(project.dir / "dlt_data" / "pipelines" / project.pipeline_name)
 
 
-def test_local_state_lost_the_destination_state_is_the_truth(source, project):
+def test_local_state_lost_the_destination_state_is_the_truth(source, duckdb_project):
     _keyed_and_keyless(source, rows=100)
-    project.run("snapshot", "--tables", "a,a_log")
-    project.run("snapshot", "--tables", "b")  # a second hand-off, for b only
+    duckdb_project.run("snapshot", "--tables", "a,a_log")
+    duckdb_project.run("snapshot", "--tables", "b")  # a second hand-off, for b only
     run_sql(source, "INSERT INTO a_log VALUES (1, 'x')", "UPDATE b SET v = 'y' WHERE id = 1")
-    project.run("cdc")
-    _forget_local_state(project)
+    duckdb_project.run("cdc")
+    _forget_local_state(duckdb_project)
     run_sql(source, "INSERT INTO a_log VALUES (2, 'x')", "DELETE FROM b WHERE id = 2",
             "UPDATE a SET v = 'z' WHERE id < 4")
-    project.run("cdc")
+    duckdb_project.run("cdc")
     for table in ("a", "a_log", "b"):
-        assert_table_matches(source, project, table)
+        assert_table_matches(source, duckdb_project, table)
 
 
-def test_local_state_lost_and_slot_dropped_is_refused(source, project):
+def test_local_state_lost_and_slot_dropped_is_refused(source, duckdb_project):
     _keyed_and_keyless(source, rows=10)
-    project.run("snapshot")
-    _forget_local_state(project)
-    run_sql(source, f"SELECT pg_drop_replication_slot('{project.slot}')",
+    duckdb_project.run("snapshot")
+    _forget_local_state(duckdb_project)
+    run_sql(source, f"SELECT pg_drop_replication_slot('{duckdb_project.slot}')",
             "INSERT INTO a_log VALUES (3, 'lost with the slot')")
-    refused = project.run("cdc", expect=EXIT_SLOT)
-    assert f"slot '{project.slot}' does not exist" in _one_error_line(refused)
-    assert project.slot_confirmed_lsn() is None
+    refused = duckdb_project.run("cdc", expect=EXIT_SLOT)
+    assert f"slot '{duckdb_project.slot}' does not exist" in _one_error_line(refused)
+    assert duckdb_project.slot_confirmed_lsn() is None
 
 
 def test_destination_restored_from_a_backup_on_a_new_machine_is_refused(source, tmp_path,
