@@ -58,11 +58,15 @@ def pg_replication(
     stop_requested: Optional[Callable[[], bool]] = None,
     stop_lsn: Optional[int] = None,
     require_copies: bool = False,
+    table_shapes: Optional[Dict[str, Dict[str, Any]]] = None,
 ) -> Any:
     """The changes in the replication slot since the last load, merged into one table per source
     table. See `replication_resource` for the arguments."""
     return replication_resource(
-        slot_name, pub_name, credentials, schema_name, include_columns, columns,
-        target_batch_size, flush_slot, deletes, merge_strategy, max_changes, max_seconds, result,
-        stop_requested, stop_lsn, require_copies,
+        slot_name=slot_name, pub_name=pub_name, credentials=credentials, schema_name=schema_name,
+        include_columns=include_columns, columns=columns, target_batch_size=target_batch_size,
+        flush_slot=flush_slot, deletes=deletes, merge_strategy=merge_strategy,
+        max_changes=max_changes, max_seconds=max_seconds, result=result,
+        stop_requested=stop_requested, stop_lsn=stop_lsn, require_copies=require_copies,
+        table_shapes=table_shapes,
     )

@@ -9,6 +9,11 @@ from .exceptions import ConfigError
 from .types import ColumnKind, PgTypeRow, resolve_kind
 
 
+def table_key(schema: str, name: str) -> str:
+    """How a source table is named in the state: schema-qualified, as the server spells it."""
+    return f"{schema}.{name}"
+
+
 @dataclass
 class ColumnInfo:
     name: str
@@ -16,6 +21,7 @@ class ColumnInfo:
     type_modifier: int
     type_sql: str  # format_type(): usable in a cast
     not_null: bool
+    generated: bool = False  # GENERATED ALWAYS AS (...): pgoutput does not send it (before 18)
 
 
 @dataclass
@@ -58,7 +64,8 @@ _DESCRIBE_SQL = """
 SELECT c.oid, c.relname, c.relkind = 'p', c.relreplident,
        a.attname, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnotnull,
        COALESCE(a.attnum = ANY (pk.conkey), false),
-       COALESCE(a.attnum = ANY (ri.indkey::int2[]), false), COALESCE(pk.condeferrable, false)
+       COALESCE(a.attnum = ANY (ri.indkey::int2[]), false), COALESCE(pk.condeferrable, false),
+       a.attgenerated <> ''
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -91,12 +98,12 @@ def describe_tables(conn, schema: str, names: Sequence[str]) -> Dict[str, TableI
         rows = cur.fetchall()
     tables: Dict[str, TableInfo] = {}
     for (oid, relname, partitioned, identity, attname, typid, typmod, type_sql, not_null,
-         in_pk, in_identity_index, deferrable) in rows:
+         in_pk, in_identity_index, deferrable, generated) in rows:
         table = tables.get(relname)
         if table is None:
             table = tables[relname] = TableInfo(schema, relname, oid, partitioned, identity, [], [],
                                                 deferrable_key=deferrable)
-        table.columns.append(ColumnInfo(attname, typid, typmod, type_sql, not_null))
+        table.columns.append(ColumnInfo(attname, typid, typmod, type_sql, not_null, generated))
         if in_pk:
             table.primary_key.append(attname)
         if in_identity_index:

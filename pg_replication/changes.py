@@ -25,7 +25,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import pyarrow as pa
 
-from .catalog import TableInfo
+from .catalog import TableInfo, table_key
+from .ddl import ColumnMap
 from .exceptions import CopyMissingError, DecodeError
 from .protocol import (
     UNCHANGED_TOAST, Begin, Commit, Delete, Insert, LogicalMessage, Message, Origin, PartialTuple,
@@ -109,10 +110,10 @@ class _RelationState:
     transaction_keys: Optional[set] = None
     # Changes of transactions committing before this LSN are in the table's copy (handoff.py).
     applies_from: int = 0
-
-    @property
-    def column_names(self) -> List[str]:
-        return [c.name for c in self.relation.columns]
+    # Per column, its name in the catalog now (renamed since: the new name; None: dropped).
+    current_names: List[Optional[str]] = field(default_factory=list)
+    generated: int = 0  # generated columns the server did not send, after the sent ones
+    problem: Optional[str] = None  # why a change of this shape cannot be applied exactly
 
     def key_of(self, values: Sequence[TupleValue]) -> Key:
         return tuple(values[i] for i in self.key_indexes)
@@ -131,13 +132,21 @@ class ChangeCollector:
         merge_strategy (MergeStrategy): "upsert" makes a repeated key end the segment.
         applies_from (AppliesFrom): Per table, the commit LSN from which its changes apply (its
             hand-off); default: every change applies.
+        column_maps (Mapping[str, ColumnMap]): Per table_key, where the columns of the stream go
+            (renamed columns keep their destination column, ddl.py); default: by their names.
+        copied_before (Callable[[int], int]): Per table OID, the latest hand-off of a copy under
+            any name (handoff.HandoffRule.copied_before).
     """
 
     def __init__(self, tables: Mapping[str, TableInfo], types: Dict[int, PgTypeRow],
                  fetch_current: FetchCurrent, deletes: DeleteMode = "hard",
                  merge_strategy: MergeStrategy = "delete-insert",
                  existing_column: Optional[ExistingColumn] = None,
-                 applies_from: AppliesFrom = lambda schema, name: 0) -> None:
+                 applies_from: AppliesFrom = lambda schema, name: 0,
+                 column_maps: Optional[Mapping[str, ColumnMap]] = None,
+                 copied_before: Callable[[int], int] = lambda oid: 0) -> None:
+        self.column_maps = column_maps or {}
+        self.copied_before = copied_before
         self.tables_by_oid = {table.oid: table for table in tables.values()}
         self.applies_from = applies_from
         self.latest_handoff = 0  # the highest applies_from of any relation seen
@@ -158,21 +167,34 @@ class ChangeCollector:
         previous = self.relations.get(relation.relation_id)
         flushed = self._flush_relation(previous) if previous is not None else []
         table = self.tables_by_oid.get(relation.relation_id) or _table_from_relation(relation)
+        column_map = self.column_maps.get(table_key(relation.namespace, relation.name))
+        sent = [c.name for c in relation.columns]
+        current = [column_map.current.get(n, n) if column_map else n for n in sent]
         kinds = [resolve_kind(c.type_oid, c.type_modifier, self.types) for c in relation.columns]
-        names = [c.name for c in relation.columns]
-        merge_key = [n for n in table.merge_key if n in names]
-        if not merge_key and relation.replica_identity != "f":
-            merge_key = [c.name for c in relation.columns if c.is_key]
-        output_names = output_column_names(relation.name, list(zip(names, kinds)),
+        by_current = {n: i for i, n in enumerate(current) if n is not None}
+        key_indexes = [by_current[k] for k in table.merge_key if k in by_current]
+        if not key_indexes and relation.replica_identity != "f":
+            key_indexes = [i for i, c in enumerate(relation.columns) if c.is_key]
+        # Generated columns the server did not send are read by key, like unchanged TOASTed
+        # values; a table without a key leaves them out (in its copy too).
+        generated = [c for c in table.columns
+                     if c.generated and c.name not in by_current and key_indexes]
+        current += [c.name for c in generated]
+        kinds += [resolve_kind(c.type_oid, c.type_modifier, self.types) for c in generated]
+        names = sent + [c.name for c in generated]
+        destination = [column_map.destination.get(n, n) if column_map else n for n in names]
+        output_names = output_column_names(relation.name, list(zip(destination, kinds)),
                                            self.existing_column)
-        output_key = [output_names[names.index(n)] for n in merge_key]
+        output_key = [output_names[i] for i in key_indexes]
         hints = table_hints(relation.name, list(zip(output_names, kinds)), output_key,
                             self.deletes, self.merge_strategy)
         applies_from = self.applies_from(relation.namespace, relation.name)
         self.latest_handoff = max(self.latest_handoff, applies_from)
         self.relations[relation.relation_id] = _RelationState(
-            relation, table, kinds, [names.index(n) for n in merge_key], hints, output_names,
+            relation, table, kinds, key_indexes, hints, output_names,
             transaction_keys=set() if table.deferrable_key else None, applies_from=applies_from,
+            current_names=current, generated=len(generated),
+            problem=_unknown_columns_problem(relation, sent, column_map),
         )
         return flushed
 
@@ -185,6 +207,8 @@ class ChangeCollector:
         """
         state = self._state(relation_id, "?")
         if state.applies_from == NO_COPY:
+            if commit_lsn < self.copied_before(relation_id):
+                return True  # made under an older name; the copy under the newer one holds it
             name = state.relation.name
             raise CopyMissingError(
                 f"table {name} has changes in the stream but no copy in the destination "
@@ -227,6 +251,11 @@ class ChangeCollector:
         return False
 
     def add(self, message: Message, lsn: int, commit_ts_us: int) -> None:
+        """Buffers one change.
+
+        Raises:
+            CopyMissingError: The change has a column the pipeline cannot place (ddl.py).
+        """
         kind = type(message)
         if kind is Insert:
             state = self.relations.get(message.relation_id) or self._state(message.relation_id, "I")
@@ -265,6 +294,11 @@ class ChangeCollector:
 
     def _append(self, state: _RelationState, values: List[TupleValue], lsn: int,
                 commit_ts_us: int, deleted: bool) -> None:
+        if state.problem:
+            raise CopyMissingError(state.problem)
+        if state.generated:
+            values = (list(values) + [None] * state.generated if deleted
+                      else PartialTuple(list(values) + [UNCHANGED_TOAST] * state.generated))
         if deleted and self.deletes == "hard":
             values = [v if i in state.key_indexes else None for i, v in enumerate(values)]
         elif type(values) is PartialTuple:
@@ -349,26 +383,30 @@ class ChangeCollector:
         exists at the source was deleted (or re-keyed) later, and that change is also in the
         stream: the update is dropped instead of writing a NULL.
         """
-        names = state.column_names
+        names = state.current_names
         wanted = sorted({i for row, (_, _, deleted) in zip(state.rows, state.meta) if not deleted
                          for i, v in enumerate(row) if v is UNCHANGED_TOAST})
         needing = [r for r, row in enumerate(state.rows) if UNCHANGED_TOAST in row]
         keys = list({state.key_of(state.rows[r]) for r in needing})
-        # A table the catalog no longer has (dropped since) cannot be read: its updates are
-        # dropped like those of rows deleted since.
-        current = self.fetch_current(
-            state.table, [names[i] for i in state.key_indexes], keys, [names[i] for i in wanted]
-        ) if state.key_indexes and state.table.columns else {}
+        in_catalog = {c.name for c in state.table.columns}
+        key_names = [names[i] for i in state.key_indexes]
+        # A column dropped since cannot be read: it gets NULL, as rows changed after a drop do.
+        readable = [i for i in wanted if names[i] in in_catalog]
+        if state.key_indexes and all(n in in_catalog for n in key_names):
+            current = self.fetch_current(state.table, key_names, keys,
+                                         [names[i] for i in readable]) if readable else None
+        else:
+            # A table the catalog no longer has (dropped since), or whose key cannot be read:
+            # its updates are dropped like those of rows deleted since.
+            current = {}
         kept_rows, kept_meta = [], []
         for row, meta in zip(state.rows, state.meta):
             if UNCHANGED_TOAST in row:
-                found = current.get(state.key_of(row))
+                found = current.get(state.key_of(row)) if current is not None else []
                 if found is None:
                     continue
-                row = list(row)
-                for position, column in enumerate(wanted):
-                    if row[column] is UNCHANGED_TOAST:
-                        row[column] = found[position]
+                values = dict(zip(readable, found))
+                row = [values.get(i) if v is UNCHANGED_TOAST else v for i, v in enumerate(row)]
             kept_rows.append(row)
             kept_meta.append(meta)
         self.buffered -= len(state.rows) - len(kept_rows)
@@ -380,6 +418,18 @@ def _empty_table(state: _RelationState, deletes: DeleteMode) -> pa.Table:
     fields = [pa.field(name, kind.arrow_type) for name, kind in zip(state.output_names, state.kinds)]
     fields += [pa.field(n, META_ARROW_TYPES[n]) for n in (LSN_COLUMN, COMMIT_TS_COLUMN, marker)]
     return pa.schema(fields).empty_table()
+
+
+def _unknown_columns_problem(relation: Relation, sent: List[str],
+                             column_map: Optional[ColumnMap]) -> Optional[str]:
+    """A column the recorded shape does not know: renamed (or added and dropped) between two
+    runs, so which destination column it belongs to cannot be told."""
+    unknown = [n for n in sent if column_map is not None and n not in column_map.destination]
+    if not unknown:
+        return None
+    return (f"table {relation.name} has changes with column(s) {', '.join(unknown)} that the "
+            "catalog no longer has (renamed twice, or added and dropped, between two runs): run "
+            f"`snapshot --tables {relation.name}`")
 
 
 def _table_from_relation(relation: Relation) -> TableInfo:

@@ -17,10 +17,10 @@ The definition every other module relies on:
 Where it lives: the dlt source state of `pg_replication`, which dlt loads together with the data:
 
     {"position": Position.to_state(),        # how far the stream is loaded
-     "tables": {"public.orders": {"handoff_lsn": C}, ...},
+     "tables": {"public.orders": {"handoff_lsn": C, "oid": 16384, "shape": {...}}, ...},
      "slot_name": "pg_replication_slot"}      # the slot these positions belong to
 
-A table's hand-off stays until the table is copied again. A snapshot that creates a new slot
+A table's `shape` is its catalog as last checked (ddl.py). A table's hand-off stays until the table is copied again. A snapshot that creates a new slot
 (none existed, or the old one was invalidated) starts a new stream: the hand-offs of the old one
 are dropped, and tables not copied again must be.
 """
@@ -28,17 +28,14 @@ are dropped, and tables not copied again must be.
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional
 
+from .catalog import table_key
 from .changes import NO_COPY, Position
 
 SOURCE_NAME = "pg_replication"  # the dlt source whose state holds all of this
 POSITION_KEY = "position"
 TABLES_KEY = "tables"
 SLOT_KEY = "slot_name"
-
-
-def table_key(schema: str, name: str) -> str:
-    """How a source table is named in the state: schema-qualified, as the server spells it."""
-    return f"{schema}.{name}"
+SHAPE_KEY = "shape"
 
 
 @dataclass
@@ -49,6 +46,7 @@ class LoadedState:
     handoffs: Dict[str, int] = field(default_factory=dict)  # table_key -> hand-off LSN
     slot_name: Optional[str] = None
     oids: Dict[str, int] = field(default_factory=dict)  # table_key -> pg_class OID when copied
+    shapes: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # table_key -> ddl shape
 
     @property
     def anything_loaded(self) -> bool:
@@ -61,7 +59,8 @@ class LoadedState:
         return cls(Position.from_state(state.get(POSITION_KEY) or {}),
                    {key: int(entry["handoff_lsn"]) for key, entry in tables.items()},
                    state.get(SLOT_KEY),
-                   {key: int(entry["oid"]) for key, entry in tables.items() if entry.get("oid")})
+                   {key: int(entry["oid"]) for key, entry in tables.items() if entry.get("oid")},
+                   {key: entry[SHAPE_KEY] for key, entry in tables.items() if entry.get(SHAPE_KEY)})
 
     @classmethod
     def from_pipeline_state(cls, state: Optional[Mapping[str, Any]]) -> "LoadedState":
@@ -82,9 +81,19 @@ def start_snapshot(state: MutableMapping[str, Any], slot_name: str, handoff_lsn:
 
 
 def record_copy(state: MutableMapping[str, Any], schema: str, name: str, oid: int,
-                handoff_lsn: int) -> None:
-    state.setdefault(TABLES_KEY, {})[table_key(schema, name)] = {"handoff_lsn": handoff_lsn,
-                                                                 "oid": oid}
+                handoff_lsn: int, shape: Optional[Dict[str, Any]] = None) -> None:
+    entry: Dict[str, Any] = {"handoff_lsn": handoff_lsn, "oid": oid}
+    if shape is not None:
+        entry[SHAPE_KEY] = shape
+    state.setdefault(TABLES_KEY, {})[table_key(schema, name)] = entry
+
+
+def record_shapes(state: MutableMapping[str, Any], shapes: Mapping[str, Dict[str, Any]]) -> None:
+    """Stores the shapes a run checked (ddl.check_tables) with that run's load."""
+    tables = state.setdefault(TABLES_KEY, {})
+    for key, shape in shapes.items():
+        if key in tables:
+            tables[key][SHAPE_KEY] = shape
 
 
 class HandoffRule:
@@ -102,14 +111,21 @@ class HandoffRule:
         self.handoffs = dict(handoffs)
         self.require_copies = require_copies
         self.by_oid: Dict[int, int] = {}  # OID -> earliest hand-off under any name it had
+        self.latest_by_oid: Dict[int, int] = {}  # OID -> latest hand-off under any name
         for key, oid in (oids or {}).items():
             self.by_oid[oid] = min(self.by_oid.get(oid, NO_COPY), self.handoffs[key])
+            self.latest_by_oid[oid] = max(self.latest_by_oid.get(oid, 0), self.handoffs[key])
 
     def applies_from(self, schema: str, name: str) -> int:
         found = self.handoffs.get(table_key(schema, name))
         if found is not None:
             return found
         return NO_COPY if self.require_copies else 0
+
+    def copied_before(self, oid: int) -> int:
+        """The latest hand-off of a copy of this table under any name: a change made under a name
+        without a copy (renamed twice since) that commits before it is in that copy."""
+        return self.latest_by_oid.get(oid, 0)
 
     def earliest_needed(self, oid: int, schema: str, name: str) -> int:
         """From where the stream is needed for a table as the catalog names it now: a table

@@ -20,7 +20,9 @@ from .changes import ChangeCollector, Position, SegmentResult, TableBatch, read_
 from .connect import connect, to_dsn
 from .exceptions import ConfigError, SlotError
 from .changes import NO_COPY
-from .handoff import SOURCE_NAME, HandoffRule, LoadedState, record_copy, start_snapshot
+from .ddl import ColumnMap, read_catalog, shape_of
+from .handoff import (SOURCE_NAME, HandoffRule, LoadedState, record_copy, record_shapes,
+                      start_snapshot)
 from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, META_ARROW_TYPES, DeleteMode,
                      ExistingColumn, MergeStrategy, output_column_names, snapshot_hints,
                      table_hints)
@@ -151,9 +153,11 @@ def snapshot_source(reader, tables: List[TableInfo], types, handoff_lsn: int, ne
         try:
             state = dlt.current.source_state()
             start_snapshot(state, slot_name, handoff_lsn, new_stream)
+            # The catalog as of the hand-off: cdc compares later catalogs with it (ddl.py).
+            shapes = read_catalog(reader, [table.oid for table in tables])
             for table in tables:
                 kinds = column_kinds(table, types)
-                names = _included(table.name, [c.name for c in table.columns], include_columns)
+                names = _included(table.name, _copied_columns(table), include_columns)
                 outputs = output_column_names(table.name, [(n, kinds[n]) for n in names],
                                               existing_destination_column())
                 renames = dict(zip(names, outputs))
@@ -171,7 +175,8 @@ def snapshot_source(reader, tables: List[TableInfo], types, handoff_lsn: int, ne
                     first = False
                 if first:  # empty table: still replace what the destination holds
                     yield _mark(_empty_like(hints, kinds, marker), hints, True)
-                record_copy(state, table.schema, table.name, table.oid, handoff_lsn)
+                record_copy(state, table.schema, table.name, table.oid, handoff_lsn,
+                            shape_of(shapes[table.oid]) if table.oid in shapes else None)
         finally:
             reader.close()
 
@@ -180,6 +185,12 @@ def snapshot_source(reader, tables: List[TableInfo], types, handoff_lsn: int, ne
     # `snapshot --tables b` would empty table a).
     resource = dlt.resource(snapshot_rows, name="snapshot", write_disposition="append")
     return DltSource(dlt.Schema(SOURCE_NAME), SOURCE_NAME, [resource()])
+
+
+def _copied_columns(table: TableInfo) -> List[str]:
+    """A table without a key leaves out its generated columns: the change stream cannot read
+    them back by key (changes.ChangeCollector.on_relation)."""
+    return [c.name for c in table.columns if table.merge_key or not c.generated]
 
 
 def existing_destination_column() -> ExistingColumn:
@@ -246,6 +257,7 @@ def replication_resource(
     stop_requested: Optional[Callable[[], bool]] = None,
     stop_lsn: Optional[int] = None,
     require_copies: bool = False,
+    table_shapes: Optional[Dict[str, Dict[str, Any]]] = None,
 ) -> Any:
     """A dlt resource with the changes in the slot since the stored position, one table each.
 
@@ -279,19 +291,26 @@ def replication_resource(
             (handoff.py). A table that was never copied gets every change in the slot, or, with
             True, a change of it stops the run with CopyMissingError (the CLI: applying it would
             leave a partial table).
+        table_shapes (Optional[Dict[str, Dict[str, Any]]]): Per table_key, the catalog shape a
+            check before this run accepted (ddl.check_tables); stored with the load, and renamed
+            columns keep their destination columns. Default: the shapes in the state.
     """
     dsn = to_dsn(credentials)
     validate_slot_name(slot_name)
 
     def changes() -> Iterator[Any]:
         segment = result if result is not None else SegmentResult(Position())
-        loaded = LoadedState.from_source_state(dlt.current.source_state())
+        state = dlt.current.source_state()
+        record_shapes(state, table_shapes or {})
+        loaded = LoadedState.from_source_state(state)
         segment.position = loaded.position
         handoffs = HandoffRule(loaded.handoffs, require_copies, loaded.oids)
+        column_maps = {key: ColumnMap.from_shape(shape) for key, shape in loaded.shapes.items()}
         yield from _read_segment(dsn, slot_name, pub_name, schema_name, loaded.position, segment,
                                  target_batch_size, flush_slot, deletes, merge_strategy,
                                  max_changes, max_seconds, include_columns, columns,
-                                 stop_requested or (lambda: False), stop_lsn, handoffs)
+                                 stop_requested or (lambda: False), stop_lsn, handoffs,
+                                 column_maps)
         _save_position(segment.position)
 
     return dlt.resource(changes, name="changes", write_disposition="merge")()
@@ -301,7 +320,7 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
                   segment: SegmentResult, batch_size: int, flush_slot: bool, deletes, strategy,
                   max_changes, max_seconds, include_columns, columns,
                   stop_requested: Callable[[], bool], stop_lsn: Optional[int],
-                  handoffs: HandoffRule) -> Iterator[Any]:
+                  handoffs: HandoffRule, column_maps: Dict[str, ColumnMap]) -> Iterator[Any]:
     started = time.monotonic()
     conn = connect(dsn)
     try:
@@ -320,7 +339,8 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
             stop_lsn = deferred_until
         collector = ChangeCollector(published, load_type_catalog(conn),
                                     functools.partial(fetch_current_values, conn), deletes, strategy,
-                                    existing_destination_column(), handoffs.applies_from)
+                                    existing_destination_column(), handoffs.applies_from,
+                                    column_maps, handoffs.copied_before)
         deadline = started + max_seconds if max_seconds else None
 
         def should_stop() -> bool:

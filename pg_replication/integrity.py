@@ -10,7 +10,9 @@
   the publication by hand), or its destination table is gone;
 - the positions belong to another slot than the configured one;
 - the slot was confirmed past what the destination holds of a table (a destination restored from
-  a backup while the local state was lost): the changes in between are gone from the stream.
+  a backup while the local state was lost): the changes in between are gone from the stream;
+- a table changed in a way the stream cannot carry (ddl.py): a DEFAULT that filled existing rows,
+  a partition attached with rows, and so on.
 
 Which state is the truth: the destination's, since dlt loads it together with the data. The local
 state is ahead of it only while a load package is pending, and `cdc` loads those first.
@@ -18,10 +20,12 @@ state is ahead of it only while a load package is pending, and `cdc` loads those
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import dlt
 
+from .catalog import load_type_catalog
+from .ddl import TableCheck, check_tables
 from .dlt_compat import destination_state, existing_destination_tables
 from .handoff import LoadedState, short_names, table_key, tables_without_copy
 from .settings import JobSettings
@@ -134,13 +138,46 @@ def _behind_the_slot(conn, settings: JobSettings, loaded: LoadedState,
                   and max(loaded.handoffs[key], loaded.position.lsn) < confirmed)
 
 
+def check_schema_changes(conn, settings: JobSettings,
+                         loaded: LoadedState) -> Tuple[List[str], Dict[str, TableCheck]]:
+    """Compares each copied table's catalog with its recorded shape (ddl.py).
+
+    Returns:
+        The problem line (at most one, naming every table that needs a new copy and the command),
+        and the checks by table_key (their shapes to record, their notes).
+    """
+    recorded = {key: (loaded.oids[key], loaded.shapes.get(key))
+                for key in loaded.handoffs if key in loaded.oids}
+    checks = check_tables(conn, recorded, load_type_catalog(conn))
+    failing = {key: check for key, check in checks.items() if check.needs_copy}
+    if not failing:
+        return [], checks
+    names = short_names(sorted(failing), settings.schema_name)
+    reasons = "; ".join(f"{name}: {', '.join(failing[key].needs_copy)}"
+                        for name, key in zip(names, sorted(failing)))
+    return [f"{_tables(names)} changed in a way the change stream cannot carry ({reasons}): "
+            f"run `snapshot --tables {','.join(names)}` to copy {'it' if len(names) == 1 else 'them'}"
+            " again"], checks
+
+
+def schema_change_notes(checks: Dict[str, TableCheck], schema: str) -> List[str]:
+    """What changed and is carried on, per table, for a run's summary line."""
+    return [f"{name}: {', '.join(checks[key].notes)}"
+            for name, key in zip(short_names(sorted(checks), schema), sorted(checks))
+            if checks[key].notes]
+
+
 def integrity_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline) -> List[str]:
     """Every problem, for `status` and `verify` (which load nothing)."""
     remote = destination_state(pipeline)
     lost = destination_lost(pipeline, remote)
     if lost:
         return [lost]
-    return copy_problems(conn, settings, pipeline, loaded_state(pipeline, remote))
+    loaded = loaded_state(pipeline, remote)
+    problems = copy_problems(conn, settings, pipeline, loaded)
+    if loaded.anything_loaded:
+        problems += check_schema_changes(conn, settings, loaded)[0]
+    return problems
 
 
 def _tables(names: List[str]) -> str:

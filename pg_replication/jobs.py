@@ -33,8 +33,9 @@ from .exceptions import CopyMissingError, SlotError, mask_secrets
 from .failures import essential_line
 from .handoff import LoadedState, table_key
 from .helpers import init_replication, run_stop_position, select_tables
-from .integrity import (copy_problems, destination_lost, integrity_problems, loaded_state,
-                        remember_loaded_state)
+from .integrity import (check_schema_changes, copy_problems, destination_lost,
+                        integrity_problems, loaded_state, remember_loaded_state,
+                        schema_change_notes)
 from .protocol import int_to_lsn
 from .settings import JobSettings
 from .verify import Check, run_checks
@@ -60,6 +61,7 @@ class CdcReport:
     confirmed_lsn: Optional[int] = None
     pending_loaded: bool = False
     seconds: float = 0.0
+    schema_changes: List[str] = field(default_factory=list)  # carried on (ddl.py)
 
     @property
     def total(self) -> int:
@@ -73,8 +75,9 @@ class CdcReport:
                      if self.confirmed_lsn else "")
         tables = f" ({per_table})" if per_table else ""
         pending = ", after loading a package an earlier run left" if self.pending_loaded else ""
+        ddl = f"; schema changes: {'; '.join(self.schema_changes)}" if self.schema_changes else ""
         return (f"cdc: {self.total} changes{tables}, {lsn_range}{confirmed}{pending}, "
-                f"{self.seconds:.2f}s")
+                f"{self.seconds:.2f}s{ddl}")
 
 
 def merge_strategy_for(pipeline: dlt.Pipeline) -> str:
@@ -199,14 +202,16 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
         report.pending_loaded = finish_pending_load(pipeline, lock, settings.slot_name)
         loaded = loaded_state(pipeline, remote)
         _refuse_without_copies(lock, settings, pipeline, loaded)
+        # Taken before the catalog is checked: every DDL the run reads up to is in that check.
         stop_lsn = run_stop_position(lock)
+        shapes = _refuse_uncarried_schema_changes(lock, settings, loaded, report)
         # The bound counts from here: the checks above can take seconds on a remote destination.
         deadline = time.monotonic() + max_seconds if max_seconds else None
         while True:
             remaining_seconds = max(deadline - time.monotonic(), 0.001) if deadline else None
             remaining_changes = max_changes - report.total if max_changes else None
             segment = _load_segment(settings, pipeline, remaining_changes, remaining_seconds,
-                                    stop_requested, stop_lsn)
+                                    stop_requested, stop_lsn, shapes)
             if segment.confirm_lsn:
                 advance_slot(lock, settings.slot_name, segment.confirm_lsn)
                 report.confirmed_lsn = segment.confirm_lsn
@@ -301,9 +306,20 @@ def _refuse_without_copies(conn, settings: JobSettings, pipeline: dlt.Pipeline,
     raise CopyMissingError(problems[0])
 
 
+def _refuse_uncarried_schema_changes(conn, settings: JobSettings, loaded: LoadedState,
+                                     report: "CdcReport") -> Dict[str, Dict[str, Any]]:
+    """Raises when a table changed in a way the stream cannot carry (ddl.py); otherwise returns
+    the shapes to record with the load, and notes what changed in the report."""
+    problems, checks = check_schema_changes(conn, settings, loaded)
+    if problems:
+        raise CopyMissingError(problems[0])
+    report.schema_changes = schema_change_notes(checks, settings.schema_name)
+    return {key: check.shape for key, check in checks.items()}
+
+
 def _load_segment(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional[int],
                   max_seconds: Optional[float], stop_requested: Callable[[], bool],
-                  stop_lsn: int) -> SegmentResult:
+                  stop_lsn: int, shapes: Dict[str, Dict[str, Any]]) -> SegmentResult:
     segment = SegmentResult(Position())
     source = pg_replication(
         credentials=settings.dsn, slot_name=settings.slot_name, pub_name=settings.pub_name,
@@ -311,6 +327,7 @@ def _load_segment(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Op
         flush_slot=False, deletes=settings.deletes, merge_strategy=merge_strategy_for(pipeline),
         max_changes=max_changes, max_seconds=max_seconds, result=segment,
         stop_requested=stop_requested, stop_lsn=stop_lsn, require_copies=True,
+        table_shapes=shapes,
     )
     _apply_table_format(source, pipeline)
     pipeline.run(source, loader_file_format="parquet")

@@ -213,8 +213,13 @@ def _comparable(rows: Sequence[Dict[str, Any]], columns: Sequence[str], json_col
 
 
 def assert_table_matches(conn, project: Project, table: str, schema: str = "public",
-                         dest_table: Optional[str] = None) -> int:
-    """Asserts the destination table equals the source table, value by value. Returns row count."""
+                         dest_table: Optional[str] = None,
+                         columns_as: Optional[Dict[str, str]] = None) -> int:
+    """Asserts the destination table equals the source table, value by value. Returns row count.
+
+    `columns_as`: source column -> the destination column that holds it (a renamed column keeps
+    its destination name; a type change continues in a variant column).
+    """
     info = describe_tables(conn, schema, [table])[table]
     catalog = load_type_catalog(conn)
     json_columns = {c.name for c in info.columns
@@ -222,7 +227,10 @@ def assert_table_matches(conn, project: Project, table: str, schema: str = "publ
                     in ("json", "array")}
     columns = [c.name for c in info.columns]
     expected = _comparable(source_rows(conn, schema, table), columns, json_columns)
-    actual = _comparable(project.dest_rows(dest_table or table), columns, json_columns)
+    held_as = {name: (columns_as or {}).get(name, name) for name in columns}
+    dest = [{name: row.get(held_as[name]) for name in columns}
+            for row in project.dest_rows(dest_table or table)]
+    actual = _comparable(dest, columns, json_columns)
     assert len(actual) == len(expected), f"{table}: {len(actual)} rows, source has {len(expected)}"
     for got, want in zip(actual, expected):
         assert got == want, f"{table}: destination row {got} != source row {want}"

@@ -1,0 +1,282 @@
+"""Schema changes: what the change stream carries of a DDL, what it cannot, and the check that
+finds the rest by comparing the catalog with what the pipeline recorded.
+
+pgoutput describes a table (a Relation message: its column names and types, in order) before the
+first change after a DDL, as of that change. It carries nothing of what a DDL did to rows that did
+not change, and nothing that links a column's old name to its new one. So, per table, the state
+records the catalog as the pipeline last checked it (a *shape*: each column's attnum, every name it
+had since the copy, its destination column and type; the key; each partition's storage), and every
+`cdc` run compares the catalog with it before it reads (`check_tables`):
+
+- exact through the stream, recorded and carried on:
+  - a column added without a value for existing rows (NULL in the source and the destination);
+  - a column dropped (the destination column stays; rows changed later get NULL there);
+  - a column renamed: its destination column keeps the name it had at the copy; every name the
+    column had since maps to it (`ColumnMap`), so values are never split;
+  - a type changed without rewriting the table (varchar(10) -> varchar(20)) where the destination
+    type stays the same;
+  - a partition created, or attached or detached while empty; a TRUNCATE.
+- not exact (the table's rows changed without WAL, or the destination cannot tell two columns
+  apart): the table needs a new copy, and `cdc` refuses until `snapshot --tables <table>` made one:
+  - a column added with a value for existing rows (a DEFAULT, an identity, a generated column);
+  - a column added or renamed under a name the destination already uses for another column
+    (a drop and re-add, a swap of names);
+  - a type changed with a rewrite (values may have changed: `USING`), or to another destination
+    type;
+  - a different key;
+  - a partition attached holding rows, or one detached holding rows or dropped.
+
+A table renamed or dropped is handled by the hand-offs (handoff.py, integrity.py): renamed, it
+needs a copy under its new name; dropped, its destination table stays as the stream left it.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from psycopg2 import sql
+
+from .catalog import table_key
+from .schema import type_signature
+from .types import PgTypeRow, resolve_kind
+
+@dataclass
+class CatalogColumn:
+    attnum: int
+    name: str
+    type_oid: int
+    type_modifier: int
+    fills_rows: bool  # an identity or generated column, or a value stored for existing rows
+    has_default: bool
+
+
+@dataclass
+class CatalogTable:
+    """A table as the catalog describes it now."""
+
+    oid: int
+    schema: str
+    name: str
+    columns: Dict[int, CatalogColumn]  # by attnum
+    key: List[int]  # attnums of the merge key (TableInfo.merge_key)
+    storage: Dict[int, Tuple[str, int]]  # leaf OID -> (name, relfilenode); the table itself if plain
+
+
+_COLUMNS_SQL = """
+SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, a.atttypid, a.atttypmod,
+       a.attidentity <> '' OR a.attgenerated <> '', a.atthasdef,
+       COALESCE(CASE WHEN c.relreplident = 'i'
+                     THEN (SELECT i.indkey::int2[] FROM pg_index i
+                           WHERE i.indrelid = c.oid AND i.indisreplident)
+                     WHEN c.relreplident IN ('d', 'f')
+                     THEN (SELECT k.conkey FROM pg_constraint k
+                           WHERE k.conrelid = c.oid AND k.contype = 'p') END, '{}')
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.oid = ANY (%s) AND c.relkind IN ('r', 'p')
+ORDER BY c.oid, a.attnum
+"""
+
+# Where a table's rows are stored: its partitions (leaves) for a partitioned table, else itself.
+_STORAGE_SQL = """
+SELECT r.oid, l.oid, l.relname, l.relfilenode,
+       ARRAY(SELECT a.attname::text FROM pg_attribute a
+             WHERE a.attrelid = l.oid AND a.atthasmissing AND NOT a.attisdropped)
+FROM pg_class r
+JOIN LATERAL (SELECT t.relid FROM pg_partition_tree(r.oid) t WHERE t.isleaf
+              UNION ALL SELECT r.oid WHERE r.relkind = 'r') leaf ON true
+JOIN pg_class l ON l.oid = leaf.relid
+WHERE r.oid = ANY (%s)
+"""
+
+
+def read_catalog(conn, oids: Sequence[int]) -> Dict[int, CatalogTable]:
+    """The tables with these OIDs that still exist, by OID."""
+    tables: Dict[int, CatalogTable] = {}
+    with conn.cursor() as cur:
+        cur.execute(_COLUMNS_SQL, (list(oids),))
+        for (oid, schema, name, attnum, attname, type_oid, typmod, fills, has_default,
+             key) in cur.fetchall():
+            table = tables.setdefault(oid, CatalogTable(oid, schema, name, {}, list(key), {}))
+            table.columns[attnum] = CatalogColumn(attnum, attname, type_oid, typmod, fills,
+                                                  has_default)
+        cur.execute(_STORAGE_SQL, (list(tables),))
+        for root, leaf, leaf_name, filenode, missing in cur.fetchall():
+            table = tables[root]
+            table.storage[leaf] = (leaf_name, filenode)
+            # A DEFAULT given to ADD COLUMN is stored once per leaf (atthasmissing), not per row.
+            for column in table.columns.values():
+                if column.name in missing:
+                    column.fills_rows = True
+    return tables
+
+
+def shape_of(table: CatalogTable) -> Dict[str, Any]:
+    """The shape recorded with a copy: every column under its own name."""
+    return {
+        "columns": [{"attnum": c.attnum, "names": [c.name], "destination": c.name,
+                     "type": [c.type_oid, c.type_modifier], "dropped": False}
+                    for c in table.columns.values()],
+        "key": list(table.key),
+        "storage": {str(leaf): [name, filenode] for leaf, (name, filenode) in table.storage.items()},
+    }
+
+
+@dataclass
+class TableCheck:
+    """The outcome of comparing one table's recorded shape with the catalog."""
+
+    shape: Dict[str, Any]  # the shape to record from now on
+    needs_copy: List[str] = field(default_factory=list)  # why the stream cannot keep it exact
+    notes: List[str] = field(default_factory=list)  # what changed and is carried on
+
+
+def check_table(recorded: Mapping[str, Any], now: CatalogTable, types: Mapping[int, PgTypeRow],
+                partition_has_rows) -> TableCheck:
+    """Compares a recorded shape with the catalog (the rules are in the module docstring).
+
+    Args:
+        recorded: The shape last recorded (shape_of, then earlier checks).
+        now: The catalog now.
+        types: pg_type rows, for the destination type of a changed column.
+        partition_has_rows: (leaf OID) -> whether that partition (or detached table) has rows,
+            or None when it no longer exists.
+    """
+    check = TableCheck(shape={"key": list(now.key), "storage": {
+        str(leaf): [name, filenode] for leaf, (name, filenode) in now.storage.items()}})
+    old_storage = {int(leaf): tuple(entry) for leaf, entry in recorded.get("storage", {}).items()}
+    rewritten = any(leaf in old_storage and old_storage[leaf][1] != filenode
+                    for leaf, (_, filenode) in now.storage.items())
+    _check_partitions(check, old_storage, now, partition_has_rows)
+    if sorted(recorded.get("key", [])) != sorted(now.key):
+        check.needs_copy.append("its key changed")
+    check.shape["columns"] = _check_columns(check, recorded.get("columns", []), now, types,
+                                            rewritten)
+    return check
+
+
+def _check_columns(check: TableCheck, recorded: List[Dict[str, Any]], now: CatalogTable,
+                   types: Mapping[int, PgTypeRow], rewritten: bool) -> List[Dict[str, Any]]:
+    old = {entry["attnum"]: entry for entry in recorded if not entry.get("dropped")}
+    # Names the destination uses or may still hold values under, by attnum.
+    taken = {entry["attnum"]: set(entry["names"]) | {entry["destination"]} for entry in recorded}
+    columns = [dict(entry) for entry in recorded if entry.get("dropped")]
+    for attnum, entry in old.items():
+        if attnum not in now.columns:
+            columns.append(dict(entry, dropped=True))
+            check.notes.append(f"column {entry['names'][-1]} dropped")
+    for attnum, column in now.columns.items():
+        elsewhere = set().union(*(names for other, names in taken.items() if other != attnum))
+        entry = old.get(attnum)
+        if entry is None:
+            columns.append(_added(check, column, elsewhere, rewritten))
+            continue
+        entry = dict(entry)
+        if column.name != entry["names"][-1]:
+            if column.name in elsewhere:
+                check.needs_copy.append(f"column {entry['names'][-1]} was renamed to "
+                                        f"{column.name}, a name another column had")
+            check.notes.append(f"column {entry['names'][-1]} renamed to {column.name}")
+            entry["names"] = entry["names"] + [column.name]
+        if [column.type_oid, column.type_modifier] != list(entry["type"]):
+            _type_changed(check, entry, column, types, rewritten)
+            entry["type"] = [column.type_oid, column.type_modifier]
+        columns.append(entry)
+    return sorted(columns, key=lambda e: e["attnum"])
+
+
+def _added(check: TableCheck, column: CatalogColumn, elsewhere: set,
+           rewritten: bool) -> Dict[str, Any]:
+    if column.fills_rows or (column.has_default and rewritten):
+        check.needs_copy.append(f"column {column.name} was added with values for existing rows")
+    elif column.name in elsewhere:
+        check.needs_copy.append(f"column {column.name} was added under a name the destination "
+                                "holds older values in (dropped and added again?)")
+    else:
+        check.notes.append(f"column {column.name} added")
+    return {"attnum": column.attnum, "names": [column.name], "destination": column.name,
+            "type": [column.type_oid, column.type_modifier], "dropped": False}
+
+
+def _type_changed(check: TableCheck, entry: Dict[str, Any], column: CatalogColumn,
+                  types: Mapping[int, PgTypeRow], rewritten: bool) -> None:
+    before = type_signature(resolve_kind(entry["type"][0], entry["type"][1], types).hint)
+    after = type_signature(resolve_kind(column.type_oid, column.type_modifier, types).hint)
+    if rewritten or before != after:
+        check.needs_copy.append(f"the type of column {column.name} changed")
+    else:
+        check.notes.append(f"the type of column {column.name} changed")
+
+
+def _check_partitions(check: TableCheck, old_storage: Dict[int, Tuple[str, int]],
+                      now: CatalogTable, partition_has_rows) -> None:
+    if not old_storage:
+        return
+    for leaf, (name, _) in now.storage.items():
+        if leaf not in old_storage and leaf != now.oid:
+            if partition_has_rows(leaf):
+                check.needs_copy.append(f"partition {name} was attached holding rows")
+            else:
+                check.notes.append(f"partition {name} added")
+    for leaf, (name, _) in old_storage.items():
+        if leaf not in now.storage and leaf != now.oid:
+            if partition_has_rows(leaf) is False:
+                check.notes.append(f"partition {name} detached")
+            else:
+                check.needs_copy.append(f"partition {name} was detached or dropped with its rows")
+
+
+def partition_rows_probe(conn):
+    """(leaf OID) -> True/False whether the table has rows, None when it no longer exists."""
+
+    def has_rows(oid: int) -> Optional[bool]:
+        with conn.cursor() as cur:
+            cur.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
+                        "ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,))
+            found = cur.fetchone()
+            if found is None:
+                return None
+            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {})").format(
+                sql.Identifier(*found)))
+            return bool(cur.fetchone()[0])
+
+    return has_rows
+
+
+@dataclass
+class ColumnMap:
+    """How the column names in the stream of one table map to the destination and the catalog.
+
+    `destination`: every name a column had since the copy -> its destination column.
+    `current`: the same names -> the column's name in the catalog now (None: dropped since).
+    """
+
+    destination: Dict[str, str]
+    current: Dict[str, Optional[str]]
+
+    @classmethod
+    def from_shape(cls, shape: Mapping[str, Any]) -> "ColumnMap":
+        destination: Dict[str, str] = {}
+        current: Dict[str, Optional[str]] = {}
+        for entry in shape.get("columns", []):
+            now = None if entry.get("dropped") else entry["names"][-1]
+            for name in entry["names"]:
+                destination[name] = entry["destination"]
+                current[name] = now
+        return cls(destination, current)
+
+
+def check_tables(conn, recorded: Mapping[str, Tuple[int, Optional[Mapping[str, Any]]]],
+                 types: Mapping[int, PgTypeRow]) -> Dict[str, TableCheck]:
+    """Checks every copied table (table_key -> (OID, recorded shape or None)) that still exists
+    under the same name. A table copied before shapes were recorded gets its first one here."""
+    catalog = read_catalog(conn, [oid for oid, _ in recorded.values()])
+    has_rows = partition_rows_probe(conn)
+    checks: Dict[str, TableCheck] = {}
+    for key, (oid, shape) in recorded.items():
+        now = catalog.get(oid)
+        if now is None or table_key(now.schema, now.name) != key:
+            continue  # dropped, or renamed: a copy under the new name is needed (integrity.py)
+        checks[key] = (check_table(shape, now, types, has_rows) if shape
+                       else TableCheck(shape_of(now)))
+    return checks
