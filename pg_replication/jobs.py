@@ -35,7 +35,7 @@ from .handoff import LoadedState, table_key
 from .helpers import init_replication, run_stop_position, select_tables
 from .integrity import (check_schema_changes, copy_problems, destination_lost,
                         integrity_problems, loaded_state, remember_loaded_state,
-                        schema_change_notes)
+                        schema_change_notes, tables_not_replicated)
 from .protocol import int_to_lsn
 from .settings import JobSettings
 from .verify import Check, run_checks
@@ -62,6 +62,7 @@ class CdcReport:
     pending_loaded: bool = False
     seconds: float = 0.0
     schema_changes: List[str] = field(default_factory=list)  # carried on (ddl.py)
+    not_replicated: List[str] = field(default_factory=list)  # new tables of the schema
 
     @property
     def total(self) -> int:
@@ -76,6 +77,10 @@ class CdcReport:
         tables = f" ({per_table})" if per_table else ""
         pending = ", after loading a package an earlier run left" if self.pending_loaded else ""
         ddl = f"; schema changes: {'; '.join(self.schema_changes)}" if self.schema_changes else ""
+        if self.not_replicated:
+            names = ",".join(self.not_replicated)
+            ddl += (f"; not replicated: {', '.join(self.not_replicated)} (created since the "
+                    f"snapshot: `snapshot --tables {names}` adds them)")
         return (f"cdc: {self.total} changes{tables}, {lsn_range}{confirmed}{pending}, "
                 f"{self.seconds:.2f}s{ddl}")
 
@@ -205,6 +210,7 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
         # Taken before the catalog is checked: every DDL the run reads up to is in that check.
         stop_lsn = run_stop_position(lock)
         shapes = _refuse_uncarried_schema_changes(lock, settings, loaded, report)
+        report.not_replicated = tables_not_replicated(lock, settings)
         # The bound counts from here: the checks above can take seconds on a remote destination.
         deadline = time.monotonic() + max_seconds if max_seconds else None
         while True:
@@ -247,6 +253,7 @@ def run_status(settings: JobSettings, pipeline: dlt.Pipeline,
         report = collect_status(conn, settings.slot_name, settings.pub_name, position,
                                 read_run_record(pipeline.working_dir), max_lag_mb)
         report.problems.extend(_destination_problems(conn, settings, pipeline))
+        report.not_replicated = tables_not_replicated(conn, settings)
         return report
     finally:
         conn.close()

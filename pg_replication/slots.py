@@ -99,35 +99,40 @@ def current_database(conn) -> str:
         return cur.fetchone()[0]
 
 
+# The tables a publication names (pg_publication_rel), and those it covers through FOR TABLES IN
+# SCHEMA or FOR ALL TABLES (the pg_publication_tables view, which lists partitions instead of the
+# root unless publish_via_partition_root).
+_PUBLISHED_SQL = """
+SELECT c.oid, n.nspname, c.relname
+FROM pg_publication p
+JOIN pg_publication_rel pr ON pr.prpubid = p.oid
+JOIN pg_class c ON c.oid = pr.prrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE p.pubname = %s
+UNION
+SELECT c.oid, n.nspname, c.relname
+FROM pg_publication_tables t
+JOIN pg_namespace n ON n.nspname = t.schemaname
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
+WHERE t.pubname = %s
+ORDER BY 2, 3
+"""
+
+
 def publication_tables(conn, pub_name: str) -> Optional[List[Tuple[str, str]]]:
     """(schema, table) pairs in the publication, or None when it does not exist."""
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (pub_name,))
         if cur.fetchone() is None:
             return None
-        cur.execute(
-            """SELECT pr.prrelid::regclass::text, n.nspname, c.relname
-               FROM pg_publication p
-               JOIN pg_publication_rel pr ON pr.prpubid = p.oid
-               JOIN pg_class c ON c.oid = pr.prrelid
-               JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE p.pubname = %s ORDER BY 2, 3""",
-            (pub_name,),
-        )
+        cur.execute(_PUBLISHED_SQL, (pub_name, pub_name))
         return [(schema, name) for _, schema, name in cur.fetchall()]
 
 
 def publication_relations(conn, pub_name: str) -> List[Tuple[int, str, str]]:
     """(OID, schema, table) of every table in the publication (none when it does not exist)."""
     with conn.cursor() as cur:
-        cur.execute(
-            """SELECT c.oid, n.nspname, c.relname FROM pg_publication p
-               JOIN pg_publication_rel pr ON pr.prpubid = p.oid
-               JOIN pg_class c ON c.oid = pr.prrelid
-               JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE p.pubname = %s ORDER BY 2, 3""",
-            (pub_name,),
-        )
+        cur.execute(_PUBLISHED_SQL, (pub_name, pub_name))
         return [tuple(row) for row in cur.fetchall()]
 
 

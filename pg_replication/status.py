@@ -27,6 +27,7 @@ class StatusReport:
     last_loaded_lsn: Optional[str] = None
     last_run: Optional[Dict[str, Any]] = None
     problems: List[str] = field(default_factory=list)
+    not_replicated: List[str] = field(default_factory=list)  # tables created since the snapshot
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -44,6 +45,9 @@ class StatusReport:
         ]
         for name, tables in self.publications.items():
             rows.append((f"publication {name}", ", ".join(tables) or "(no tables)"))
+        if self.not_replicated:
+            rows.append(("not replicated", ", ".join(self.not_replicated)
+                         + " (`snapshot --tables` adds them)"))
         rows.append(("last loaded LSN", self.last_loaded_lsn or "-"))
         if self.last_run:
             run = self.last_run

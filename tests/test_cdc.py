@@ -117,23 +117,20 @@ def test_truncate_empties_the_table_and_later_changes_apply_after_it(source, pro
     assert_table_matches(source, project, "other")
 
 
-def test_ddl_add_drop_and_type_change_do_not_stop_the_pipeline(source, project):
+def test_ddl_add_and_drop_do_not_stop_the_pipeline(source, project):
+    # (Type changes and the other DDL kinds: tests/test_ddl.py.)
     _items_table(source)
     project.run("snapshot")
     run_sql(source, "ALTER TABLE items ADD COLUMN color text",
          "UPDATE items SET color = 'red' WHERE id = 1",
          "BEGIN; UPDATE items SET qty = 7 WHERE id = 2; ALTER TABLE items DROP COLUMN body; "
-         "UPDATE items SET qty = 8 WHERE id = 3; COMMIT",
-         "ALTER TABLE items ALTER COLUMN qty TYPE bigint",
-         "UPDATE items SET qty = 5000000000 WHERE id = 4")
+         "UPDATE items SET qty = 8 WHERE id = 3; COMMIT")
     result = project.run("cdc")
-    assert "cdc: 4 changes" in result.stdout
+    assert "cdc: 3 changes" in result.stdout
     rows = _rows_by_id(project, "items")
     assert rows[1]["color"] == "red"
     assert rows[3]["qty"] == 8 and rows[3]["body"] is None  # dropped column: NULL from then on
     assert "body" in rows[1]  # the destination keeps the dropped column
-    qty_columns = [k for k in rows[4] if k.startswith("qty")]
-    assert 5000000000 in [rows[4][k] for k in qty_columns]
 
 
 def test_table_without_primary_key_never_fails_source_writes(source, project):

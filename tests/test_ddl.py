@@ -193,6 +193,16 @@ def test_type_change_with_a_rewrite_needs_a_copy(source, duckdb_project):
     _refused_then_fixed(source, duckdb_project, "items", "the type of column n changed")
 
 
+def test_int_to_bigint_needs_a_copy_and_keeps_its_column(source, duckdb_project):
+    _items(source)
+    duckdb_project.run("snapshot")
+    run_sql(source, "ALTER TABLE items ALTER COLUMN n TYPE bigint",
+            "UPDATE items SET n = 5000000000 WHERE id = 4")
+    _refused_then_fixed(source, duckdb_project, "items", "the type of column n changed")
+    # Integers land as bigint whatever their size: no variant column.
+    assert "n__v_bigint" not in duckdb_project.dest_column_types("items")
+
+
 def test_type_change_without_a_rewrite_is_carried(source, duckdb_project):
     run_sql(source, "CREATE TABLE v (id int PRIMARY KEY, s varchar(10))",
             "INSERT INTO v VALUES (1, 'short')")
@@ -346,3 +356,30 @@ def test_column_with_a_default_added_to_a_partitioned_table(source, project):
     run_sql(source, "ALTER TABLE m ADD COLUMN kind text NOT NULL DEFAULT 'k'",
             "UPDATE m SET kind = 'changed' WHERE id = 1")
     _refused_then_fixed(source, project, "m", "column kind was added with values")
+
+
+# -- new tables ---------------------------------------------------------------------------------
+
+
+def test_new_table_in_a_schema_wide_publication_needs_its_copy(source, duckdb_project):
+    _items(source)
+    # An admin's publication for the whole schema: a new table is published by itself.
+    run_sql(source, f"CREATE PUBLICATION {duckdb_project.pub} FOR TABLES IN SCHEMA public "
+                    "WITH (publish_via_partition_root = true)")
+    duckdb_project.run("snapshot")
+    run_sql(source, "CREATE TABLE fresh (id int PRIMARY KEY, v text)",
+            "INSERT INTO fresh VALUES (1, 'before its copy')", "UPDATE other SET v = 'z'")
+    _refused_then_fixed(source, duckdb_project, "fresh", "no copy of table fresh", "other")
+
+
+def test_new_table_outside_the_publication_is_reported(source, duckdb_project):
+    _items(source)
+    duckdb_project.run("snapshot")
+    run_sql(source, "CREATE TABLE fresh (id int PRIMARY KEY, v text)", "INSERT INTO fresh VALUES (1, 'a')")
+    ran = duckdb_project.run("cdc")
+    assert "not replicated: fresh" in ran.stdout and "snapshot --tables fresh" in ran.stdout
+    assert "not replicated" in duckdb_project.run("status").stdout
+    duckdb_project.run("snapshot", "--tables", "fresh")
+    run_sql(source, "INSERT INTO fresh VALUES (2, 'b')")
+    assert "not replicated" not in duckdb_project.run("cdc").stdout
+    assert_table_matches(source, duckdb_project, "fresh")
