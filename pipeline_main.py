@@ -28,7 +28,8 @@ Exit codes:
   7  the destination failed to load; the slot was not advanced
   8  a replication message could not be decoded
   9  status/verify: a check failed (lag above --max-lag-mb, last run failed, ...)
- 10  a table's copy is missing from the destination (never loaded, or lost): run snapshot
+ 10  a table's copy is missing from the destination (never loaded, or lost), or a schema
+     change needs a new copy: run the snapshot the message names
 """
 
 DEFAULT_DESTINATION = "databricks"

@@ -18,9 +18,10 @@ from .catalog import (TableInfo, column_kinds, describe_tables, fetch_current_va
                       list_tables, load_type_catalog)
 from .changes import ChangeCollector, Position, SegmentResult, TableBatch, read_changes
 from .connect import connect, to_dsn
-from .exceptions import ConfigError, SlotError
+from .exceptions import ConfigError, CopyMissingError, SlotError
 from .changes import NO_COPY
 from .ddl import ColumnMap, read_catalog, shape_of
+from .integrity import check_schema_changes
 from .handoff import (SOURCE_NAME, HandoffRule, LoadedState, record_copy, record_shapes,
                       start_snapshot)
 from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, META_ARROW_TYPES, DeleteMode,
@@ -300,17 +301,14 @@ def replication_resource(
 
     def changes() -> Iterator[Any]:
         segment = result if result is not None else SegmentResult(Position())
-        state = dlt.current.source_state()
-        record_shapes(state, table_shapes or {})
-        loaded = LoadedState.from_source_state(state)
+        loaded = LoadedState.from_source_state(dlt.current.source_state())
         segment.position = loaded.position
         handoffs = HandoffRule(loaded.handoffs, require_copies, loaded.oids)
-        column_maps = {key: ColumnMap.from_shape(shape) for key, shape in loaded.shapes.items()}
         yield from _read_segment(dsn, slot_name, pub_name, schema_name, loaded.position, segment,
                                  target_batch_size, flush_slot, deletes, merge_strategy,
                                  max_changes, max_seconds, include_columns, columns,
                                  stop_requested or (lambda: False), stop_lsn, handoffs,
-                                 column_maps)
+                                 _ShapeCheck(loaded, schema_name, table_shapes))
         _save_position(segment.position)
 
     return dlt.resource(changes, name="changes", write_disposition="merge")()
@@ -320,7 +318,7 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
                   segment: SegmentResult, batch_size: int, flush_slot: bool, deletes, strategy,
                   max_changes, max_seconds, include_columns, columns,
                   stop_requested: Callable[[], bool], stop_lsn: Optional[int],
-                  handoffs: HandoffRule, column_maps: Dict[str, ColumnMap]) -> Iterator[Any]:
+                  handoffs: HandoffRule, shape_check: "_ShapeCheck") -> Iterator[Any]:
     started = time.monotonic()
     conn = connect(dsn)
     try:
@@ -333,6 +331,7 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
         publications = existing_publications(conn, pub_name)
         published = _published_tables(conn, schema_name, publications)
         stop_lsn = stop_lsn or run_stop_position(conn)
+        column_maps = shape_check.column_maps(conn)  # after the stop is fixed (ddl.py)
         streamed, deferred_until = _publications_to_stream(
             conn, publications, handoffs, slot.confirmed_flush_lsn or 0)
         if deferred_until is not None and deferred_until <= stop_lsn:
@@ -372,6 +371,32 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
             segment.position = Position(max(segment.position.lsn, segment.confirm_lsn))
     finally:
         conn.close()
+
+
+class _ShapeCheck:
+    """The table shapes a segment records and reads with (ddl.py): those a check before the run
+    accepted (`cdc`), or, for the library, the result of a check made here."""
+
+    def __init__(self, loaded: LoadedState, schema_name: str,
+                 checked: Optional[Dict[str, Dict[str, Any]]]) -> None:
+        self.loaded, self.schema_name, self.checked = loaded, schema_name, checked
+
+    def column_maps(self, conn) -> Dict[str, ColumnMap]:
+        """Records the shapes in the source state and returns each table's ColumnMap.
+
+        Raises:
+            CopyMissingError: (checking here) a table changed in a way the stream cannot carry.
+        """
+        shapes = self.checked
+        if shapes is None:
+            problems, checks = check_schema_changes(conn, self.schema_name, self.loaded)
+            if problems:
+                raise CopyMissingError(problems[0])
+            shapes = {key: check.shape for key, check in checks.items()}
+        state = dlt.current.source_state()
+        record_shapes(state, shapes)
+        recorded = LoadedState.from_source_state(state).shapes
+        return {key: ColumnMap.from_shape(shape) for key, shape in recorded.items()}
 
 
 def _publications_to_stream(conn, publications: List[str], handoffs: HandoffRule,

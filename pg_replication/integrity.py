@@ -149,7 +149,7 @@ def _behind_the_slot(conn, settings: JobSettings, loaded: LoadedState,
                   and max(loaded.handoffs[key], loaded.position.lsn) < confirmed)
 
 
-def check_schema_changes(conn, settings: JobSettings,
+def check_schema_changes(conn, schema_name: str,
                          loaded: LoadedState) -> Tuple[List[str], Dict[str, TableCheck]]:
     """Compares each copied table's catalog with its recorded shape (ddl.py).
 
@@ -163,7 +163,7 @@ def check_schema_changes(conn, settings: JobSettings,
     failing = {key: check for key, check in checks.items() if check.needs_copy}
     if not failing:
         return [], checks
-    names = short_names(sorted(failing), settings.schema_name)
+    names = short_names(sorted(failing), schema_name)
     reasons = "; ".join(f"{name}: {', '.join(failing[key].needs_copy)}"
                         for name, key in zip(names, sorted(failing)))
     return [f"{_tables(names)} changed in a way the change stream cannot carry ({reasons}): "
@@ -187,7 +187,7 @@ def integrity_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline) -> L
     loaded = loaded_state(pipeline, remote)
     problems = copy_problems(conn, settings, pipeline, loaded)
     if loaded.anything_loaded:
-        problems += check_schema_changes(conn, settings, loaded)[0]
+        problems += check_schema_changes(conn, settings.schema_name, loaded)[0]
     return problems
 
 

@@ -317,7 +317,7 @@ def _refuse_uncarried_schema_changes(conn, settings: JobSettings, loaded: Loaded
                                      report: "CdcReport") -> Dict[str, Dict[str, Any]]:
     """Raises when a table changed in a way the stream cannot carry (ddl.py); otherwise returns
     the shapes to record with the load, and notes what changed in the report."""
-    problems, checks = check_schema_changes(conn, settings, loaded)
+    problems, checks = check_schema_changes(conn, settings.schema_name, loaded)
     if problems:
         raise CopyMissingError(problems[0])
     report.schema_changes = schema_change_notes(checks, settings.schema_name)

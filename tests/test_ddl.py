@@ -309,6 +309,19 @@ def test_generated_columns_are_exact_after_cdc(source, project):
     assert sorted(r["n"] for r in rows) == [1, 2] and all("twice" not in r for r in rows)
 
 
+def test_virtual_generated_columns_are_exact_after_cdc(source, project):
+    if source.server_version < 180000:
+        pytest.skip("VIRTUAL generated columns need PostgreSQL 18 (make test-pg18)")
+    run_sql(source, "CREATE TABLE gv (id int PRIMARY KEY, n int, "
+                    "v int GENERATED ALWAYS AS (n + 1) VIRTUAL, "
+                    "s int GENERATED ALWAYS AS (n * 3) STORED)",
+            "INSERT INTO gv (id, n) SELECT i, i FROM generate_series(1, 5) i")
+    project.run("snapshot")
+    run_sql(source, "UPDATE gv SET n = 50 WHERE id = 1", "INSERT INTO gv (id, n) VALUES (9, 9)")
+    project.run("cdc")
+    assert_table_matches(source, project, "gv")
+
+
 # -- partitions ---------------------------------------------------------------------------------
 
 
