@@ -142,9 +142,10 @@ def snapshot(ctx: click.Context, tables: Optional[str]) -> None:
     for table, rows in sorted(report.rows.items()):
         click.echo(f"{table}: {rows} rows")
     for table in report.keyless_tables:
-        click.echo(f"warning: {table} has no primary key: only its inserts are replicated "
-                   "(append); updates and deletes need a primary key or REPLICA IDENTITY "
-                   "USING INDEX", err=True)
+        click.echo(f"warning: {table} has no primary key (or a deferrable one): only its "
+                   "inserts are replicated (append); updates and deletes need a primary key, "
+                   "REPLICA IDENTITY USING INDEX, or (with a deferrable key) REPLICA IDENTITY "
+                   "FULL", err=True)
     total = sum(report.rows.values())
     handoff = ""
     if report.handoff_lsn:

@@ -1,7 +1,7 @@
 """Reads what the pipeline needs from the source's system catalogs: tables, columns, keys, types."""
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from psycopg2 import sql
 
@@ -40,12 +40,17 @@ class TableInfo:
     def merge_key(self) -> List[str]:
         """The columns that identify a row in the change stream, or [] when nothing does.
 
-        The primary key, or the unique index named by REPLICA IDENTITY USING INDEX. A table with
-        neither cannot publish UPDATE/DELETE without making the application's writes fail.
+        The primary key (not a deferrable one, unless REPLICA IDENTITY FULL), or the unique index
+        named by REPLICA IDENTITY USING INDEX. A table with neither cannot publish UPDATE/DELETE
+        without making the application's writes fail.
         """
         if self.replica_identity == "i" and self.identity_index_columns:
             return self.identity_index_columns
-        if self.replica_identity in ("d", "f") and self.primary_key:
+        if self.replica_identity == "f" and self.primary_key:
+            return self.primary_key
+        # A deferrable primary key cannot be the replica identity: PostgreSQL then rejects the
+        # table's UPDATE and DELETE in a publication that publishes them.
+        if self.replica_identity == "d" and self.primary_key and not self.deferrable_key:
             return self.primary_key
         return []
 
@@ -130,9 +135,12 @@ def column_kinds(table: TableInfo, catalog: Dict[int, PgTypeRow]) -> Dict[str, C
 
 def fetch_current_values(conn, table: TableInfo, key_columns: List[str], keys: List[tuple],
                          columns: List[str]) -> Dict[tuple, List[Optional[bytes]]]:
-    """Current text values of `columns` for rows identified by `keys` (text bytes per key column).
+    """Current text values of `columns` for rows identified by `keys` (text bytes per key column,
+    as the stream sent them).
 
-    Values come back as the columns' text output, the same form pgoutput sends.
+    Keys are compared in their columns' own types, never as text: the text form of a value is not
+    unique (`t` and `true`, a char(n) with or without its padding, `10.0.0.1` and `10.0.0.1/32`).
+    Values come back as the columns' output text, the form pgoutput sends.
     """
     found: Dict[tuple, List[Optional[bytes]]] = {}
     for start in range(0, len(keys), 1000):
@@ -145,24 +153,33 @@ def _fetch_chunk(conn, table: TableInfo, key_columns: List[str], keys: List[tupl
     if not keys or not columns:
         return {}
     key_types = [table.column(name).type_sql for name in key_columns]
-    row_template = sql.SQL("({})").format(sql.SQL(", ").join(
-        sql.SQL("%s::{}").format(sql.SQL(type_sql)) for type_sql in key_types
-    ))
+    # Each key travels with its position in `keys`; the row found comes back with it.
+    row_template = sql.SQL("(%s::int, {})").format(sql.SQL(", ").join(
+        sql.SQL("%s::{}").format(sql.SQL(type_sql)) for type_sql in key_types))
+    wanted = [sql.Identifier(f"k{i}") for i in range(len(key_columns))]
     only = sql.SQL("") if table.is_partitioned else sql.SQL("ONLY ")
-    query = sql.SQL("SELECT {}, {} FROM {}{} WHERE ({}) IN (VALUES {})").format(
-        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in key_columns),
-        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
+    query = sql.SQL(
+        "SELECT w.ord, {} FROM {}{} AS t JOIN (VALUES {}) AS w(ord, {}) ON {}"
+    ).format(
+        # format() writes a value with its type's output function, as pgoutput does (a cast to
+        # text would not: it drops a char(n)'s padding and spells booleans out).
+        sql.SQL(", ").join(
+            sql.SQL("CASE WHEN t.{0} IS NULL THEN NULL ELSE format('%%s', t.{0}) END").format(
+                sql.Identifier(c)) for c in columns),
         only,
         sql.Identifier(table.schema, table.name),
-        sql.SQL(", ").join(sql.Identifier(k) for k in key_columns),
         sql.SQL(", ").join([row_template] * len(keys)),
+        sql.SQL(", ").join(wanted),
+        sql.SQL(" AND ").join(sql.SQL("t.{} = w.{}").format(sql.Identifier(k), w)
+                              for k, w in zip(key_columns, wanted)),
     )
-    params = [None if v is None else bytes(v).decode() for key in keys for v in key]
-    width = len(key_columns)
+    params: List[Any] = []
+    for ordinal, key in enumerate(keys):
+        params.append(ordinal)
+        params.extend(None if v is None else bytes(v).decode() for v in key)
     found: Dict[tuple, List[Optional[bytes]]] = {}
     with conn.cursor() as cur:
         cur.execute(query, params)
         for row in cur.fetchall():
-            key = tuple(None if v is None else v.encode() for v in row[:width])
-            found[key] = [None if v is None else v.encode() for v in row[width:]]
+            found[keys[row[0]]] = [None if v is None else v.encode() for v in row[1:]]
     return found

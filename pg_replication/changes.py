@@ -106,8 +106,9 @@ class _RelationState:
     meta: List[Tuple[int, int, bool]] = field(default_factory=list)  # lsn, commit ts, deleted
     has_unchanged_toast: bool = False
     row_index: Dict[Key, int] = field(default_factory=dict)  # upsert: buffered row of each key
-    # Deferrable keys only: keys written in the current transaction (see _add_update).
-    transaction_keys: Optional[set] = None
+    # Deferrable keys only (under REPLICA IDENTITY FULL): the row last written to each key in the
+    # current transaction (see _add_update).
+    transaction_rows: Optional[Dict[Key, List[TupleValue]]] = None
     # Changes of transactions committing before this LSN are in the table's copy (handoff.py).
     applies_from: int = 0
     # Per column, its name in the catalog now (renamed since: the new name; None: dropped).
@@ -192,7 +193,8 @@ class ChangeCollector:
         self.latest_handoff = max(self.latest_handoff, applies_from)
         self.relations[relation.relation_id] = _RelationState(
             relation, table, kinds, key_indexes, hints, output_names,
-            transaction_keys=set() if table.deferrable_key else None, applies_from=applies_from,
+            transaction_rows={} if table.deferrable_key and relation.replica_identity == "f"
+            else None, applies_from=applies_from,
             current_names=current, generated=len(generated),
             problem=_unknown_columns_problem(relation, sent, column_map),
         )
@@ -260,8 +262,8 @@ class ChangeCollector:
         if kind is Insert:
             state = self.relations.get(message.relation_id) or self._state(message.relation_id, "I")
             self._append(state, message.new_tuple, lsn, commit_ts_us, False)
-            if state.transaction_keys is not None:
-                state.transaction_keys.add(state.key_of(message.new_tuple))
+            if state.transaction_rows is not None:
+                state.transaction_rows[state.key_of(message.new_tuple)] = message.new_tuple
         elif kind is Update:
             self._add_update(message, lsn, commit_ts_us)
         else:
@@ -278,19 +280,21 @@ class ChangeCollector:
                    for v, o in zip(new, old)]
         if old is not None and state.key_indexes and state.key_of(old) != state.key_of(new):
             # The key changed: the row under the old key is gone. With a deferrable key another
-            # row may already have moved into the old key earlier in this transaction
-            # (UPDATE t SET id = 3 - id); that row stays, so no delete for it.
-            written = state.transaction_keys
-            if written is None or state.key_of(old) not in written:
+            # row may have moved into the old key earlier in this transaction while this one
+            # still held it (UPDATE t SET id = 3 - id): that row stays, so no delete. Which row
+            # holds the key is told by the old row's values (REPLICA IDENTITY FULL sends them).
+            written = state.transaction_rows
+            holder = written.get(state.key_of(old)) if written is not None else None
+            if holder is None or list(holder) == list(old):
                 self._append(state, old, lsn, commit_ts_us, True)
         self._append(state, new, lsn, commit_ts_us, False)
-        if state.transaction_keys is not None:
-            state.transaction_keys.add(state.key_of(new))
+        if state.transaction_rows is not None:
+            state.transaction_rows[state.key_of(new)] = new
 
     def begin_transaction(self) -> None:
         for state in self.relations.values():
-            if state.transaction_keys:
-                state.transaction_keys.clear()
+            if state.transaction_rows:
+                state.transaction_rows.clear()
 
     def _append(self, state: _RelationState, values: List[TupleValue], lsn: int,
                 commit_ts_us: int, deleted: bool) -> None:

@@ -69,7 +69,8 @@ SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, a.atttypid, a.atttypmod
                            WHERE i.indrelid = c.oid AND i.indisreplident)
                      WHEN c.relreplident IN ('d', 'f')
                      THEN (SELECT k.conkey FROM pg_constraint k
-                           WHERE k.conrelid = c.oid AND k.contype = 'p') END, '{}')
+                           WHERE k.conrelid = c.oid AND k.contype = 'p'
+                             AND (c.relreplident = 'f' OR NOT k.condeferrable)) END, '{}')
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped

@@ -149,16 +149,18 @@ def _behind_the_slot(conn, settings: JobSettings, loaded: LoadedState,
                   and max(loaded.handoffs[key], loaded.position.lsn) < confirmed)
 
 
-def check_schema_changes(conn, schema_name: str,
-                         loaded: LoadedState) -> Tuple[List[str], Dict[str, TableCheck]]:
-    """Compares each copied table's catalog with its recorded shape (ddl.py).
+def check_schema_changes(conn, schema_name: str, loaded: LoadedState,
+                         replicated: Optional[List[str]] = None
+                         ) -> Tuple[List[str], Dict[str, TableCheck]]:
+    """Compares each copied table's catalog with its recorded shape (ddl.py); only the
+    `replicated` table_keys when given (a table taken out of the publication no longer matters).
 
     Returns:
         The problem line (at most one, naming every table that needs a new copy and the command),
         and the checks by table_key (their shapes to record, their notes).
     """
-    recorded = {key: (loaded.oids[key], loaded.shapes.get(key))
-                for key in loaded.handoffs if key in loaded.oids}
+    recorded = {key: (loaded.oids[key], loaded.shapes.get(key)) for key in loaded.handoffs
+                if key in loaded.oids and (replicated is None or key in replicated)}
     checks = check_tables(conn, recorded, load_type_catalog(conn))
     failing = {key: check for key, check in checks.items() if check.needs_copy}
     if not failing:
@@ -187,7 +189,8 @@ def integrity_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline) -> L
     loaded = loaded_state(pipeline, remote)
     problems = copy_problems(conn, settings, pipeline, loaded)
     if loaded.anything_loaded:
-        problems += check_schema_changes(conn, settings.schema_name, loaded)[0]
+        problems += check_schema_changes(conn, settings.schema_name, loaded,
+                                         required_tables(conn, settings))[0]
     return problems
 
 

@@ -35,7 +35,7 @@ from .handoff import LoadedState, table_key
 from .helpers import init_replication, run_stop_position, select_tables
 from .integrity import (check_schema_changes, copy_problems, destination_lost,
                         integrity_problems, loaded_state, remember_loaded_state,
-                        schema_change_notes, tables_not_replicated)
+                        required_tables, schema_change_notes, tables_not_replicated)
 from .protocol import int_to_lsn
 from .settings import JobSettings
 from .verify import Check, run_checks
@@ -317,7 +317,8 @@ def _refuse_uncarried_schema_changes(conn, settings: JobSettings, loaded: Loaded
                                      report: "CdcReport") -> Dict[str, Dict[str, Any]]:
     """Raises when a table changed in a way the stream cannot carry (ddl.py); otherwise returns
     the shapes to record with the load, and notes what changed in the report."""
-    problems, checks = check_schema_changes(conn, settings.schema_name, loaded)
+    problems, checks = check_schema_changes(conn, settings.schema_name, loaded,
+                                            required_tables(conn, settings))
     if problems:
         raise CopyMissingError(problems[0])
     report.schema_changes = schema_change_notes(checks, settings.schema_name)

@@ -189,8 +189,9 @@ def source_rows(conn, schema: str, table: str) -> List[Dict[str, Any]]:
         if kind.conversion in ("json", "array"):
             selects.append(f"to_jsonb({quoted})")
         elif kind.conversion == "text" and column.type_oid not in (25, 1042, 1043):
-            # (bpchar::text would strip the padding that char(n) output keeps)
-            selects.append(f"{quoted}::text")
+            # The type's output text, as pgoutput and COPY send it (a cast to text is not the
+            # same: inet::text keeps a /32 mask that inet's output drops).
+            selects.append(f"CASE WHEN {quoted} IS NULL THEN NULL ELSE format('%s', {quoted}) END")
         else:
             selects.append(quoted)
     with conn.cursor() as cur:
