@@ -141,6 +141,9 @@ def snapshot(ctx: click.Context, tables: Optional[str]) -> None:
         record["summary"] = f"{sum(report.rows.values())} rows in {len(report.rows)} tables"
     for table, rows in sorted(report.rows.items()):
         click.echo(f"{table}: {rows} rows")
+    for table in report.skipped_tables:
+        click.echo(f"warning: {table} is UNLOGGED or a foreign table: PostgreSQL writes no WAL "
+                   "for it, so it is not replicated", err=True)
     for table in report.keyless_tables:
         click.echo(f"warning: {table} has no primary key (or a deferrable one): only its "
                    "inserts are replicated (append); updates and deletes need a primary key, "

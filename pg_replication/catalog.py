@@ -62,6 +62,17 @@ _TABLES_SQL = """
 SELECT c.relname
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND c.relpersistence = 'p'
+ORDER BY c.relname
+"""
+
+# Tables logical decoding cannot see: UNLOGGED ones write no WAL (temporary ones live in their
+# session's own schema; foreign ones are not tables of this server).
+_UNREPLICABLE_SQL = """
+SELECT c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'f') AND NOT c.relispartition
+  AND (c.relpersistence <> 'p' OR c.relkind = 'f')
 ORDER BY c.relname
 """
 
@@ -86,9 +97,25 @@ SELECT oid, typname, typtype, typbasetype, typtypmod, typelem, typcategory, typd
 
 
 def list_tables(conn, schema: str) -> List[str]:
-    """Every table of `schema`: plain and partitioned roots, no partitions, views or matviews."""
+    """Every table of `schema` that can be replicated: plain and partitioned roots; no partitions,
+    views, materialized views, UNLOGGED or foreign tables.
+
+    Raises:
+        ConfigError: The schema does not exist.
+    """
     with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        if cur.fetchone() is None:
+            raise ConfigError(f"schema {schema!r} does not exist in the source database "
+                              "(check `schema_name`)")
         cur.execute(_TABLES_SQL, (schema,))
+        return [row[0] for row in cur.fetchall()]
+
+
+def unreplicable_tables(conn, schema: str) -> List[str]:
+    """UNLOGGED and foreign tables of `schema`: they write no WAL the slot could decode."""
+    with conn.cursor() as cur:
+        cur.execute(_UNREPLICABLE_SQL, (schema,))
         return [row[0] for row in cur.fetchall()]
 
 

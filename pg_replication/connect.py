@@ -11,9 +11,13 @@ from .exceptions import ConfigError, SourceConnectionError, SourceNotReadyError,
 
 # Text output must be identical in the snapshot (COPY) and in CDC (pgoutput), and parseable by
 # types.text_to_arrow: ISO dates, UTC offsets, hex bytea, shortest exact floats.
+# Timeouts a role or database may set for applications (ALTER ROLE ... SET statement_timeout)
+# would cut a long COPY or a snapshot transaction that waits while dlt loads: the pipeline's
+# sessions have none.
 SESSION_OPTIONS = (
     "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC -c bytea_output=hex "
-    "-c extra_float_digits=1 -c client_encoding=UTF8"
+    "-c extra_float_digits=1 -c client_encoding=UTF8 "
+    "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
 )
 APPLICATION_NAME = "pg_replication"
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 from dlt.extract.source import DltSource
 
 from .catalog import (TableInfo, column_kinds, describe_tables, fetch_current_values,
-                      list_tables, load_type_catalog)
+                      list_tables, load_type_catalog, unreplicable_tables)
 from .changes import ChangeCollector, Position, SegmentResult, TableBatch, read_changes
 from .connect import connect, to_dsn
 from .exceptions import ConfigError, CopyMissingError, SlotError
@@ -43,8 +43,11 @@ def _save_position(position: Position) -> None:
 
 
 def select_tables(conn, schema_name: str, table_names: Optional[Sequence[str]]) -> Dict[str, TableInfo]:
-    """The tables to replicate: those named, or every table of the schema."""
+    """The tables to replicate: those named, or every table of the schema; UNLOGGED and foreign
+    tables are left out (`unreplicable_tables`, which the CLI names in a warning)."""
     names = list(table_names) if table_names else list_tables(conn, schema_name)
+    skipped = set(unreplicable_tables(conn, schema_name))
+    names = [name for name in names if name not in skipped]
     if not names:
         raise ConfigError(f"no tables to replicate in schema {schema_name!r}")
     return describe_tables(conn, schema_name, names)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import dlt
 
 from . import pg_replication
+from .catalog import unreplicable_tables
 from .changes import Position, SegmentResult
 from .connect import connect
 from .dlt_compat import destination_state
@@ -51,6 +52,7 @@ class SnapshotReport:
     slot_created: bool
     seconds: float
     keyless_tables: List[str] = field(default_factory=list)
+    skipped_tables: List[str] = field(default_factory=list)  # UNLOGGED or foreign: no WAL
 
 
 @dataclass
@@ -165,8 +167,10 @@ def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotRepor
         handoff = LoadedState.from_pipeline_state(pipeline.state).handoffs.get(
             table_key(settings.schema_name, next(iter(tables))))
         keyless = sorted(name for name, table in tables.items() if not table.merge_key)
+        skipped = [name for name in unreplicable_tables(lock, settings.schema_name)
+                   if not settings.table_names or name in settings.table_names]
         return SnapshotReport(rows, handoff, not slot_existed, time.monotonic() - started,
-                              keyless)
+                              keyless, skipped)
     finally:
         lock.close()
 

@@ -93,3 +93,41 @@ def test_deferrable_key_under_replica_identity_full_leaves_no_ghost(source, proj
             "UPDATE d SET id = 8 WHERE id = 7", "INSERT INTO d VALUES (7, 'y')", "COMMIT")
     project.run("cdc")
     assert_table_matches(source, project, "d")
+
+
+# -- settings of the role or database ------------------------------------------------------------
+
+
+def test_statement_timeout_set_for_the_database_does_not_cut_the_pipeline(source, duckdb_project):
+    run_sql(source, "CREATE TABLE big (id int PRIMARY KEY, v text)",
+            "INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 200000) g")
+    database = source.get_dsn_parameters()["dbname"]
+    # Common in production; applies to every new session of this database (not to `source`).
+    run_sql(source, f'ALTER DATABASE "{database}" SET statement_timeout = \'5ms\'',
+            f'ALTER DATABASE "{database}" SET idle_in_transaction_session_timeout = \'50ms\'')
+    duckdb_project.run("snapshot")
+    run_sql(source, "UPDATE big SET v = 'changed' WHERE id % 1000 = 0")
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "big")
+
+
+# -- schema contents ----------------------------------------------------------------------------
+
+
+def test_unlogged_table_is_skipped_with_a_warning(source, duckdb_project):
+    run_sql(source, "CREATE TABLE kept (id int PRIMARY KEY)", "INSERT INTO kept VALUES (1)",
+            "CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY)", "INSERT INTO scratch VALUES (1)")
+    snapshot = duckdb_project.run("snapshot")
+    assert "warning: scratch is UNLOGGED or a foreign table" in snapshot.stderr
+    run_sql(source, "INSERT INTO kept VALUES (2)", "UPDATE scratch SET id = 2")
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "kept")
+    assert "scratch" not in duckdb_project.dest_tables()
+
+
+def test_schema_name_typo_is_a_configuration_error(source, duckdb_project):
+    run_sql(source, "CREATE TABLE kept (id int PRIMARY KEY)")
+    failed = duckdb_project.run("snapshot", expect=2,
+                                env={"SOURCES__PG_REPLICATION__SCHEMA_NAME": "pubilc"})
+    assert failed.stderr.strip() == ("Error: schema 'pubilc' does not exist in the source database "
+                                     "(check `schema_name`)")
