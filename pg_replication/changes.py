@@ -43,9 +43,11 @@ Key = Tuple[TupleValue, ...]
 # (table, key column names, keys, wanted column names) -> {key: values of the wanted columns}
 FetchCurrent = Callable[[TableInfo, List[str], List[Key], List[str]], Dict[Key, List[Optional[bytes]]]]
 # (schema, table) -> the commit LSN from which the table's changes apply (see handoff.HandoffRule),
-# or NO_COPY: the table has no copy in the destination, and a change of it stops the run.
+# or NO_COPY: the table has no copy in the destination, and a change of it stops the run; or
+# NEVER: not a table of the pipeline (another schema), its changes are skipped.
 AppliesFrom = Callable[[str, str], int]
 NO_COPY = 1 << 64
+NEVER = 1 << 65  # the table is not the pipeline's: its changes are skipped, whatever their LSN
 
 
 @dataclass

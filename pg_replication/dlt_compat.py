@@ -52,3 +52,11 @@ def existing_destination_tables(pipeline: dlt.Pipeline, table_names: Iterable[st
     with pipeline.destination_client() as client:
         found = client.get_storage_tables(list(wanted))
         return {wanted[name] for name, columns in found if columns}
+
+
+def destination_identifier(name: str) -> str:
+    """The name dlt's default naming convention (snake_case) gives a source table or column in
+    the destination."""
+    from dlt.common.normalizers.naming.snake_case import NamingConvention
+
+    return NamingConvention().normalize_identifier(name)

@@ -16,15 +16,17 @@ from dlt.extract.source import DltSource
 
 from .catalog import (TableInfo, column_kinds, describe_tables, fetch_current_values,
                       list_tables, load_type_catalog, unreplicable_tables)
-from .changes import ChangeCollector, Position, SegmentResult, TableBatch, read_changes
+from .changes import (NEVER, NO_COPY, ChangeCollector, Position, SegmentResult, TableBatch,
+                      read_changes)
 from .connect import connect, to_dsn
-from .exceptions import ConfigError, CopyMissingError, SlotError
-from .changes import NO_COPY
 from .ddl import ColumnMap, read_catalog, shape_of
-from .integrity import check_schema_changes
+from .dlt_compat import destination_identifier
+from .exceptions import ConfigError, CopyMissingError, SlotError
 from .handoff import (SOURCE_NAME, HandoffRule, LoadedState, record_copy, record_shapes,
                       start_snapshot)
-from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, META_ARROW_TYPES, DeleteMode,
+from .integrity import check_schema_changes
+from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, META_ARROW_TYPES, RESERVED_COLUMNS,
+                     DeleteMode, name_collisions,
                      ExistingColumn, MergeStrategy, output_column_names, snapshot_hints,
                      table_hints)
 from .slots import (advance_slot, check_server, check_slot_usable, copy_slot_name, create_slot,
@@ -51,6 +53,28 @@ def select_tables(conn, schema_name: str, table_names: Optional[Sequence[str]]) 
     if not names:
         raise ConfigError(f"no tables to replicate in schema {schema_name!r}")
     return describe_tables(conn, schema_name, names)
+
+
+def refuse_colliding_names(tables, replicated: Sequence[str] = ()) -> None:
+    """Raises ConfigError when two source tables (of `tables` and the `replicated` names), or two
+    columns of one table, would land under one destination name after dlt's snake_case (they
+    would be silently merged), or a column takes a name the pipeline adds (`_pg_lsn`, ...)."""
+    tables = list(tables)
+    names = sorted({t.name for t in tables} | set(replicated))
+    for first, second in name_collisions(names, destination_identifier):
+        raise ConfigError(
+            f"tables {first!r} and {second!r} would both land in destination table "
+            f"{destination_identifier(second)!r}: replicate one of them (`--tables`) or rename it")
+    for table in tables:
+        clashes = name_collisions([c.name for c in table.columns], destination_identifier,
+                                  RESERVED_COLUMNS)
+        for first, second in clashes:
+            what = ("a column the pipeline adds" if first in RESERVED_COLUMNS
+                    else f"column {first!r}")
+            raise ConfigError(
+                f"table {table.name!r}: column {second!r} would land in destination column "
+                f"{destination_identifier(second)!r}, the same as {what}: rename it, or leave "
+                "the table out (`--tables`)")
 
 
 def init_replication(
@@ -103,6 +127,7 @@ def init_replication(
     try:
         check_server(conn)
         tables = select_tables(conn, schema_name, table_names)
+        refuse_colliding_names(tables.values(), _published_names(conn, schema_name, pub_name))
         if reset:
             drop_slot(conn, slot_name)
             drop_publications(conn, pub_name)
@@ -341,7 +366,8 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
             stop_lsn = deferred_until
         collector = ChangeCollector(published, load_type_catalog(conn),
                                     functools.partial(fetch_current_values, conn), deletes, strategy,
-                                    existing_destination_column(), handoffs.applies_from,
+                                    existing_destination_column(),
+                                    _in_schema(schema_name, handoffs.applies_from),
                                     column_maps, handoffs.copied_before)
         deadline = started + max_seconds if max_seconds else None
 
@@ -424,10 +450,26 @@ def _publications_to_stream(conn, publications: List[str], handoffs: HandoffRule
     return streamed, (min(later) if later else None)
 
 
+def _in_schema(schema_name: str, applies_from):
+    """A publication an admin made may cover tables of other schemas (`audit.orders` beside
+    `public.orders`): their changes are never applied, so never written into a table of the
+    configured schema that has the same name."""
+
+    def rule(schema: str, name: str) -> int:
+        return applies_from(schema, name) if schema == schema_name else NEVER
+
+    return rule
+
+
 def run_stop_position(conn) -> int:
     """Where a run stops reading: a heartbeat written now (so an idle slot has a position to
     reach), or the WAL insert position when the role may not write one."""
     return emit_heartbeat(conn) or current_wal_lsn(conn)
+
+
+def _published_names(conn, schema_name: str, pub_name: str) -> List[str]:
+    return sorted({name for pub in existing_publications(conn, pub_name)
+                   for schema, name in publication_tables(conn, pub) if schema == schema_name})
 
 
 def _published_tables(conn, schema_name: str, publications: List[str]) -> Dict[str, TableInfo]:

@@ -27,6 +27,26 @@ META_ARROW_TYPES = {LSN_COLUMN: pa.int64(), COMMIT_TS_COLUMN: TIMESTAMP_UTC,
                     DELETED_COLUMN: pa.bool_(), DELETED_AT_COLUMN: TIMESTAMP_UTC}
 
 
+# Columns dlt adds to every table it loads.
+DLT_COLUMNS = ("_dlt_load_id", "_dlt_id")
+RESERVED_COLUMNS = (LSN_COLUMN, COMMIT_TS_COLUMN, DELETED_COLUMN, DELETED_AT_COLUMN) + DLT_COLUMNS
+
+
+def name_collisions(names: Sequence[str], normalize: Callable[[str], str],
+                    reserved: Sequence[str] = ()) -> List[Tuple[str, str]]:
+    """Pairs of source names that would land under one destination name (`"Orders"` and
+    `orders`), and names that land on a reserved one, paired with it."""
+    seen: Dict[str, str] = {normalize(name): name for name in reserved}
+    clashes = []
+    for name in names:
+        target = normalize(name)
+        if target in seen:
+            clashes.append((seen[target], name))
+        else:
+            seen[target] = name
+    return clashes
+
+
 def meta_columns(deletes: DeleteMode) -> List[str]:
     marker = DELETED_COLUMN if deletes == "hard" else DELETED_AT_COLUMN
     return [LSN_COLUMN, COMMIT_TS_COLUMN, marker]

@@ -131,3 +131,47 @@ def test_schema_name_typo_is_a_configuration_error(source, duckdb_project):
                                 env={"SOURCES__PG_REPLICATION__SCHEMA_NAME": "pubilc"})
     assert failed.stderr.strip() == ("Error: schema 'pubilc' does not exist in the source database "
                                      "(check `schema_name`)")
+
+
+# -- names that collide in the destination ------------------------------------------------------
+
+
+@pytest.mark.parametrize("first,second", [('"Orders"', "orders"), ('"order-items"', "order_items")])
+def test_tables_colliding_after_snake_case_are_refused(source, duckdb_project, first, second):
+    run_sql(source, f"CREATE TABLE {first} (id int PRIMARY KEY)",
+            f"CREATE TABLE {second} (id int PRIMARY KEY)")
+    failed = duckdb_project.run("snapshot", expect=2)
+    line = failed.stderr.strip()
+    assert line.startswith("Error: tables ") and first.strip('"') in line and second in line, line
+    assert duckdb_project.slot_confirmed_lsn() is None  # nothing created
+    # One of them alone is fine; the other is refused later, naming both.
+    duckdb_project.run("snapshot", "--tables", second)
+    later = duckdb_project.run("snapshot", "--tables", first.strip('"'), expect=2)
+    assert first.strip('"') in later.stderr and second in later.stderr
+
+
+@pytest.mark.parametrize("columns,clash", [('id int PRIMARY KEY, "Id" int', "'Id'"),
+                                           ("id int PRIMARY KEY, _pg_lsn bigint", "'_pg_lsn'")])
+def test_columns_colliding_in_the_destination_are_refused(source, duckdb_project, columns, clash):
+    run_sql(source, f"CREATE TABLE t ({columns})")
+    line = duckdb_project.run("snapshot", expect=2).stderr.strip()
+    assert line.startswith("Error: table 't': column ") and clash in line, line
+
+
+# -- publications an admin made -----------------------------------------------------------------
+
+
+def test_same_named_table_of_another_schema_in_the_publication_is_never_merged(source,
+                                                                              duckdb_project):
+    run_sql(source, "CREATE TABLE orders (id int PRIMARY KEY, v text)",
+            "INSERT INTO orders VALUES (1, 'public')", "CREATE SCHEMA audit",
+            "CREATE TABLE audit.orders (id int PRIMARY KEY, v text)",
+            "INSERT INTO audit.orders VALUES (1, 'audit')",
+            f"CREATE PUBLICATION {duckdb_project.pub} FOR TABLE public.orders, audit.orders "
+            "WITH (publish_via_partition_root = true)")
+    duckdb_project.run("snapshot")
+    run_sql(source, "INSERT INTO audit.orders VALUES (2, 'audit only')",
+            "UPDATE audit.orders SET v = 'audit changed' WHERE id = 1", "TRUNCATE audit.orders",
+            "INSERT INTO orders VALUES (3, 'public too')")
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "orders")
