@@ -21,7 +21,8 @@ copy already holds it (handoff.py).
 import contextlib
 import gc
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 import pyarrow as pa
 
@@ -47,6 +48,12 @@ FetchCurrent = Callable[[TableInfo, List[str], List[Key], List[str]], Dict[Key, 
 # NEVER: not a table of the pipeline (another schema), its changes are skipped.
 AppliesFrom = Callable[[str, str], int]
 NO_COPY = 1 << 64
+# Rows whose unchanged TOASTed values are read back at once: the first part, and at most.
+FIRST_FILL_ROWS = 64
+MAX_FILL_ROWS = 50_000
+# About this many bytes of rows are buffered before they are handed to dlt (besides the row
+# count, `batch_size`): the stream's bytes while reading, the values read back while filling.
+BATCH_BYTES = 64 << 20
 NEVER = 1 << 65  # the table is not the pipeline's: its changes are skipped, whatever their LSN
 
 
@@ -147,7 +154,9 @@ class ChangeCollector:
                  existing_column: Optional[ExistingColumn] = None,
                  applies_from: AppliesFrom = lambda schema, name: 0,
                  column_maps: Optional[Mapping[str, ColumnMap]] = None,
-                 copied_before: Callable[[int], int] = lambda oid: 0) -> None:
+                 copied_before: Callable[[int], int] = lambda oid: 0,
+                 fill_bytes: int = BATCH_BYTES) -> None:
+        self.fill_bytes = fill_bytes
         self.column_maps = column_maps or {}
         self.copied_before = copied_before
         self.tables_by_oid = {table.oid: table for table in tables.values()}
@@ -165,10 +174,10 @@ class ChangeCollector:
 
     # -- relations ------------------------------------------------------------------------------
 
-    def on_relation(self, relation: Relation) -> List[TableBatch]:
+    def on_relation(self, relation: Relation) -> Iterable[TableBatch]:
         """Registers a (possibly changed) relation; rows of its previous shape are flushed first."""
         previous = self.relations.get(relation.relation_id)
-        flushed = self._flush_relation(previous) if previous is not None else []
+        flushed = self._flush_relation(previous) if previous is not None else iter(())
         table = self.tables_by_oid.get(relation.relation_id) or _table_from_relation(relation)
         column_map = self.column_maps.get(table_key(relation.namespace, relation.name))
         sent = [c.name for c in relation.columns]
@@ -340,28 +349,30 @@ class ChangeCollector:
 
     # -- flushing -------------------------------------------------------------------------------
 
-    def flush(self) -> List[TableBatch]:
-        batches: List[TableBatch] = []
-        for state in self.relations.values():
-            batches.extend(self._flush_relation(state))
-        return batches
+    def flush(self) -> Iterator[TableBatch]:
+        for state in list(self.relations.values()):
+            yield from self._flush_relation(state)
 
     def start_segment(self) -> None:
         self.segment_keys.clear()
         self.segment_has_data = False
 
-    def _flush_relation(self, state: _RelationState) -> List[TableBatch]:
+    def _flush_relation(self, state: _RelationState) -> Iterator[TableBatch]:
+        """Takes the relation's rows out of its buffer now; converts them as they are pulled."""
         if not state.rows:
-            return []
-        if state.has_unchanged_toast:
-            self._fill_unchanged_toast(state)
-        rows, meta = state.rows, state.meta
+            return iter(())
+        rows, meta, fill = state.rows, state.meta, state.has_unchanged_toast
         self.buffered -= len(meta)
         if state.row_index:
             self.segment_keys.setdefault(state.relation.name, set()).update(state.row_index)
         state.rows, state.meta, state.has_unchanged_toast, state.row_index = [], [], False, {}
-        if not rows:
-            return []
+        if not fill:
+            return iter([self._to_batch(state, rows, meta)])
+        return (self._to_batch(state, part_rows, part_meta)
+                for part_rows, part_meta in self._filled_parts(state, rows, meta) if part_rows)
+
+    def _to_batch(self, state: _RelationState, rows: List[List[TupleValue]],
+                  meta: List[Tuple[int, int, bool]]) -> TableBatch:
         columns = list(zip(*rows))
         arrays = [raw_values_to_arrow(columns[i], kind) for i, kind in enumerate(state.kinds)]
         lsns, commit_ts, deleted = zip(*meta)
@@ -375,11 +386,27 @@ class ChangeCollector:
                                    pa.int64()).cast(META_ARROW_TYPES[DELETED_AT_COLUMN]))
             marker = DELETED_AT_COLUMN
         names = state.output_names + [LSN_COLUMN, COMMIT_TS_COLUMN, marker]
-        data = pa.Table.from_arrays(arrays, names=names)
-        return [TableBatch(state.relation.name, state.hints, data)]
+        return TableBatch(state.relation.name, state.hints, pa.Table.from_arrays(arrays, names=names))
 
-    def _fill_unchanged_toast(self, state: _RelationState) -> None:
-        """Gives every UPDATE that left a TOASTed column unchanged that column's value.
+    def _filled_parts(self, state: _RelationState, rows: List[List[TupleValue]],
+                      meta: List[Tuple[int, int, bool]]
+                      ) -> Iterator[Tuple[List[List[TupleValue]], List[Tuple[int, int, bool]]]]:
+        """The rows with their unchanged TOASTed values read back, in parts whose values read
+        stay near `fill_bytes`: a mass update that left 190 KB values unchanged would otherwise
+        read them all into memory at once. Part sizes adapt to the bytes the last part read."""
+        start, size = 0, FIRST_FILL_ROWS
+        while start < len(rows):
+            part_rows, part_meta, read_bytes = self._fill_unchanged_toast(
+                state, rows[start:start + size], meta[start:start + size])
+            yield part_rows, part_meta
+            start += size
+            grown = size * 2 if read_bytes * 2 < self.fill_bytes else size
+            size = max(1, min(grown, size * self.fill_bytes // max(read_bytes, 1), MAX_FILL_ROWS))
+
+    def _fill_unchanged_toast(self, state: _RelationState, rows: List[List[TupleValue]],
+                              meta: List[Tuple[int, int, bool]]):
+        """Gives every UPDATE that left a TOASTed column unchanged that column's value; returns
+        the rows kept, their metadata, and the bytes of values read.
 
         pgoutput does not send a TOASTed value an UPDATE did not change (marker 'u'), and the
         merge writes whole rows, so sending NULL would wipe the column in the destination. The
@@ -390,10 +417,9 @@ class ChangeCollector:
         stream: the update is dropped instead of writing a NULL.
         """
         names = state.current_names
-        wanted = sorted({i for row, (_, _, deleted) in zip(state.rows, state.meta) if not deleted
+        wanted = sorted({i for row, (_, _, deleted) in zip(rows, meta) if not deleted
                          for i, v in enumerate(row) if v is UNCHANGED_TOAST})
-        needing = [r for r, row in enumerate(state.rows) if UNCHANGED_TOAST in row]
-        keys = list({state.key_of(state.rows[r]) for r in needing})
+        keys = list({state.key_of(row) for row in rows if UNCHANGED_TOAST in row})
         in_catalog = {c.name for c in state.table.columns}
         key_names = [names[i] for i in state.key_indexes]
         # A column dropped since cannot be read: it gets NULL, as rows changed after a drop do.
@@ -405,8 +431,9 @@ class ChangeCollector:
             # A table the catalog no longer has (dropped since), or whose key cannot be read:
             # its updates are dropped like those of rows deleted since.
             current = {}
+        read_bytes = sum(len(v) for found in (current or {}).values() for v in found if v)
         kept_rows, kept_meta = [], []
-        for row, meta in zip(state.rows, state.meta):
+        for row, row_meta in zip(rows, meta):
             if UNCHANGED_TOAST in row:
                 found = current.get(state.key_of(row)) if current is not None else []
                 if found is None:
@@ -414,9 +441,8 @@ class ChangeCollector:
                 values = dict(zip(readable, found))
                 row = [values.get(i) if v is UNCHANGED_TOAST else v for i, v in enumerate(row)]
             kept_rows.append(row)
-            kept_meta.append(meta)
-        self.buffered -= len(state.rows) - len(kept_rows)
-        state.rows, state.meta = kept_rows, kept_meta
+            kept_meta.append(row_meta)
+        return kept_rows, kept_meta, read_bytes
 
 
 def _empty_table(state: _RelationState, deletes: DeleteMode) -> pa.Table:
@@ -455,6 +481,8 @@ def read_changes(
     batch_size: int = 50_000,
     max_changes: Optional[int] = None,
     deadline_reached: Callable[[], bool] = lambda: False,
+    received_bytes: Callable[[], int] = lambda: 0,
+    batch_bytes: int = BATCH_BYTES,
 ) -> Iterator[TableBatch]:
     """Consumes one segment of the stream and yields its batches; fills `result` as it goes.
 
@@ -467,6 +495,8 @@ def read_changes(
         batch_size (int): Rows buffered before Arrow tables are handed on.
         max_changes (Optional[int]): Stop at the first commit after this many changes.
         deadline_reached: Stop at the next commit when it returns True.
+        received_bytes: The bytes the stream has received so far.
+        batch_bytes (int): Rows are also handed on after about this many bytes of the stream.
 
     Yields:
         TableBatch: Arrow tables with their dlt hints.
@@ -477,11 +507,27 @@ def read_changes(
     try:
         with _fewer_gc_passes():
             yield from _read_segment(messages, collector, position, stop_lsn, result, batch_size,
-                                     max_changes, deadline_reached, counts)
+                                     max_changes, deadline_reached, counts,
+                                     _ByteBound(received_bytes, batch_bytes))
     finally:
         for relation_id, count in counts.items():
             table = collector.relations[relation_id].relation.name
             result.changes[table] = result.changes.get(table, 0) + count
+
+
+class _ByteBound:
+    """Whether the stream received `limit` bytes since the rows were last handed on: memory stays
+    bounded by bytes when rows are wide, not only by the row count."""
+
+    def __init__(self, received_bytes: Callable[[], int], limit: int) -> None:
+        self.received_bytes, self.limit, self.since = received_bytes, limit, received_bytes()
+
+    def reached(self) -> bool:
+        received = self.received_bytes()
+        if received - self.since < self.limit:
+            return False
+        self.since = received
+        return True
 
 
 @contextlib.contextmanager
@@ -503,8 +549,8 @@ def _fewer_gc_passes(first_generation_threshold: int = 100_000) -> Iterator[None
 
 def _read_segment(messages, collector: ChangeCollector, position: Position, stop_lsn: int,
                   result: SegmentResult, batch_size: int, max_changes: Optional[int],
-                  deadline_reached: Callable[[], bool], counts: Dict[int, int]
-                  ) -> Iterator[TableBatch]:
+                  deadline_reached: Callable[[], bool], counts: Dict[int, int],
+                  bytes_bound: "_ByteBound") -> Iterator[TableBatch]:
     check_repeats = collector.merge_strategy == "upsert"
     current: Optional[Begin] = None
     skipping = False
@@ -547,7 +593,7 @@ def _read_segment(messages, collector: ChangeCollector, position: Position, stop
             if result.first_lsn is None:
                 result.first_lsn = lsn
             result.last_lsn = lsn
-            if collector.buffered >= batch_size:
+            if collector.buffered >= batch_size or bytes_bound.reached():
                 yield from collector.flush()
         elif kind is Begin:
             if message.final_lsn > stop_lsn:

@@ -1,5 +1,6 @@
 """Turns any exception a run can raise into one readable line and an exit code."""
 
+import re
 from typing import Optional, Tuple
 
 from .exceptions import (ConfigError, CopyMissingError, DecodeError, LoadError, ReplicationError,
@@ -81,8 +82,17 @@ def essential_line(error: BaseException) -> str:
     if not lines:
         return type(error).__name__
     if any("Traceback (most recent call last)" in line for line in lines):
-        return lines[-1]
-    return lines[0]
+        # The last line that names an error says what happened; lines after it are advice
+        # (DuckDB's "Possible solutions: ...", "See also https://...").
+        said = [line for line in lines if re.search(r"(Error|Exception)\b.*:", line)
+                and not line.startswith("File ")]
+        line = (said or lines)[-1]
+    else:
+        line = lines[0]
+    if "out of memory" in line.lower() and "memory_limit" not in line:
+        line += (" (out of memory: for the local DuckDB raise `memory_limit` in "
+                 "destination.duckdb.credentials.global_config; see the README's Performance)")
+    return line
 
 
 def _config_error_text(error: BaseException) -> Optional[str]:

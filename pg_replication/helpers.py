@@ -29,7 +29,7 @@ from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, META_ARROW_TYPES, RESERV
                      DeleteMode, name_collisions,
                      ExistingColumn, MergeStrategy, output_column_names, snapshot_hints,
                      table_hints)
-from .slots import (advance_slot, check_server, check_slot_usable, copy_slot_name, create_slot,
+from .slots import (advance_slot, check_partition_root_publishing, check_server, check_slot_usable, copy_slot_name, create_slot,
                     create_slot_with_snapshot, current_database, current_wal_lsn, drop_publications,
                     drop_slot, publication_relations,
                     ensure_publications, existing_publications, get_slot, publication_tables,
@@ -128,6 +128,7 @@ def init_replication(
         check_server(conn)
         tables = select_tables(conn, schema_name, table_names)
         refuse_colliding_names(tables.values(), _published_names(conn, schema_name, pub_name))
+        check_partition_root_publishing(conn, pub_name)
         if reset:
             drop_slot(conn, slot_name)
             drop_publications(conn, pub_name)
@@ -380,7 +381,8 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
                                    stop_requested) as stream:
                 sent_hints: Dict[str, int] = {}
                 for batch in read_changes(stream.messages(), collector, position, stop_lsn,
-                                          segment, batch_size, max_changes, should_stop):
+                                          segment, batch_size, max_changes, should_stop,
+                                          lambda: stream.received_bytes):
                     yield _batch_item(batch, sent_hints, include_columns, columns)
                 if segment.exhausted and not segment.more:
                     segment.confirm_lsn = max(segment.confirm_lsn, stream.wal_end)

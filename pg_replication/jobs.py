@@ -41,8 +41,9 @@ from .protocol import int_to_lsn
 from .settings import JobSettings
 from .verify import Check, run_checks
 from .status import StatusReport, collect_status, read_run_record, record_run
-from .slots import (acquire_run_lock, advance_slot, check_server, check_slot_usable,
-                    current_database, get_slot, validate_slot_name)
+from .slots import (acquire_run_lock, advance_slot, check_partition_root_publishing,
+                    check_server, check_slot_usable, current_database, get_slot,
+                    validate_slot_name)
 
 
 @dataclass
@@ -308,6 +309,7 @@ def _refuse_without_copies(conn, settings: JobSettings, pipeline: dlt.Pipeline,
         raise CopyMissingError(f"slot {settings.slot_name!r} does not exist and no snapshot has "
                                "been loaded: run `snapshot`")
     check_slot_usable(slot, settings.slot_name, current_database(conn))
+    check_partition_root_publishing(conn, settings.pub_name)
     problems = copy_problems(conn, settings, pipeline, loaded)
     if not problems:
         return

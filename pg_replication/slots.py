@@ -224,6 +224,26 @@ def existing_publications(conn, pub_name: str) -> List[str]:
             if publication_tables(conn, name) is not None]
 
 
+def check_partition_root_publishing(conn, pub_name: str) -> None:
+    """Raises SourceNotReadyError when a publication (an admin's) publishes a partitioned table
+    without `publish_via_partition_root`: its changes would arrive under each partition's name,
+    and the root's destination table would go stale."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT p.pubname, c.relname FROM pg_publication p
+               JOIN pg_publication_rel pr ON pr.prpubid = p.oid
+               JOIN pg_class c ON c.oid = pr.prrelid
+               WHERE p.pubname = ANY (%s) AND NOT p.pubviaroot AND c.relkind = 'p'
+               ORDER BY 1, 2""", ([pub_name, pub_name + INSERT_ONLY_SUFFIX],))
+        found = cur.fetchall()
+    if found:
+        publication, table = found[0]
+        raise SourceNotReadyError(
+            f"publication {publication!r} publishes partitioned table {table} without "
+            "publish_via_partition_root, so its changes would arrive per partition: have an admin "
+            f"run ALTER PUBLICATION {publication} SET (publish_via_partition_root = true)")
+
+
 def copy_slot_name(slot_name: str) -> str:
     """The temporary slot a snapshot creates beside `slot_name` to export its copy's snapshot; it
     shows in pg_replication_slots while the copy starts, under a name that says whose it is."""

@@ -47,6 +47,7 @@ class ReplicationStream:
         self.stop_requested = stop_requested
         self.in_transaction = False
         self.wal_end = 0  # what the server says it has sent up to
+        self.received_bytes = 0  # of decoded messages, for the byte bound on buffered rows
         self._conn = None
         self._cursor = None
 
@@ -108,6 +109,7 @@ class ReplicationStream:
             message = read()
             if message is not None:
                 payload = message.payload
+                self.received_bytes += len(payload)
                 decoded = decode_message(payload, in_stream)
                 tag = payload[0]
                 if tag == _BEGIN:

@@ -267,3 +267,17 @@ def test_snapshot_with_an_existing_slot_needs_one_free_slot(one_slot):
     # it refuses clearly, and the pipeline's slot stays where it was.
     result = _check(one_slot, ["snapshot"], EXIT_NOT_READY, "temporary slot")
     assert "all replication slots are in use" in result.stderr
+
+
+def test_destination_out_of_memory_says_so_in_its_one_line():
+    from pg_replication.failures import essential_line
+
+    # What dlt wraps around a DuckDB failure of a load job: a traceback, then DuckDB's advice.
+    text = ("Job failed\nTraceback (most recent call last):\n  File \"x.py\", line 1, in run\n"
+            "dlt.destinations.exceptions.DatabaseTransientException: Out of Memory Error: could "
+            "not allocate block of size 555.8 MiB (200.1 KiB/183.1 MiB used)\n\nPossible "
+            "solutions:\n* Increasing the memory limit (SET memory_limit='...GB')\n\n"
+            "See also https://duckdb.org/docs/current/guides/performance/how_to_tune_workloads")
+    line = essential_line(RuntimeError(text))
+    assert "Out of Memory Error: could not allocate block" in line
+    assert "raise `memory_limit`" in line and "See also" not in line

@@ -175,3 +175,34 @@ def test_same_named_table_of_another_schema_in_the_publication_is_never_merged(s
             "INSERT INTO orders VALUES (3, 'public too')")
     duckdb_project.run("cdc")
     assert_table_matches(source, duckdb_project, "orders")
+
+
+def test_publication_without_partition_root_is_refused_with_the_fix(source, duckdb_project):
+    run_sql(source, "CREATE TABLE m (id int, day int, PRIMARY KEY (id, day)) PARTITION BY RANGE (day)",
+            "CREATE TABLE m_1 PARTITION OF m FOR VALUES FROM (0) TO (10)",
+            "INSERT INTO m VALUES (1, 1)", f"CREATE PUBLICATION {duckdb_project.pub} FOR TABLE m")
+    failed = duckdb_project.run("snapshot", expect=4)
+    fix = f"ALTER PUBLICATION {duckdb_project.pub} SET (publish_via_partition_root = true)"
+    assert fix in failed.stderr and "partitioned table m" in failed.stderr
+    run_sql(source, fix)
+    duckdb_project.run("snapshot")
+    run_sql(source, "INSERT INTO m VALUES (2, 2)")
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "m")
+    # Changed back by an admin later: cdc refuses instead of letting the root go stale.
+    run_sql(source, f"ALTER PUBLICATION {duckdb_project.pub} SET (publish_via_partition_root = false)")
+    assert fix in duckdb_project.run("cdc", expect=4).stderr
+
+
+# -- wide rows ----------------------------------------------------------------------------------
+
+
+def test_mass_update_of_wide_rows_reads_values_back_in_parts(source, project):
+    # 300 rows of 100 KB: the unchanged values are read back in several parts (changes.py).
+    run_sql(source, "CREATE TABLE wide (id int PRIMARY KEY, n int, body text)",
+            "ALTER TABLE wide ALTER COLUMN body SET STORAGE EXTERNAL",
+            "INSERT INTO wide SELECT g, 0, repeat(md5(g::text), 3200) FROM generate_series(1, 300) g")
+    project.run("snapshot")
+    run_sql(source, "UPDATE wide SET n = n + 1", "DELETE FROM wide WHERE id % 50 = 0")
+    project.run("cdc")
+    assert_table_matches(source, project, "wide")
