@@ -82,10 +82,11 @@ def handle_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _job_settings(tables: Optional[str] = None, deletes: Optional[str] = None):
+def _job_settings(tables: Optional[str] = None, deletes: Optional[str] = None,
+                  max_wait: Optional[float] = None):
     from pg_replication.settings import load_settings
 
-    return load_settings(tables, deletes)
+    return load_settings(tables, deletes, max_wait)
 
 
 def _pipeline(ctx: click.Context):
@@ -124,9 +125,13 @@ def cli(ctx: click.Context, destination: str, dataset: str, pipeline_name: str,
 
 @cli.command()
 @click.option("--tables", default=None, help="Comma-separated table names (default: all).")
+@click.option("--max-wait", type=click.FloatRange(min=0.1), default=None,
+              help="Give up (exit 4) after waiting this many seconds for transactions that were "
+                   "open when the snapshot started (default: wait; what it waits for is printed "
+                   "every 15 s).")
 @click.pass_context
 @handle_errors
-def snapshot(ctx: click.Context, tables: Optional[str]) -> None:
+def snapshot(ctx: click.Context, tables: Optional[str], max_wait: Optional[float]) -> None:
     """Copy the tables as of the replication slot's start (creates slot and publication).
 
     \b
@@ -137,7 +142,7 @@ def snapshot(ctx: click.Context, tables: Optional[str]) -> None:
 
     pipeline = _pipeline(ctx)
     with recorded_run(pipeline, "snapshot") as record:
-        report = run_snapshot(_job_settings(tables), pipeline)
+        report = run_snapshot(_job_settings(tables, max_wait=max_wait), pipeline)
         record["summary"] = f"{sum(report.rows.values())} rows in {len(report.rows)} tables"
     for table, rows in sorted(report.rows.items()):
         click.echo(f"{table}: {rows} rows")

@@ -88,6 +88,7 @@ def init_replication(
     columns: Optional[Dict[str, Dict[str, Any]]] = None,
     reset: bool = False,
     deletes: DeleteMode = "hard",
+    max_wait_seconds: Optional[float] = None,
 ) -> Optional[DltSource]:
     """Creates the publication and the replication slot; optionally returns the initial copy.
 
@@ -117,6 +118,8 @@ def init_replication(
         columns (Optional[Dict[str, Dict[str, Any]]]): Per table, extra dlt column hints.
         reset (bool): Drop the slot and publications first (starts over: needs a new snapshot).
         deletes (DeleteMode): "hard" or "soft" (sets the delete marker column of the tables).
+        max_wait_seconds (Optional[float]): Give up (SourceNotReadyError) when creating the slot
+            for the copy waits longer than this for open transactions; default: wait.
 
     Returns:
         Optional[DltSource]: The snapshot source when `persist_snapshots`, else None.
@@ -147,12 +150,13 @@ def init_replication(
     finally:
         conn.close()
     new_stream = slot is None
-    reader, handoff_lsn = _open_snapshot_reader(dsn, slot_name, new_stream)
+    reader, handoff_lsn = _open_snapshot_reader(dsn, slot_name, new_stream, max_wait_seconds)
     return snapshot_source(reader, list(tables.values()), types, handoff_lsn, new_stream,
                            slot_name, include_columns, columns, deletes)
 
 
-def _open_snapshot_reader(dsn: str, slot_name: str, new_stream: bool):
+def _open_snapshot_reader(dsn: str, slot_name: str, new_stream: bool,
+                          max_wait: Optional[float] = None):
     """A connection inside an exported snapshot, and that snapshot's hand-off LSN.
 
     With `new_stream` the pipeline's slot is created here and exports it; otherwise a temporary
@@ -162,7 +166,8 @@ def _open_snapshot_reader(dsn: str, slot_name: str, new_stream: bool):
     reader = connect(dsn)
     try:
         exporter, handoff_lsn, snapshot_name = create_slot_with_snapshot(
-            dsn, slot_name if new_stream else copy_slot_name(slot_name), temporary=not new_stream)
+            dsn, slot_name if new_stream else copy_slot_name(slot_name), temporary=not new_stream,
+            max_wait=max_wait)
         try:
             begin_snapshot_transaction(reader, snapshot_name)
         finally:

@@ -162,6 +162,7 @@ def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotRepor
         source = init_replication(
             settings.slot_name, settings.pub_name, settings.schema_name, settings.table_names,
             credentials=settings.dsn, persist_snapshots=True, deletes=settings.deletes,
+            max_wait_seconds=settings.snapshot_max_wait,
         )
         rows = _run_snapshot_source(source, pipeline)
         # Every table of one snapshot shares its hand-off: report the first one's.

@@ -21,10 +21,13 @@ class JobSettings:
     table_names: Optional[List[str]] = None
     deletes: DeleteMode = "hard"
     target_batch_size: int = 50_000
+    snapshot_max_wait: Optional[float] = None  # seconds a snapshot may wait for open transactions
 
 
-def load_settings(tables: Optional[str] = None, deletes: Optional[str] = None) -> JobSettings:
-    """Settings from configuration; `tables` (comma-separated) and `deletes` override it."""
+def load_settings(tables: Optional[str] = None, deletes: Optional[str] = None,
+                  max_wait: Optional[float] = None) -> JobSettings:
+    """Settings from configuration; `tables` (comma-separated), `deletes` and `max_wait`
+    override it."""
     return JobSettings(
         dsn=to_dsn(source_credentials()),
         slot_name=_config("slot_name", DEFAULT_SLOT_NAME),
@@ -33,7 +36,13 @@ def load_settings(tables: Optional[str] = None, deletes: Optional[str] = None) -
         table_names=split_names(tables) or _names(_config("table_names")),
         deletes=deletes or _config("deletes", "hard"),
         target_batch_size=int(_config("target_batch_size", 50_000)),
+        snapshot_max_wait=max_wait if max_wait is not None else _optional_float(
+            _config("snapshot_max_wait")),
     )
+
+
+def _optional_float(value: Any) -> Optional[float]:
+    return None if value in (None, "") else float(value)
 
 
 def source_credentials() -> Any:

@@ -4,6 +4,8 @@ Every identifier is quoted with psycopg2.sql; nothing is built from names by pla
 """
 
 import re
+import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -250,8 +252,8 @@ def copy_slot_name(slot_name: str) -> str:
     return f"{slot_name[:40]}_snapshot_{uuid.uuid4().hex[:8]}"
 
 
-def create_slot_with_snapshot(dsn: str, slot_name: str,
-                              temporary: bool = False) -> Tuple[object, int, str]:
+def create_slot_with_snapshot(dsn: str, slot_name: str, temporary: bool = False,
+                              max_wait: Optional[float] = None) -> Tuple[object, int, str]:
     """Creates a pgoutput slot and exports the snapshot of its consistent point.
 
     The snapshot sees exactly the transactions whose commit record lies before the consistent
@@ -259,12 +261,19 @@ def create_slot_with_snapshot(dsn: str, slot_name: str,
     stay open and idle until every reader has imported the snapshot (`SET TRANSACTION SNAPSHOT`);
     the snapshot dies with it, and so does a `temporary` slot.
 
+    Creating the slot waits for every transaction open at that moment to end; what it waits for is
+    said on stderr every few seconds (`_SlotWait`).
+
+    Raises:
+        SourceNotReadyError: Still waiting after `max_wait` seconds.
+
     Returns:
         (connection, consistent point LSN, snapshot name)
     """
     conn = connect(dsn, replication=True)
+    waiting = _SlotWait(dsn, conn, max_wait)
     try:
-        with conn.cursor() as cur:
+        with waiting, conn.cursor() as cur:
             cur.execute(
                 sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput EXPORT_SNAPSHOT").format(
                     sql.Identifier(slot_name), sql.SQL("TEMPORARY " if temporary else "")
@@ -273,8 +282,78 @@ def create_slot_with_snapshot(dsn: str, slot_name: str,
             _, consistent_point, snapshot_name, _ = cur.fetchone()
     except psycopg2.Error as e:
         conn.close()
+        if waiting.gave_up:
+            raise SourceNotReadyError(
+                f"gave up after waiting {max_wait:g} s for the transactions that were open when "
+                f"the snapshot started ({waiting.last_seen or 'none seen'}): end them, or raise "
+                "--max-wait") from None
         raise _slot_error(e, slot_name, temporary) from None
     return conn, lsn_to_int(consistent_point), snapshot_name
+
+
+# Transactions a new slot waits for: every one with a transaction id, in any database, and
+# prepared ones (which only COMMIT PREPARED or ROLLBACK PREPARED end).
+_OPEN_TRANSACTIONS_SQL = """
+SELECT format('pid %s (%s for %s)', pid, state, date_trunc('second', now() - xact_start))
+FROM pg_stat_activity
+WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+UNION ALL
+SELECT format('prepared transaction %L (for %s)', gid, date_trunc('second', now() - prepared))
+FROM pg_prepared_xacts
+"""
+
+
+class _SlotWait:
+    """While a slot is being created: says on stderr what it waits for, every few seconds, and
+    cancels the creation after `max_wait` seconds (None: waits as long as it takes)."""
+
+    FIRST_REPORT_SECONDS = 5.0
+    REPORT_EVERY_SECONDS = 15.0
+
+    def __init__(self, dsn: str, creating, max_wait: Optional[float]) -> None:
+        self.dsn, self.creating, self.max_wait = dsn, creating, max_wait
+        self.done = threading.Event()
+        self.gave_up = False
+        self.last_seen = ""
+        self.thread = threading.Thread(target=self._watch, name="slot-wait", daemon=True)
+
+    def __enter__(self) -> "_SlotWait":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _watch(self) -> None:
+        started = time.monotonic()
+        wait = self.FIRST_REPORT_SECONDS
+        if self.max_wait is not None:
+            wait = min(wait, self.max_wait)
+        while not self.done.wait(wait):
+            waited = time.monotonic() - started
+            self.last_seen = self._open_transactions()
+            print(f"snapshot: waiting {waited:.0f} s for transactions open when it started to end: "
+                  f"{self.last_seen or 'none seen any more'}", file=sys.stderr, flush=True)
+            if self.max_wait is not None and waited >= self.max_wait:
+                self.gave_up = True
+                self.creating.cancel()
+                return
+            wait = self.REPORT_EVERY_SECONDS
+            if self.max_wait is not None:
+                wait = max(min(wait, self.max_wait - waited), 0.1)
+
+    def _open_transactions(self) -> str:
+        try:
+            conn = connect(self.dsn)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(_OPEN_TRANSACTIONS_SQL)
+                    return ", ".join(row[0] for row in cur.fetchall()[:5])
+            finally:
+                conn.close()
+        except Exception:  # noqa: BLE001 - a report that cannot be made is not an error
+            return ""
 
 
 def create_slot(conn, slot_name: str) -> int:

@@ -186,19 +186,19 @@ def test_unchanged_toast_then_column_dropped_does_not_wedge(source, duckdb_proje
 # -- DDL inside a data transaction --------------------------------------------------------------
 
 
-def test_ddl_inside_a_data_transaction(source, duckdb_project):
+def test_ddl_inside_a_data_transaction(source, project):
     items_and_other(source)
-    duckdb_project.run("snapshot")
+    project.run("snapshot")
     run_sql(source, "BEGIN", "UPDATE items SET a = 'in tx' WHERE id = 1",
             "ALTER TABLE items RENAME COLUMN a TO b", "UPDATE items SET b = 'renamed' WHERE id = 2",
             "COMMIT")
-    duckdb_project.run("cdc")
-    assert_table_matches(source, duckdb_project, "items", columns_as={"b": "a"})
+    project.run("cdc")
+    assert_table_matches(source, project, "items", columns_as={"b": "a"})
     run_sql(source, "BEGIN", "UPDATE items SET n = -1 WHERE id = 3",
             "ALTER TABLE items ADD COLUMN flag bool NOT NULL DEFAULT true",
             "UPDATE items SET flag = false WHERE id = 4", "COMMIT")
-    refused = duckdb_project.run("cdc", expect=EXIT_NO_COPY)
+    refused = project.run("cdc", expect=EXIT_NO_COPY)
     assert "column flag was added with values" in one_error_line(refused)
-    duckdb_project.run("snapshot", "--tables", "items")
-    duckdb_project.run("cdc")
-    assert_table_matches(source, duckdb_project, "items")
+    project.run("snapshot", "--tables", "items")
+    project.run("cdc")
+    assert_table_matches(source, project, "items")

@@ -1,8 +1,6 @@
-"""Table DDL while cdc runs (renames, drops, partitions, new tables) and generated columns: none wedges the pipeline, none leaves it silently wrong.
+"""Table DDL while cdc runs (renames, drops, partitions, new tables) and generated columns.
 
-The rules are in pg_replication/ddl.py and the README ("Schema changes"): what the stream carries
-is carried exactly; what it cannot carry makes `cdc` refuse (exit 10) with the command that fixes
-it, and each test runs that command and checks the tables equal the source afterwards.
+The same rules and the same way of testing them as tests/test_ddl_columns.py.
 """
 
 import pytest
@@ -143,12 +141,12 @@ def test_partition_dropped_needs_a_copy(source, duckdb_project):
     refused_then_fixed(source, duckdb_project, "m", "partition m_2 was detached or dropped")
 
 
-def test_column_with_a_default_added_to_a_partitioned_table(source, duckdb_project):
+def test_column_with_a_default_added_to_a_partitioned_table(source, project):
     _measurements(source)
-    duckdb_project.run("snapshot")
+    project.run("snapshot")
     run_sql(source, "ALTER TABLE m ADD COLUMN kind text NOT NULL DEFAULT 'k'",
             "UPDATE m SET kind = 'changed' WHERE id = 1")
-    refused_then_fixed(source, duckdb_project, "m", "column kind was added with values")
+    refused_then_fixed(source, project, "m", "column kind was added with values")
 
 
 # -- new tables ---------------------------------------------------------------------------------

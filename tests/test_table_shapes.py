@@ -206,3 +206,27 @@ def test_mass_update_of_wide_rows_reads_values_back_in_parts(source, project):
     run_sql(source, "UPDATE wide SET n = n + 1", "DELETE FROM wide WHERE id % 50 = 0")
     project.run("cdc")
     assert_table_matches(source, project, "wide")
+
+
+# -- a snapshot waiting for open transactions ---------------------------------------------------
+
+
+def test_snapshot_waiting_on_an_open_transaction_says_so_and_gives_up(source, source_url,
+                                                                      duckdb_project):
+    import psycopg2
+
+    run_sql(source, "CREATE TABLE t (id int PRIMARY KEY)")
+    blocker = psycopg2.connect(source_url)  # idle in transaction, holding a transaction id
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("INSERT INTO t VALUES (1)")
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+        failed = duckdb_project.run("snapshot", "--max-wait", "2", expect=4)
+        assert f"pid {pid} (idle in transaction" in failed.stderr, failed.stderr
+        assert failed.stderr.splitlines()[-1].startswith("Error: gave up after waiting 2 s")
+        assert duckdb_project.slot_confirmed_lsn() is None  # no slot left behind
+    finally:
+        blocker.rollback()
+        blocker.close()
+    duckdb_project.run("snapshot", "--max-wait", "30")
