@@ -90,3 +90,29 @@ def test_garbage_collection_is_relaxed_only_while_changes_are_read(source, sourc
     assert while_reading[0] >= 100_000 > before[0]
     assert gc.get_threshold() == before
     assert len(rest) == 2
+
+
+def test_library_source_keeps_renames_exact_and_refuses_a_filled_column(source, source_url,
+                                                                        tmp_path):
+    import pytest
+
+    run_sql(source, "CREATE TABLE items (id int PRIMARY KEY, name text)",
+            "INSERT INTO items VALUES (1, 'a'), (2, 'b')")
+    pipeline = dlt.pipeline("api_ddl", pipelines_dir=str(tmp_path / "pipelines"),
+                            destination=dlt.destinations.duckdb(str(tmp_path / "api.duckdb")),
+                            dataset_name="api_data")
+    pipeline.run(init_replication("ddl_slot", "ddl_pub", "public", ["items"],
+                                  credentials=source_url, persist_snapshots=True))
+
+    def changes():
+        return pg_replication(credentials=source_url, slot_name="ddl_slot", pub_name="ddl_pub")
+
+    run_sql(source, "ALTER TABLE items RENAME COLUMN name TO title",
+            "UPDATE items SET title = 'renamed' WHERE id = 1")
+    pipeline.run(changes())
+    with duckdb.connect(str(tmp_path / "api.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT id, name FROM api_data.items ORDER BY id").fetchall() == [
+            (1, "renamed"), (2, "b")]
+    run_sql(source, "ALTER TABLE items ADD COLUMN status text NOT NULL DEFAULT 'new'")
+    with pytest.raises(Exception, match="run `snapshot --tables items`"):
+        pipeline.run(changes())
