@@ -36,7 +36,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from psycopg2 import sql
 
 from .catalog import table_key
-from .schema import type_signature
+from .dlt_compat import destination_identifier
+from .schema import RESERVED_COLUMNS, type_signature
 from .types import PgTypeRow, resolve_kind
 
 @dataclass
@@ -159,22 +160,27 @@ def check_table(recorded: Mapping[str, Any], now: CatalogTable, types: Mapping[i
 def _check_columns(check: TableCheck, recorded: List[Dict[str, Any]], now: CatalogTable,
                    types: Mapping[int, PgTypeRow], rewritten: bool) -> List[Dict[str, Any]]:
     old = {entry["attnum"]: entry for entry in recorded if not entry.get("dropped")}
-    # Names the destination uses or may still hold values under, by attnum.
-    taken = {entry["attnum"]: set(entry["names"]) | {entry["destination"]} for entry in recorded}
+    # Names the destination uses or may still hold values under, by attnum, also as dlt's
+    # snake_case spells them ("Id" lands on "id").
+    taken = {}
+    for entry in recorded:
+        names = set(entry["names"]) | {entry["destination"]}
+        taken[entry["attnum"]] = names | {destination_identifier(name) for name in names}
     columns = [dict(entry) for entry in recorded if entry.get("dropped")]
     for attnum, entry in old.items():
         if attnum not in now.columns:
             columns.append(dict(entry, dropped=True))
             check.notes.append(f"column {entry['names'][-1]} dropped")
     for attnum, column in now.columns.items():
-        elsewhere = set().union(*(names for other, names in taken.items() if other != attnum))
+        elsewhere = set(RESERVED_COLUMNS).union(
+            *(names for other, names in taken.items() if other != attnum))
         entry = old.get(attnum)
         if entry is None:
             columns.append(_added(check, column, elsewhere, rewritten))
             continue
         entry = dict(entry)
         if column.name != entry["names"][-1]:
-            if column.name in elsewhere:
+            if column.name in elsewhere or destination_identifier(column.name) in elsewhere:
                 check.needs_copy.append(f"column {entry['names'][-1]} was renamed to "
                                         f"{column.name}, a name another column had")
             check.notes.append(f"column {entry['names'][-1]} renamed to {column.name}")
@@ -190,9 +196,10 @@ def _added(check: TableCheck, column: CatalogColumn, elsewhere: set,
            rewritten: bool) -> Dict[str, Any]:
     if column.fills_rows or (column.has_default and rewritten):
         check.needs_copy.append(f"column {column.name} was added with values for existing rows")
-    elif column.name in elsewhere:
+    elif column.name in elsewhere or destination_identifier(column.name) in elsewhere:
         check.needs_copy.append(f"column {column.name} was added under a name the destination "
-                                "holds older values in (dropped and added again?)")
+                                "uses or holds older values in (dropped and added again? a name "
+                                "that differs only in case?)")
     else:
         check.notes.append(f"column {column.name} added")
     return {"attnum": column.attnum, "names": [column.name], "destination": column.name,
