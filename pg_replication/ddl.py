@@ -15,7 +15,8 @@ had since the copy, its destination column and type; the key; each partition's s
     column had since maps to it (`ColumnMap`), so values are never split;
   - a type changed without rewriting the table (varchar(10) -> varchar(20)) where the destination
     type stays the same;
-  - a partition created, or attached or detached while empty; a TRUNCATE.
+  - a partition created (rows written into it after are in the stream), or attached or
+    detached while empty; a TRUNCATE.
 - not exact (the table's rows changed without WAL, or the destination cannot tell two columns
   apart): the table needs a new copy, and `cdc` refuses until `snapshot --tables <table>` made one:
   - a column added with a value for existing rows (a DEFAULT, an identity, a generated column);
@@ -24,7 +25,8 @@ had since the copy, its destination column and type; the key; each partition's s
   - a type changed with a rewrite (values may have changed: `USING`), or to another destination
     type;
   - a different key;
-  - a partition attached holding rows, or one detached holding rows or dropped.
+  - a partition attached holding rows written before the attach, or one detached holding rows,
+    or dropped.
 
 A table renamed or dropped is handled by the hand-offs (handoff.py, integrity.py): renamed, it
 needs a copy under its new name; dropped, its destination table stays as the stream left it.
@@ -141,8 +143,8 @@ def check_table(recorded: Mapping[str, Any], now: CatalogTable, types: Mapping[i
         recorded: The shape last recorded (shape_of, then earlier checks).
         now: The catalog now.
         types: pg_type rows, for the destination type of a changed column.
-        partition_has_rows: (leaf OID) -> whether that partition (or detached table) has rows,
-            or None when it no longer exists.
+        partition_has_rows: (leaf OID, from_before_attach) -> whether that partition (or
+            detached table) has rows, or None when it no longer exists (partition_rows_probe).
     """
     check = TableCheck(shape={"key": list(now.key), "storage": {
         str(leaf): [name, filenode] for leaf, (name, filenode) in now.storage.items()}})
@@ -222,7 +224,7 @@ def _check_partitions(check: TableCheck, old_storage: Dict[int, Tuple[str, int]]
         return
     for leaf, (name, _) in now.storage.items():
         if leaf not in old_storage and leaf != now.oid:
-            if partition_has_rows(leaf):
+            if partition_has_rows(leaf, from_before_attach=True):
                 check.needs_copy.append(f"partition {name} was attached holding rows")
             else:
                 check.notes.append(f"partition {name} added")
@@ -235,17 +237,30 @@ def _check_partitions(check: TableCheck, old_storage: Dict[int, Tuple[str, int]]
 
 
 def partition_rows_probe(conn):
-    """(leaf OID) -> True/False whether the table has rows, None when it no longer exists."""
+    """(leaf OID, from_before_attach) -> whether the table has rows (only rows written before it
+    became a partition of the tree, with `from_before_attach`); None when it no longer exists.
 
-    def has_rows(oid: int) -> Optional[bool]:
+    A row written after the attach was published and is in the stream; one written before (an
+    ATTACH of a filled table) is not. Told by transaction age: a row strictly younger than the
+    youngest pg_inherits row on the way up to the root came later. (Frozen rows count as older.)
+    """
+
+    def has_rows(oid: int, from_before_attach: bool = False) -> Optional[bool]:
         with conn.cursor() as cur:
             cur.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
                         "ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,))
             found = cur.fetchone()
             if found is None:
                 return None
-            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {})").format(
-                sql.Identifier(*found)))
+            table = sql.Identifier(*found)
+            if not from_before_attach:
+                cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {})").format(table))
+                return bool(cur.fetchone()[0])
+            cur.execute("SELECT min(age(i.xmin)) FROM pg_inherits i WHERE i.inhrelid IN "
+                        "(SELECT relid FROM pg_partition_ancestors(%s))", (oid,))
+            attached_age = cur.fetchone()[0]
+            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {} WHERE age(xmin) >= %s)")
+                        .format(table), (attached_age,))
             return bool(cur.fetchone()[0])
 
     return has_rows
