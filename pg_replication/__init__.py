@@ -13,7 +13,7 @@ import dlt
 from dlt.common.configuration import configspec
 from dlt.common.configuration.specs import BaseConfiguration
 
-from .changes import Position, SegmentResult
+from .changes import BATCH_BYTES, LOAD_BYTES, Position, SegmentResult
 from .helpers import SOURCE_NAME, init_replication, replication_resource
 from .schema import DeleteMode, MergeStrategy
 
@@ -35,6 +35,8 @@ class PgReplicationSourceConfiguration(BaseConfiguration):
     pub_name: str = None
     schema_name: str = "public"
     target_batch_size: int = 50_000
+    target_batch_bytes: int = BATCH_BYTES
+    target_load_bytes: int = LOAD_BYTES
     flush_slot: bool = True
     deletes: str = "hard"
     merge_strategy: str = "delete-insert"
@@ -49,6 +51,8 @@ def pg_replication(
     include_columns: Optional[Dict[str, Sequence[str]]] = None,
     columns: Optional[Dict[str, Dict[str, Any]]] = None,
     target_batch_size: int = 50_000,
+    target_batch_bytes: int = BATCH_BYTES,
+    target_load_bytes: int = LOAD_BYTES,
     flush_slot: bool = True,
     deletes: DeleteMode = "hard",
     merge_strategy: MergeStrategy = "delete-insert",
@@ -65,7 +69,7 @@ def pg_replication(
     return replication_resource(
         slot_name=slot_name, pub_name=pub_name, credentials=credentials, schema_name=schema_name,
         include_columns=include_columns, columns=columns, target_batch_size=target_batch_size,
-        flush_slot=flush_slot, deletes=deletes, merge_strategy=merge_strategy,
+        target_batch_bytes=target_batch_bytes, target_load_bytes=target_load_bytes, flush_slot=flush_slot, deletes=deletes, merge_strategy=merge_strategy,
         max_changes=max_changes, max_seconds=max_seconds, result=result,
         stop_requested=stop_requested, stop_lsn=stop_lsn, require_copies=require_copies,
         table_shapes=table_shapes,

@@ -49,11 +49,18 @@ FetchCurrent = Callable[[TableInfo, List[str], List[Key], List[str]], Dict[Key, 
 AppliesFrom = Callable[[str, str], int]
 NO_COPY = 1 << 64
 # Rows whose unchanged TOASTed values are read back at once: the first part, and at most.
-FIRST_FILL_ROWS = 64
+FIRST_FILL_ROWS = 8
 MAX_FILL_ROWS = 50_000
 # About this many bytes of rows are buffered before they are handed to dlt (besides the row
 # count, `batch_size`): the stream's bytes while reading, the values read back while filling.
-BATCH_BYTES = 64 << 20
+BATCH_BYTES = 16 << 20
+# A segment (one dlt load) of wide rows ends once it handed on about this many bytes of Arrow
+# data, so that the destination merges a bounded amount (see _LoadSize).
+LOAD_BYTES = 16 << 20
+# DuckDB keeps the rows a transaction inserts in memory until it commits, up to a row group of
+# this many rows per table, which it then writes out: narrow rows reach that count long before
+# `load_bytes`, wide rows (a few KB each and up) do not.
+ROW_GROUP_ROWS = 122_880
 NEVER = 1 << 65  # the table is not the pipeline's: its changes are skipped, whatever their LSN
 
 
@@ -93,6 +100,22 @@ class SegmentResult:
     exhausted: bool = False  # the stream ended by itself: nothing more to read before the stop
 
 
+@dataclass(frozen=True)
+class BatchLimits:
+    """How much a segment holds at once: rows and bytes buffered before they are handed to dlt,
+    and bytes handed on before the segment ends and is loaded (`target_batch_size`,
+    `target_batch_bytes`, `target_load_bytes`)."""
+
+    rows: int = 50_000
+    bytes: int = BATCH_BYTES
+    load_bytes: int = LOAD_BYTES
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes buffered before they are handed on: no more than one load takes."""
+        return min(self.bytes, self.load_bytes)
+
+
 @dataclass
 class TableBatch:
     table_name: str
@@ -114,6 +137,7 @@ class _RelationState:
     rows: List[List[TupleValue]] = field(default_factory=list)
     meta: List[Tuple[int, int, bool]] = field(default_factory=list)  # lsn, commit ts, deleted
     has_unchanged_toast: bool = False
+    unfilled: int = 0  # buffered rows with an unchanged TOASTed value to read back
     row_index: Dict[Key, int] = field(default_factory=dict)  # upsert: buffered row of each key
     # Deferrable keys only (under REPLICA IDENTITY FULL): the row last written to each key in the
     # current transaction (see _add_update).
@@ -169,6 +193,9 @@ class ChangeCollector:
         self.existing_column = existing_column
         self.relations: Dict[int, _RelationState] = {}
         self.buffered = 0
+        self.unfilled = 0  # buffered rows whose unchanged TOASTed values are still to be read
+        # Bytes of values read back per row, as the last part measured (None: nothing read yet).
+        self.filled_row_bytes: Optional[float] = None
         self.segment_keys: Dict[str, set] = {}
         self.segment_has_data = False
 
@@ -318,6 +345,8 @@ class ChangeCollector:
             values = [v if i in state.key_indexes else None for i, v in enumerate(values)]
         elif type(values) is PartialTuple:
             state.has_unchanged_toast = True
+            state.unfilled += 1
+            self.unfilled += 1
         self.segment_has_data = True
         if self.merge_strategy == "upsert" and state.key_indexes:
             # One row per key and batch: a MERGE refuses two source rows for one key.
@@ -349,6 +378,15 @@ class ChangeCollector:
 
     # -- flushing -------------------------------------------------------------------------------
 
+    def fill_due(self) -> bool:
+        """True when the rows awaiting a read-back are likely to read about `fill_bytes`: their
+        values are not in the stream, so the stream's bytes cannot tell (a mass update that left
+        190 KB values unchanged sends a few bytes per row). Until a first part has been read the
+        guess is small."""
+        if self.filled_row_bytes is None:
+            return self.unfilled >= FIRST_FILL_ROWS
+        return self.unfilled * self.filled_row_bytes >= self.fill_bytes
+
     def flush(self) -> Iterator[TableBatch]:
         for state in list(self.relations.values()):
             yield from self._flush_relation(state)
@@ -363,6 +401,8 @@ class ChangeCollector:
             return iter(())
         rows, meta, fill = state.rows, state.meta, state.has_unchanged_toast
         self.buffered -= len(meta)
+        self.unfilled -= state.unfilled
+        state.unfilled = 0
         if state.row_index:
             self.segment_keys.setdefault(state.relation.name, set()).update(state.row_index)
         state.rows, state.meta, state.has_unchanged_toast, state.row_index = [], [], False, {}
@@ -396,8 +436,10 @@ class ChangeCollector:
         read them all into memory at once. Part sizes adapt to the bytes the last part read."""
         start, size = 0, FIRST_FILL_ROWS
         while start < len(rows):
-            part_rows, part_meta, read_bytes = self._fill_unchanged_toast(
+            part_rows, part_meta, read_bytes, found = self._fill_unchanged_toast(
                 state, rows[start:start + size], meta[start:start + size])
+            if found:  # rows deleted since read nothing and tell nothing about the others
+                self.filled_row_bytes = read_bytes / found
             yield part_rows, part_meta
             start += size
             grown = size * 2 if read_bytes * 2 < self.fill_bytes else size
@@ -406,7 +448,7 @@ class ChangeCollector:
     def _fill_unchanged_toast(self, state: _RelationState, rows: List[List[TupleValue]],
                               meta: List[Tuple[int, int, bool]]):
         """Gives every UPDATE that left a TOASTed column unchanged that column's value; returns
-        the rows kept, their metadata, and the bytes of values read.
+        the rows kept, their metadata, the bytes of values read and the number of rows found.
 
         pgoutput does not send a TOASTed value an UPDATE did not change (marker 'u'), and the
         merge writes whole rows, so sending NULL would wipe the column in the destination. The
@@ -442,7 +484,7 @@ class ChangeCollector:
                 row = [values.get(i) if v is UNCHANGED_TOAST else v for i, v in enumerate(row)]
             kept_rows.append(row)
             kept_meta.append(row_meta)
-        return kept_rows, kept_meta, read_bytes
+        return kept_rows, kept_meta, read_bytes, len(current or {})
 
 
 def _empty_table(state: _RelationState, deletes: DeleteMode) -> pa.Table:
@@ -478,11 +520,10 @@ def read_changes(
     position: Position,
     stop_lsn: int,
     result: SegmentResult,
-    batch_size: int = 50_000,
+    limits: BatchLimits = BatchLimits(),
     max_changes: Optional[int] = None,
     deadline_reached: Callable[[], bool] = lambda: False,
     received_bytes: Callable[[], int] = lambda: 0,
-    batch_bytes: int = BATCH_BYTES,
 ) -> Iterator[TableBatch]:
     """Consumes one segment of the stream and yields its batches; fills `result` as it goes.
 
@@ -492,11 +533,12 @@ def read_changes(
         position (Position): Where the destination stands (from dlt state).
         stop_lsn (int): A transaction committing after this is left for the next run.
         result (SegmentResult): Receives the new position, what may be confirmed, and counts.
-        batch_size (int): Rows buffered before Arrow tables are handed on.
+        limits (BatchLimits): Rows and bytes buffered before Arrow tables are handed on (bytes
+            of the stream, and of values read back), and bytes handed on before the segment ends
+            (in the middle of a transaction if need be: the position records how far).
         max_changes (Optional[int]): Stop at the first commit after this many changes.
         deadline_reached: Stop at the next commit when it returns True.
         received_bytes: The bytes the stream has received so far.
-        batch_bytes (int): Rows are also handed on after about this many bytes of the stream.
 
     Yields:
         TableBatch: Arrow tables with their dlt hints.
@@ -506,9 +548,9 @@ def read_changes(
     counts: Dict[int, int] = {}  # changes per relation id
     try:
         with _fewer_gc_passes():
-            yield from _read_segment(messages, collector, position, stop_lsn, result, batch_size,
+            yield from _read_segment(messages, collector, position, stop_lsn, result, limits,
                                      max_changes, deadline_reached, counts,
-                                     _ByteBound(received_bytes, batch_bytes))
+                                     _ByteBound(received_bytes, limits.buffer_bytes))
     finally:
         for relation_id, count in counts.items():
             table = collector.relations[relation_id].relation.name
@@ -530,6 +572,22 @@ class _ByteBound:
         return True
 
 
+class _LoadSize:
+    """What a segment handed on; full once a destination would hold `limit` bytes of it in
+    memory at once: `limit` bytes, in fewer rows than a row group (ROW_GROUP_ROWS). A
+    transaction of a million narrow rows stays one load; 3,000 rows of 190 KB become several."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.bytes, self.rows = limit, 0, 0
+
+    def add(self, batch: TableBatch) -> None:
+        self.bytes += batch.data.nbytes
+        self.rows += batch.data.num_rows
+
+    def full(self) -> bool:
+        return self.bytes >= self.limit and self.bytes * ROW_GROUP_ROWS >= self.limit * self.rows
+
+
 @contextlib.contextmanager
 def _fewer_gc_passes(first_generation_threshold: int = 100_000) -> Iterator[None]:
     """Lets the cyclic garbage collector run less often while changes are decoded.
@@ -548,7 +606,7 @@ def _fewer_gc_passes(first_generation_threshold: int = 100_000) -> Iterator[None
 
 
 def _read_segment(messages, collector: ChangeCollector, position: Position, stop_lsn: int,
-                  result: SegmentResult, batch_size: int, max_changes: Optional[int],
+                  result: SegmentResult, limits: BatchLimits, max_changes: Optional[int],
                   deadline_reached: Callable[[], bool], counts: Dict[int, int],
                   bytes_bound: "_ByteBound") -> Iterator[TableBatch]:
     check_repeats = collector.merge_strategy == "upsert"
@@ -556,6 +614,7 @@ def _read_segment(messages, collector: ChangeCollector, position: Position, stop
     skipping = False
     check_handoffs = False  # the transaction commits before some table's hand-off
     ordinal = already_loaded = taken = 0
+    load = _LoadSize(limits.load_bytes)
     for lsn, message in messages:
         kind = type(message)
         if kind is Insert or kind is Update or kind is Delete or kind is Truncate:
@@ -593,8 +652,15 @@ def _read_segment(messages, collector: ChangeCollector, position: Position, stop
             if result.first_lsn is None:
                 result.first_lsn = lsn
             result.last_lsn = lsn
-            if collector.buffered >= batch_size or bytes_bound.reached():
-                yield from collector.flush()
+            if collector.buffered >= limits.rows or bytes_bound.reached() or collector.fill_due():
+                for batch in collector.flush():
+                    load.add(batch)
+                    yield batch
+                if load.full():
+                    # Loaded so far, this transaction's first `ordinal` changes included.
+                    result.position = Position(position.lsn, current.final_lsn, ordinal)
+                    result.more = True
+                    break
         elif kind is Begin:
             if message.final_lsn > stop_lsn:
                 result.confirm_lsn = max(result.confirm_lsn, message.final_lsn)

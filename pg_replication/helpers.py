@@ -16,7 +16,7 @@ from dlt.extract.source import DltSource
 
 from .catalog import (TableInfo, column_kinds, describe_tables, fetch_current_values,
                       list_tables, load_type_catalog, unreplicable_tables)
-from .changes import (NEVER, NO_COPY, ChangeCollector, Position, SegmentResult, TableBatch,
+from .changes import (BATCH_BYTES, LOAD_BYTES, NEVER, NO_COPY, BatchLimits, ChangeCollector, Position, SegmentResult, TableBatch,
                       read_changes)
 from .connect import connect, to_dsn
 from .ddl import ColumnMap, read_catalog, shape_of
@@ -34,7 +34,7 @@ from .slots import (advance_slot, check_partition_root_publishing, check_server,
                     drop_slot, publication_relations,
                     ensure_publications, existing_publications, get_slot, publication_tables,
                     validate_slot_name)
-from .snapshot import begin_snapshot_transaction, read_table
+from .snapshot import begin_snapshot_transaction, read_table, release_freed_memory
 from .stream import ReplicationStream, emit_heartbeat
 
 STATE_KEY = "position"
@@ -283,6 +283,8 @@ def replication_resource(
     include_columns: Optional[Dict[str, Sequence[str]]] = None,
     columns: Optional[Dict[str, Dict[str, Any]]] = None,
     target_batch_size: int = 50_000,
+    target_batch_bytes: int = BATCH_BYTES,
+    target_load_bytes: int = LOAD_BYTES,
     flush_slot: bool = True,
     deletes: DeleteMode = "hard",
     merge_strategy: MergeStrategy = "delete-insert",
@@ -312,6 +314,11 @@ def replication_resource(
         include_columns (Optional[Dict[str, Sequence[str]]]): Per table, the columns to load.
         columns (Optional[Dict[str, Dict[str, Any]]]): Per table, extra dlt column hints.
         target_batch_size (int): Rows buffered before they are handed to dlt; bounds memory.
+        target_batch_bytes (int): Bytes (of the stream, of unchanged TOASTed values read back)
+            buffered before they are handed to dlt: bounds memory when rows are wide.
+        target_load_bytes (int): Arrow bytes one load takes; the resource ends there, in the
+            middle of a transaction if need be, and the next run (or segment) goes on from
+            there. Bounds what the destination merges at once.
         flush_slot (bool): Confirm the already-loaded position to the slot before reading.
         deletes (DeleteMode): "hard" deletes rows, "soft" keeps them with `_pg_deleted_at`.
         merge_strategy (MergeStrategy): "delete-insert" (SQL destinations), "upsert" (Delta).
@@ -339,17 +346,20 @@ def replication_resource(
         segment.position = loaded.position
         handoffs = HandoffRule(loaded.handoffs, require_copies, loaded.oids)
         yield from _read_segment(dsn, slot_name, pub_name, schema_name, loaded.position, segment,
-                                 target_batch_size, flush_slot, deletes, merge_strategy,
+                                 BatchLimits(target_batch_size, target_batch_bytes,
+                                             target_load_bytes),
+                                 flush_slot, deletes, merge_strategy,
                                  max_changes, max_seconds, include_columns, columns,
                                  stop_requested or (lambda: False), stop_lsn, handoffs,
                                  _ShapeCheck(loaded, schema_name, table_shapes))
         _save_position(segment.position)
+        release_freed_memory()  # before the destination loads, in this process for DuckDB
 
     return dlt.resource(changes, name="changes", write_disposition="merge")()
 
 
 def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
-                  segment: SegmentResult, batch_size: int, flush_slot: bool, deletes, strategy,
+                  segment: SegmentResult, limits: BatchLimits, flush_slot: bool, deletes, strategy,
                   max_changes, max_seconds, include_columns, columns,
                   stop_requested: Callable[[], bool], stop_lsn: Optional[int],
                   handoffs: HandoffRule, shape_check: "_ShapeCheck") -> Iterator[Any]:
@@ -374,7 +384,7 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
                                     functools.partial(fetch_current_values, conn), deletes, strategy,
                                     existing_destination_column(),
                                     _in_schema(schema_name, handoffs.applies_from),
-                                    column_maps, handoffs.copied_before)
+                                    column_maps, handoffs.copied_before, limits.buffer_bytes)
         deadline = started + max_seconds if max_seconds else None
 
         def should_stop() -> bool:
@@ -386,7 +396,7 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
                                    stop_requested) as stream:
                 sent_hints: Dict[str, int] = {}
                 for batch in read_changes(stream.messages(), collector, position, stop_lsn,
-                                          segment, batch_size, max_changes, should_stop,
+                                          segment, limits, max_changes, should_stop,
                                           lambda: stream.received_bytes):
                     yield _batch_item(batch, sent_hints, include_columns, columns)
                 if segment.exhausted and not segment.more:

@@ -27,7 +27,7 @@ import dlt
 
 from . import pg_replication
 from .catalog import unreplicable_tables
-from .changes import Position, SegmentResult
+from .changes import LOAD_BYTES, Position, SegmentResult
 from .connect import connect
 from .dlt_compat import destination_state
 from .exceptions import CopyMissingError, SlotError, mask_secrets
@@ -63,6 +63,7 @@ class CdcReport:
     last_lsn: Optional[int] = None
     confirmed_lsn: Optional[int] = None
     pending_loaded: bool = False
+    loads: int = 0  # segments loaded: more than one when bounded by bytes, truncates, ...
     seconds: float = 0.0
     schema_changes: List[str] = field(default_factory=list)  # carried on (ddl.py)
     not_replicated: List[str] = field(default_factory=list)  # new tables of the schema
@@ -79,6 +80,8 @@ class CdcReport:
                      if self.confirmed_lsn else "")
         tables = f" ({per_table})" if per_table else ""
         pending = ", after loading a package an earlier run left" if self.pending_loaded else ""
+        if self.loads > 1:
+            pending += f", in {self.loads} loads"
         ddl = f"; schema changes: {'; '.join(self.schema_changes)}" if self.schema_changes else ""
         if self.not_replicated:
             names = ",".join(self.not_replicated)
@@ -224,6 +227,7 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
             remaining_changes = max_changes - report.total if max_changes else None
             segment = _load_segment(settings, pipeline, remaining_changes, remaining_seconds,
                                     stop_requested, stop_lsn, shapes)
+            report.loads += 1
             if segment.confirm_lsn:
                 advance_slot(lock, settings.slot_name, segment.confirm_lsn)
                 report.confirmed_lsn = segment.confirm_lsn
@@ -339,7 +343,8 @@ def _load_segment(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Op
     source = pg_replication(
         credentials=settings.dsn, slot_name=settings.slot_name, pub_name=settings.pub_name,
         schema_name=settings.schema_name, target_batch_size=settings.target_batch_size,
-        flush_slot=False, deletes=settings.deletes, merge_strategy=merge_strategy_for(pipeline),
+        target_batch_bytes=settings.target_batch_bytes,
+        target_load_bytes=load_bytes_for(pipeline, settings.target_load_bytes), flush_slot=False, deletes=settings.deletes, merge_strategy=merge_strategy_for(pipeline),
         max_changes=max_changes, max_seconds=max_seconds, result=segment,
         stop_requested=stop_requested, stop_lsn=stop_lsn, require_copies=True,
         table_shapes=shapes,
@@ -360,11 +365,45 @@ def _add_counts(report: CdcReport, segment: SegmentResult) -> None:
 
 def make_pipeline(pipeline_name: str, destination: str, dataset_name: str,
                   progress: Optional[str] = None) -> dlt.Pipeline:
-    # Batches of one table may gain columns mid-run (ADD COLUMN): let dlt's writer null-fill.
-    os.environ.setdefault("DATA_WRITER__ARROW_CONCAT_PROMOTE_OPTIONS", "default")
+    for key, value in WRITER_SETTINGS.items():
+        os.environ.setdefault(key, value)
+    if destination == "duckdb":
+        for key, value in DUCKDB_LOAD_SETTINGS.items():
+            os.environ.setdefault(key, value)
     options = {"progress": progress} if progress else {}
     return dlt.pipeline(pipeline_name=pipeline_name, destination=make_destination(destination),
                         dataset_name=dataset_name, **options)
+
+
+WRITER_SETTINGS = {
+    # Batches of one table may gain columns mid-run (ADD COLUMN): let dlt's writer null-fill.
+    "DATA_WRITER__ARROW_CONCAT_PROMOTE_OPTIONS": "default",
+    # Write each Arrow table as it comes (our batches are already bounded by rows and bytes):
+    # dlt's default buffers 5,000 rows, which for rows of 190 KB is ~1 GB in memory and one
+    # parquet row group as large.
+    "DATA_WRITER__BUFFER_MAX_ITEMS": "1",
+}
+DUCKDB_LOAD_SETTINGS = {
+    # DuckDB inserts each file in one transaction and keeps it in memory until the commit when it
+    # has fewer rows than a row group: files of wide rows are kept small (8 MB compressed, about
+    # 15,000 narrow rows).
+    "DATA_WRITER__FILE_MAX_BYTES": str(8 << 20),
+    # One load job at a time: DuckDB runs in this process, and parallel inserts of wide rows
+    # each took memory of their own (measured: 3,000 rows of 190 KB peaked at 690 MB with dlt's
+    # 20 workers, 450 MB with one; post-load memory grew load after load instead of staying flat).
+    "LOAD__WORKERS": "1",
+}
+# Loads into a warehouse (Databricks) are merged there, not in this process: fewer, larger loads.
+WAREHOUSE_LOAD_BYTES = 1 << 30
+
+
+def load_bytes_for(pipeline: dlt.Pipeline, configured: Optional[int]) -> int:
+    """`target_load_bytes`, else the default for where the merge runs: DuckDB and Delta merge
+    in this process (changes.LOAD_BYTES), a warehouse merges remotely."""
+    if configured:
+        return configured
+    in_process = pipeline.destination.destination_name in ("duckdb", "filesystem")
+    return LOAD_BYTES if in_process else WAREHOUSE_LOAD_BYTES
 
 
 DATABRICKS_RETRY_LIMITS = {"_retry_stop_after_attempts_count": 3,
@@ -373,7 +412,10 @@ DATABRICKS_RETRY_LIMITS = {"_retry_stop_after_attempts_count": 3,
 
 # DuckDB runs inside this process and by default may use 80% of the machine's memory as its cache;
 # a replication job on a shared host gets a fixed budget instead (DuckDB spills to disk beyond it).
-DUCKDB_DEFAULT_SETTINGS = {"memory_limit": "192MB"}
+# Without vacuum tasks: a checkpoint that compacts a row group holding wide values reads it whole
+# and fails the budget (measured: after ~10 merges of 150 rows of 190 KB into 3,000 such rows);
+# without them the file stayed as small (22 vs 26 MB narrow, 695 vs 304 MB wide, 60 merges).
+DUCKDB_DEFAULT_SETTINGS = {"memory_limit": "192MB", "max_vacuum_tasks": 0}
 
 
 def make_destination(name: str) -> Any:

@@ -5,6 +5,7 @@ from typing import Any, List, Optional, Sequence
 
 import dlt
 
+from .changes import BATCH_BYTES
 from .connect import to_dsn
 from .schema import DeleteMode
 
@@ -21,6 +22,8 @@ class JobSettings:
     table_names: Optional[List[str]] = None
     deletes: DeleteMode = "hard"
     target_batch_size: int = 50_000
+    target_batch_bytes: int = BATCH_BYTES
+    target_load_bytes: Optional[int] = None  # default: by destination (jobs.load_bytes_for)
     snapshot_max_wait: Optional[float] = None  # seconds a snapshot may wait for open transactions
 
 
@@ -36,9 +39,15 @@ def load_settings(tables: Optional[str] = None, deletes: Optional[str] = None,
         table_names=split_names(tables) or _names(_config("table_names")),
         deletes=deletes or _config("deletes", "hard"),
         target_batch_size=int(_config("target_batch_size", 50_000)),
+        target_batch_bytes=int(_config("target_batch_bytes", BATCH_BYTES)),
+        target_load_bytes=_optional_int(_config("target_load_bytes")),
         snapshot_max_wait=max_wait if max_wait is not None else _optional_float(
             _config("snapshot_max_wait")),
     )
+
+
+def _optional_int(value: Any) -> Optional[int]:
+    return None if value in (None, "") else int(value)
 
 
 def _optional_float(value: Any) -> Optional[float]:

@@ -7,7 +7,8 @@ import duckdb
 
 from pg_replication import init_replication, pg_replication
 from pg_replication.catalog import fetch_current_values, describe_tables, load_type_catalog
-from pg_replication.changes import ChangeCollector, Position, SegmentResult, read_changes
+from pg_replication.changes import (BatchLimits, ChangeCollector, Position, SegmentResult,
+                                    read_changes)
 from pg_replication.connect import connect
 from pg_replication.slots import current_wal_lsn, ensure_publications
 from pg_replication.stream import ReplicationStream
@@ -60,7 +61,7 @@ def test_batches_are_bounded_by_target_batch_size(source, source_url):
     stop = current_wal_lsn(conn)
     with ReplicationStream(source_url, "batch_slot", ["batch_pub"], stop) as stream:
         sizes = [b.data.num_rows for b in read_changes(stream.messages(), collector, Position(),
-                                                       stop, result, batch_size=100)]
+                                                       stop, result, BatchLimits(rows=100))]
     conn.close()
     assert sizes == [100] * 10 + [50]
     assert result.changes == {"big": 1050} and result.transactions == 1
@@ -82,7 +83,7 @@ def test_garbage_collection_is_relaxed_only_while_changes_are_read(source, sourc
     before = gc.get_threshold()
     with ReplicationStream(source_url, "gc_slot", ["gc_pub"], stop) as stream:
         batches = read_changes(stream.messages(), collector, Position(), stop,
-                               SegmentResult(Position()), batch_size=100)
+                               SegmentResult(Position()), BatchLimits(rows=100))
         next(batches)
         while_reading = gc.get_threshold()
         rest = list(batches)
