@@ -194,20 +194,6 @@ def test_publication_without_partition_root_is_refused_with_the_fix(source, duck
     assert fix in duckdb_project.run("cdc", expect=4).stderr
 
 
-# -- wide rows ----------------------------------------------------------------------------------
-
-
-def test_mass_update_of_wide_rows_reads_values_back_in_parts(source, project):
-    # 300 rows of 100 KB: the unchanged values are read back in several parts (changes.py).
-    run_sql(source, "CREATE TABLE wide (id int PRIMARY KEY, n int, body text)",
-            "ALTER TABLE wide ALTER COLUMN body SET STORAGE EXTERNAL",
-            "INSERT INTO wide SELECT g, 0, repeat(md5(g::text), 3200) FROM generate_series(1, 300) g")
-    project.run("snapshot")
-    run_sql(source, "UPDATE wide SET n = n + 1", "DELETE FROM wide WHERE id % 50 = 0")
-    project.run("cdc")
-    assert_table_matches(source, project, "wide")
-
-
 # -- a snapshot waiting for open transactions ---------------------------------------------------
 
 
