@@ -22,10 +22,14 @@ def clean_duckdb_environment(tmp_path, monkeypatch):
         os.environ[GLOBAL_CONFIG] = previous
 
 
-def _memory_limit_in_use() -> str:
+def _setting_in_use(name: str) -> str:
     pipeline = make_pipeline("settings_test", "duckdb", "settings_data")
     with pipeline.sql_client() as client:
-        return client.execute_sql("SELECT current_setting('memory_limit')")[0][0]
+        return str(client.execute_sql(f"SELECT current_setting('{name}')")[0][0])
+
+
+def _memory_limit_in_use() -> str:
+    return _setting_in_use("memory_limit")
 
 
 def _as_duckdb_shows(limit: str) -> str:
@@ -43,3 +47,12 @@ def test_duckdb_runs_with_a_bounded_memory_budget_by_default(clean_duckdb_enviro
 def test_a_configured_duckdb_memory_limit_is_kept(clean_duckdb_environment):
     os.environ[GLOBAL_CONFIG] = '{"memory_limit": "300MB"}'
     assert _memory_limit_in_use() == _as_duckdb_shows("300MB")
+
+
+def test_duckdb_merges_on_one_thread_without_vacuum_tasks_by_default(clean_duckdb_environment):
+    # Both bound the memory of merging wide rows (see jobs.DUCKDB_DEFAULT_SETTINGS).
+    with duckdb.connect() as con:
+        assert con.execute("SELECT current_setting('threads')").fetchone()[0] != 1 or \
+            os.cpu_count() == 1
+    assert _setting_in_use("threads") == "1"
+    assert _setting_in_use("max_vacuum_tasks") == "0"
