@@ -1,15 +1,20 @@
-"""Reads of the destination that dlt offers only below its public pipeline API.
+"""What the pipeline needs from dlt below its public pipeline API: reads of the destination, and
+repairs of the load packages a killed run leaves.
 
 Kept in one place so that a dlt upgrade that changes them breaks here, loudly, and nowhere else.
 """
 
 import functools
-from typing import Any, Callable, Dict, Iterable, Optional, Set
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set
 
 import dlt
 
 from .exceptions import LoadError, ReplicationError
 from .failures import destination_failed, essential_line
+from .schema import LOAD_ID_COLUMN
 
 
 def _destination_read(read: Callable) -> Callable:
@@ -60,3 +65,98 @@ def destination_identifier(name: str) -> str:
     from dlt.common.normalizers.naming.snake_case import NamingConvention
 
     return NamingConvention().normalize_identifier(name)
+
+
+# -- packages a killed run left ----------------------------------------------------------------
+
+def repair_crashed_packages(pipeline: dlt.Pipeline) -> None:
+    """Undoes what a kill at the wrong moment leaves behind in dlt's package folders, so that
+    loading the pending packages gives the destination each of their rows exactly once."""
+    _drop_normalized_extract_copies(pipeline)
+    for load_id in pipeline.list_normalized_load_packages():
+        _redo_uncertain_tables(pipeline, load_id)
+
+
+def _drop_normalized_extract_copies(pipeline: dlt.Pipeline) -> None:
+    """- Killed after normalize committed a package but before it removed the extracted copy: the
+      copy would be normalized again and collide with the committed one. It is dropped.
+    - Killed after extract wrote a package but before the pipeline saved the schema that goes
+      with it: normalize would use the older stored schema (a table still `replace` from the
+      snapshot instead of `merge`). The package's own schema is saved first.
+    """
+    normalized = set(pipeline.list_normalized_load_packages())
+    # dlt has no public API for the extracted packages' storage.
+    extracted = pipeline._get_normalize_storage().extracted_packages  # noqa: SLF001
+    for load_id in extracted.list_packages():
+        if load_id in normalized:
+            extracted.delete_package(load_id)
+            continue
+        try:
+            package_schema = extracted.load_schema(load_id)
+        except FileNotFoundError:
+            continue
+        if package_schema.name in pipeline.schemas and (
+                pipeline.schemas[package_schema.name].version < package_schema.version):
+            pipeline.schemas.save_schema(package_schema)
+
+
+def _redo_uncertain_tables(pipeline: dlt.Pipeline, load_id: str) -> None:
+    """Makes the next attempt of a package that was loading when the run died write each of its
+    tables exactly once.
+
+    A job whose file is still in `started_jobs` may have committed its rows in the destination
+    already (the kill came between the destination's commit and dlt's bookkeeping); dlt runs it
+    again. For a merged table that is harmless: the merge deduplicates by key. A replaced table
+    (a snapshot, a truncate) or an appended one (no key) would get those rows twice. So each such
+    table loses what this package wrote, and all its jobs run again: a replaced table is emptied
+    (its truncate had already run), an appended one loses the rows carrying this load's id.
+
+    On Delta (filesystem) a table's rows are written by one follow-up job: a replace overwrites
+    the table, so running it again is exact, and only appended tables need their rows removed.
+    """
+    package = pipeline.get_load_package_info(load_id)
+    started = package.jobs.get("started_jobs", [])
+    on_delta = pipeline.destination.destination_name == "filesystem"
+    for table_name in sorted({job.job_file_info.table_name for job in started}):
+        table = package.schema.tables.get(table_name)
+        if table is None or table_name.startswith("_dlt"):
+            continue  # dlt's own tables: a repeated state row is harmless
+        disposition = table.get("write_disposition")
+        if disposition == "replace" and not on_delta:
+            _truncate(pipeline, table_name)
+        elif disposition == "append" and LOAD_ID_COLUMN in table.get("columns", {}):
+            _delete_load_rows(pipeline, table_name, load_id, on_delta)
+        else:
+            continue
+        if not on_delta:
+            _retry_jobs(package.jobs.get("completed_jobs", []), table_name)
+
+
+@_destination_read
+def _truncate(pipeline: dlt.Pipeline, table_name: str) -> None:
+    with pipeline.sql_client() as client:
+        client.truncate_tables(table_name)
+
+
+@_destination_read
+def _delete_load_rows(pipeline: dlt.Pipeline, table_name: str, load_id: str,
+                      on_delta: bool) -> None:
+    if not re.fullmatch(r"[0-9.]+", load_id):  # dlt's load ids are timestamps
+        raise ReplicationError(f"unexpected load id {load_id!r}")
+    predicate = f"{LOAD_ID_COLUMN} = '{load_id}'"
+    if on_delta:
+        from dlt.common.libs.deltalake import get_delta_tables
+
+        get_delta_tables(pipeline, table_name)[table_name].delete(predicate)
+        return
+    with pipeline.sql_client() as client:
+        client.execute_sql(f"DELETE FROM {client.make_qualified_table_name(table_name)} "
+                           f"WHERE {predicate}")
+
+
+def _retry_jobs(completed: List[Any], table_name: str) -> None:
+    """Moves a table's completed jobs back to `new_jobs`, where the load step takes them again."""
+    for job in completed:
+        if job.job_file_info.table_name == table_name:
+            path = Path(job.file_path)
+            os.replace(path, path.parent.parent / "new_jobs" / path.name)

@@ -25,10 +25,9 @@ from .exceptions import ConfigError, CopyMissingError, SlotError
 from .handoff import (SOURCE_NAME, HandoffRule, LoadedState, record_copy, record_shapes,
                       start_snapshot)
 from .integrity import check_schema_changes
-from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, META_ARROW_TYPES, RESERVED_COLUMNS,
-                     DeleteMode, name_collisions,
-                     ExistingColumn, MergeStrategy, output_column_names, snapshot_hints,
-                     table_hints)
+from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, LOAD_ID_COLUMN, META_ARROW_TYPES,
+                     RESERVED_COLUMNS, DeleteMode, ExistingColumn, MergeStrategy,
+                     name_collisions, output_column_names, snapshot_hints, table_hints)
 from .slots import (advance_slot, check_partition_root_publishing, check_server, check_slot_usable, copy_slot_name, create_slot,
                     create_slot_with_snapshot, current_database, current_wal_lsn, drop_publications,
                     drop_slot, publication_relations,
@@ -503,6 +502,9 @@ def _batch_item(batch: TableBatch, sent_hints: Dict[str, int], include_columns, 
         data = data.select([n for n in data.column_names if n in keep])
         hints = dict(hints, columns={k: v for k, v in hints["columns"].items() if k in keep})
     hints = _with_column_hints(hints, columns)
+    if hints.get("write_disposition") == "append":
+        load_id = dlt.current.load_package_state()["load_id"]
+        data = data.append_column(LOAD_ID_COLUMN, pa.array([load_id] * data.num_rows, pa.string()))
     fresh = sent_hints.get(batch.table_name) != id(batch.hints) or batch.replace
     sent_hints[batch.table_name] = id(batch.hints)
     return _mark(data, hints, fresh)

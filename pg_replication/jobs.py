@@ -29,7 +29,7 @@ from . import pg_replication
 from .catalog import unreplicable_tables
 from .changes import LOAD_BYTES, Position, SegmentResult
 from .connect import connect
-from .dlt_compat import destination_state
+from .dlt_compat import destination_state, repair_crashed_packages
 from .exceptions import CopyMissingError, SlotError, mask_secrets
 from .failures import essential_line
 from .handoff import LoadedState, table_key
@@ -109,38 +109,13 @@ def finish_pending_load(pipeline: dlt.Pipeline, conn, slot_name: str) -> bool:
     """Loads what a crashed run left extracted or normalized, then confirms its position."""
     if not pipeline.has_pending_data:
         return False
-    _repair_crashed_packages(pipeline)
+    repair_crashed_packages(pipeline)
     pipeline.normalize()
     pipeline.load()
     remember_loaded_state(pipeline)
     if get_slot(conn, slot_name) is not None:
         advance_slot(conn, slot_name, stored_position(pipeline).lsn)
     return True
-
-
-def _repair_crashed_packages(pipeline: dlt.Pipeline) -> None:
-    """Undoes what a kill at the wrong moment leaves behind in dlt's package folders.
-
-    - Killed after normalize committed a package but before it removed the extracted copy: the
-      copy would be normalized again and collide with the committed one. It is dropped.
-    - Killed after extract wrote a package but before the pipeline saved the schema that goes
-      with it: normalize would use the older stored schema (a table still `replace` from the
-      snapshot instead of `merge`). The package's own schema is saved first.
-    """
-    normalized = set(pipeline.list_normalized_load_packages())
-    # dlt has no public API for the extracted packages' storage.
-    extracted = pipeline._get_normalize_storage().extracted_packages  # noqa: SLF001
-    for load_id in extracted.list_packages():
-        if load_id in normalized:
-            extracted.delete_package(load_id)
-            continue
-        try:
-            package_schema = extracted.load_schema(load_id)
-        except FileNotFoundError:
-            continue
-        if package_schema.name in pipeline.schemas and (
-                pipeline.schemas[package_schema.name].version < package_schema.version):
-            pipeline.schemas.save_schema(package_schema)
 
 
 def _apply_table_format(source, pipeline: dlt.Pipeline) -> None:

@@ -13,6 +13,9 @@ LSN_COLUMN = "_pg_lsn"  # WAL position of the change (snapshot rows: the hand-of
 COMMIT_TS_COLUMN = "_pg_commit_ts"  # commit time of the change (NULL for snapshot rows)
 DELETED_COLUMN = "_pg_deleted"  # True marks a delete (the hard_delete hint)
 DELETED_AT_COLUMN = "_pg_deleted_at"  # soft deletes: when the row was deleted
+# Appended (keyless) tables only: the dlt load that wrote the row, so that a load repeated after
+# a kill can first remove what its earlier attempt wrote (dlt_compat.repair_crashed_packages).
+LOAD_ID_COLUMN = "_dlt_load_id"
 
 TIMESTAMP_UTC = pa.timestamp("us", tz="UTC")
 
@@ -24,11 +27,12 @@ _META_HINTS: Dict[str, Dict[str, Any]] = {
                         "nullable": True},
 }
 META_ARROW_TYPES = {LSN_COLUMN: pa.int64(), COMMIT_TS_COLUMN: TIMESTAMP_UTC,
-                    DELETED_COLUMN: pa.bool_(), DELETED_AT_COLUMN: TIMESTAMP_UTC}
+                    DELETED_COLUMN: pa.bool_(), DELETED_AT_COLUMN: TIMESTAMP_UTC,
+                    LOAD_ID_COLUMN: pa.string()}
 
 
 # Columns dlt adds to every table it loads.
-DLT_COLUMNS = ("_dlt_load_id", "_dlt_id")
+DLT_COLUMNS = (LOAD_ID_COLUMN, "_dlt_id")
 RESERVED_COLUMNS = (LSN_COLUMN, COMMIT_TS_COLUMN, DELETED_COLUMN, DELETED_AT_COLUMN) + DLT_COLUMNS
 
 
@@ -62,7 +66,7 @@ def table_hints(
     """dlt hints for one table: merge on the row identity, latest `_pg_lsn` wins.
 
     A table without a row identity (no primary key, no REPLICA IDENTITY index) only ever receives
-    inserts (see slots.ensure_publications), so it is appended.
+    inserts (see slots.ensure_publications), so it is appended, each row with its load's id.
     """
     column_hints: Dict[str, Dict[str, Any]] = {}
     for name, kind in columns:
@@ -72,6 +76,8 @@ def table_hints(
     for name in meta_columns(deletes):
         column_hints[name] = {"name": name, **_META_HINTS[name]}
     if not merge_key:
+        column_hints[LOAD_ID_COLUMN] = {"name": LOAD_ID_COLUMN, "data_type": "text",
+                                        "nullable": True}
         return {"table_name": table_name, "write_disposition": "append", "columns": column_hints}
     column_hints[LSN_COLUMN]["dedup_sort"] = "desc"
     if deletes == "hard":
