@@ -122,6 +122,7 @@ class TableBatch:
     hints: Dict[str, Any]
     data: pa.Table
     replace: bool = False  # the truncate of a table: load it as an empty replace
+    xid: Optional[int] = None  # a truncate's transaction (ddl._check_leaves)
 
 
 @dataclass
@@ -363,7 +364,7 @@ class ChangeCollector:
 
     # -- truncate -------------------------------------------------------------------------------
 
-    def truncate_batches(self, message: Truncate, commit_lsn: int) -> List[TableBatch]:
+    def truncate_batches(self, message: Truncate, commit_lsn: int, xid: int) -> List[TableBatch]:
         """Empty `replace` batches for the truncated tables (the truncate itself), leaving out the
         tables whose copy already holds it."""
         batches = []
@@ -373,7 +374,7 @@ class ChangeCollector:
                 continue
             data = _empty_table(state, self.deletes)
             hints = dict(state.hints, write_disposition="replace")
-            batches.append(TableBatch(state.relation.name, hints, data, replace=True))
+            batches.append(TableBatch(state.relation.name, hints, data, replace=True, xid=xid))
         return batches
 
     # -- flushing -------------------------------------------------------------------------------
@@ -624,7 +625,7 @@ def _read_segment(messages, collector: ChangeCollector, position: Position, stop
             if ordinal <= already_loaded:
                 continue
             if kind is Truncate:
-                batches = collector.truncate_batches(message, current.final_lsn)
+                batches = collector.truncate_batches(message, current.final_lsn, current.xid)
                 if not batches:
                     continue
                 if collector.segment_has_data:

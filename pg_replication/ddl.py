@@ -26,7 +26,10 @@ had since the copy, its destination column and type; the key; each partition's s
     type;
   - a different key;
   - a partition attached holding rows written before the attach, or one detached holding rows,
-    or dropped.
+    or dropped;
+  - a partition truncated on its own, or rewritten (VACUUM FULL, CLUSTER): under
+    `publish_via_partition_root` pgoutput sends nothing for a TRUNCATE of a partition, so its rows
+    would stay in the destination (see `_check_leaves`).
 
 A table renamed or dropped is handled by the hand-offs (handoff.py, integrity.py): renamed, it
 needs a copy under its new name; dropped, its destination table stays as the stream left it.
@@ -62,6 +65,29 @@ class CatalogTable:
     columns: Dict[int, CatalogColumn]  # by attnum
     key: List[int]  # attnums of the merge key (TableInfo.merge_key)
     storage: Dict[int, Tuple[str, int]]  # leaf OID -> (name, relfilenode); the table itself if plain
+
+
+# The leaves of partitioned tables: their relfilenode, and the transaction that last wrote their
+# pg_class row (a TRUNCATE gives a partition a new relfilenode in the truncating transaction).
+_LEAVES_SQL = """
+SELECT r.oid, l.oid, l.relfilenode, l.xmin::text::bigint
+FROM pg_class r
+JOIN LATERAL pg_partition_tree(r.oid) t ON t.isleaf
+JOIN pg_class l ON l.oid = t.relid
+WHERE r.oid = ANY (%s) AND r.relkind = 'p'
+"""
+
+Leaves = Dict[int, Dict[int, Tuple[int, int]]]  # root OID -> leaf OID -> (relfilenode, xmin)
+
+
+def read_leaves(conn, oids: Sequence[int]) -> Leaves:
+    """The partitions of the partitioned tables among `oids` (plain tables have none)."""
+    leaves: Leaves = {}
+    with conn.cursor() as cur:
+        cur.execute(_LEAVES_SQL, (list(oids),))
+        for root, leaf, filenode, xmin in cur.fetchall():
+            leaves.setdefault(root, {})[leaf] = (filenode, xmin)
+    return leaves
 
 
 _COLUMNS_SQL = """
@@ -115,15 +141,18 @@ def read_catalog(conn, oids: Sequence[int]) -> Dict[int, CatalogTable]:
     return tables
 
 
-def shape_of(table: CatalogTable) -> Dict[str, Any]:
+def shape_of(table: CatalogTable, leaves: Optional[Leaves] = None) -> Dict[str, Any]:
     """The shape recorded with a copy: every column under its own name."""
-    return {
+    shape = {
         "columns": [{"attnum": c.attnum, "names": [c.name], "destination": c.name,
                      "type": [c.type_oid, c.type_modifier], "dropped": False}
                     for c in table.columns.values()],
         "key": list(table.key),
         "storage": {str(leaf): [name, filenode] for leaf, (name, filenode) in table.storage.items()},
     }
+    if leaves is not None and table.oid in leaves:
+        shape["leaves"] = {str(leaf): filenode for leaf, (filenode, _) in leaves[table.oid].items()}
+    return shape
 
 
 @dataclass
@@ -133,10 +162,14 @@ class TableCheck:
     shape: Dict[str, Any]  # the shape to record from now on
     needs_copy: List[str] = field(default_factory=list)  # why the stream cannot keep it exact
     notes: List[str] = field(default_factory=list)  # what changed and is carried on
+    # A transaction that gave every partition new storage: a TRUNCATE of the table itself only
+    # if the stream carries it (its xid is then in the shape's `truncated_by`); see _check_leaves.
+    expected_truncate: Optional[int] = None
 
 
 def check_table(recorded: Mapping[str, Any], now: CatalogTable, types: Mapping[int, PgTypeRow],
-                partition_has_rows) -> TableCheck:
+                partition_has_rows, leaves: Optional[Dict[int, Tuple[int, int]]] = None
+                ) -> TableCheck:
     """Compares a recorded shape with the catalog (the rules are in the module docstring).
 
     Args:
@@ -145,6 +178,8 @@ def check_table(recorded: Mapping[str, Any], now: CatalogTable, types: Mapping[i
         types: pg_type rows, for the destination type of a changed column.
         partition_has_rows: (leaf OID, from_before_attach) -> whether that partition (or
             detached table) has rows, or None when it no longer exists (partition_rows_probe).
+        leaves: A partitioned table's partitions as read before the run's stop position was
+            taken (read_leaves), to tell a partition's own TRUNCATE.
     """
     check = TableCheck(shape={"key": list(now.key), "storage": {
         str(leaf): [name, filenode] for leaf, (name, filenode) in now.storage.items()}})
@@ -156,7 +191,51 @@ def check_table(recorded: Mapping[str, Any], now: CatalogTable, types: Mapping[i
         check.needs_copy.append("its key changed")
     check.shape["columns"] = _check_columns(check, recorded.get("columns", []), now, types,
                                             rewritten)
+    if leaves or recorded.get("leaves"):
+        _check_leaves(check, recorded, now, leaves or {})
     return check
+
+
+def _check_leaves(check: TableCheck, recorded: Mapping[str, Any], now: CatalogTable,
+                  leaves: Dict[int, Tuple[int, int]]) -> None:
+    """Finds partitions truncated (or rewritten) on their own since the shape was recorded.
+
+    With `publish_via_partition_root` pgoutput sends a TRUNCATE of the root, but nothing for a
+    TRUNCATE of one partition: the catalog has to tell. A TRUNCATE gives the partition a new
+    relfilenode, and its pg_class row the truncating transaction as xmin. A new relfilenode is
+    accepted when that transaction is a TRUNCATE of the table the stream carried (its xid is in
+    `truncated_by`, added as the stream carries it). When every partition got new storage in one
+    transaction the stream has not carried yet, that may be a TRUNCATE of the table still ahead
+    in the stream: the run reads on and `expected_truncate` must be carried by the stop position
+    (the leaves are read before the stop is taken, so the transaction is before it); until then
+    the old relfilenodes stay recorded. Anything else (a partition truncated alone, VACUUM FULL or
+    CLUSTER of a partition, which cannot be told from a TRUNCATE) needs a new copy.
+    """
+    carried = list(recorded.get("truncated_by", []))
+    old = {int(leaf): filenode for leaf, filenode in recorded.get("leaves", {}).items()}
+    check.shape["leaves"] = {str(leaf): filenode for leaf, (filenode, _) in leaves.items()}
+    if carried:
+        check.shape["truncated_by"] = carried[-_KEPT_TRUNCATES:]
+    if not old:
+        return  # recorded before partitions were tracked: from now on
+    changed = {leaf: xmin for leaf, (filenode, xmin) in leaves.items()
+               if leaf in old and old[leaf] != filenode and xmin not in carried}
+    if not changed:
+        return
+    names = sorted(now.storage[leaf][0] if leaf in now.storage else str(leaf) for leaf in changed)
+    every_partition = set(changed) == set(old) & set(leaves)
+    if every_partition and len(set(changed.values())) == 1:
+        check.expected_truncate = next(iter(changed.values()))
+        for leaf in changed:
+            check.shape["leaves"][str(leaf)] = old[leaf]
+        return
+    check.needs_copy.append(
+        f"{'partition' if len(names) == 1 else 'partitions'} {', '.join(names)} truncated or "
+        "rewritten on their own (TRUNCATE, VACUUM FULL, CLUSTER of a partition), which the change "
+        "stream does not carry")
+
+
+_KEPT_TRUNCATES = 20  # carried TRUNCATE xids kept per table: a few runs' worth
 
 
 def _check_columns(check: TableCheck, recorded: List[Dict[str, Any]], now: CatalogTable,
@@ -290,16 +369,21 @@ class ColumnMap:
 
 
 def check_tables(conn, recorded: Mapping[str, Tuple[int, Optional[Mapping[str, Any]]]],
-                 types: Mapping[int, PgTypeRow]) -> Dict[str, TableCheck]:
+                 types: Mapping[int, PgTypeRow], leaves: Optional[Leaves] = None
+                 ) -> Dict[str, TableCheck]:
     """Checks every copied table (table_key -> (OID, recorded shape or None)) that still exists
-    under the same name. A table copied before shapes were recorded gets its first one here."""
-    catalog = read_catalog(conn, [oid for oid, _ in recorded.values()])
+    under the same name. A table copied before shapes were recorded gets its first one here.
+    `leaves`: read before the run's stop position was taken (read_leaves); read now if None."""
+    oids = [oid for oid, _ in recorded.values()]
+    if leaves is None:
+        leaves = read_leaves(conn, oids)
+    catalog = read_catalog(conn, oids)
     has_rows = partition_rows_probe(conn)
     checks: Dict[str, TableCheck] = {}
     for key, (oid, shape) in recorded.items():
         now = catalog.get(oid)
         if now is None or table_key(now.schema, now.name) != key:
             continue  # dropped, or renamed: a copy under the new name is needed (integrity.py)
-        checks[key] = (check_table(shape, now, types, has_rows) if shape
-                       else TableCheck(shape_of(now)))
+        checks[key] = (check_table(shape, now, types, has_rows, leaves.get(oid, {}))
+                       if shape else TableCheck(shape_of(now, leaves)))
     return checks

@@ -104,20 +104,26 @@ def _redo_uncertain_tables(pipeline: dlt.Pipeline, load_id: str) -> None:
     """Makes the next attempt of a package that was loading when the run died write each of its
     tables exactly once.
 
-    A job whose file is still in `started_jobs` may have committed its rows in the destination
-    already (the kill came between the destination's commit and dlt's bookkeeping); dlt runs it
-    again. For a merged table that is harmless: the merge deduplicates by key. A replaced table
-    (a snapshot, a truncate) or an appended one (no key) would get those rows twice. So each such
-    table loses what this package wrote, and all its jobs run again: a replaced table is emptied
-    (its truncate had already run), an appended one loses the rows carrying this load's id.
+    dlt writes a marker for a job once its run returned (the destination committed), and takes
+    such a job as done on the next attempt. A job in `started_jobs` without a marker may still
+    have committed its rows: the kill came between the destination's commit and the marker (on
+    Databricks that includes the removal of the staged file). dlt runs it again. For a merged
+    table that is harmless: the merge deduplicates by key. A replaced table (a snapshot, a
+    truncate) or an appended one (no key) would get those rows twice. So such a table loses what
+    this package wrote, and all its jobs run again: a replaced table is emptied (its truncate had
+    already run), an appended one loses the rows carrying this load's id.
 
-    On Delta (filesystem) a table's rows are written by one follow-up job: a replace overwrites
-    the table, so running it again is exact, and only appended tables need their rows removed.
+    On Delta (filesystem) a table's rows are written by one follow-up job, which dlt runs again
+    from `started_jobs`: a replace overwrites the table, so that is exact, and only appended
+    tables need their rows removed first.
     """
     package = pipeline.get_load_package_info(load_id)
-    started = package.jobs.get("started_jobs", [])
+    # dlt has no public API for a package's job folders and markers.
+    packages = pipeline._get_load_storage().normalized_packages  # noqa: SLF001
     on_delta = pipeline.destination.destination_name == "filesystem"
-    for table_name in sorted({job.job_file_info.table_name for job in started}):
+    uncertain = {job.job_file_info.table_name for job in package.jobs.get("started_jobs", [])
+                 if packages.load_pending_transition(load_id, Path(job.file_path).name) is None}
+    for table_name in sorted(uncertain):
         table = package.schema.tables.get(table_name)
         if table is None or table_name.startswith("_dlt"):
             continue  # dlt's own tables: a repeated state row is harmless
@@ -129,7 +135,12 @@ def _redo_uncertain_tables(pipeline: dlt.Pipeline, load_id: str) -> None:
         else:
             continue
         if not on_delta:
-            _retry_jobs(package.jobs.get("completed_jobs", []), table_name)
+            for job in package.jobs.get("started_jobs", []) + package.jobs.get(
+                    "completed_jobs", []):
+                if job.job_file_info.table_name == table_name:
+                    path = Path(job.file_path)
+                    packages.clear_pending_transition(load_id, path.name)
+                    os.replace(path, path.parent.parent / "new_jobs" / path.name)
 
 
 @_destination_read
@@ -152,11 +163,3 @@ def _delete_load_rows(pipeline: dlt.Pipeline, table_name: str, load_id: str,
     with pipeline.sql_client() as client:
         client.execute_sql(f"DELETE FROM {client.make_qualified_table_name(table_name)} "
                            f"WHERE {predicate}")
-
-
-def _retry_jobs(completed: List[Any], table_name: str) -> None:
-    """Moves a table's completed jobs back to `new_jobs`, where the load step takes them again."""
-    for job in completed:
-        if job.job_file_info.table_name == table_name:
-            path = Path(job.file_path)
-            os.replace(path, path.parent.parent / "new_jobs" / path.name)

@@ -96,6 +96,14 @@ def record_shapes(state: MutableMapping[str, Any], shapes: Mapping[str, Dict[str
             tables[key][SHAPE_KEY] = shape
 
 
+def record_truncate(state: MutableMapping[str, Any], key: str, xid: int) -> None:
+    """Notes that the stream carried a TRUNCATE of the table in transaction `xid`: the new
+    storage it gave the table's partitions is then explained (ddl._check_leaves)."""
+    shape = (state.get(TABLES_KEY) or {}).get(key, {}).get(SHAPE_KEY)
+    if shape is not None and xid not in shape.setdefault("truncated_by", []):
+        shape["truncated_by"].append(xid)
+
+
 class HandoffRule:
     """From which commit LSN on the stream applies a table's changes.
 

@@ -15,14 +15,15 @@ import pyarrow as pa
 from dlt.extract.source import DltSource
 
 from .catalog import (TableInfo, column_kinds, describe_tables, fetch_current_values,
-                      list_tables, load_type_catalog, unreplicable_tables)
+                      list_tables, load_type_catalog, table_key, unreplicable_tables)
 from .changes import (BATCH_BYTES, LOAD_BYTES, NEVER, NO_COPY, BatchLimits, ChangeCollector, Position, SegmentResult, TableBatch,
                       read_changes)
 from .connect import connect, to_dsn
-from .ddl import ColumnMap, read_catalog, shape_of
+from .ddl import ColumnMap, read_catalog, read_leaves, shape_of
 from .dlt_compat import destination_identifier
 from .exceptions import ConfigError, CopyMissingError, SlotError
 from .handoff import (SOURCE_NAME, HandoffRule, LoadedState, record_copy, record_shapes,
+                      record_truncate,
                       start_snapshot)
 from .integrity import check_schema_changes
 from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, LOAD_ID_COLUMN, META_ARROW_TYPES,
@@ -189,6 +190,7 @@ def snapshot_source(reader, tables: List[TableInfo], types, handoff_lsn: int, ne
             start_snapshot(state, slot_name, handoff_lsn, new_stream)
             # The catalog as of the hand-off: cdc compares later catalogs with it (ddl.py).
             shapes = read_catalog(reader, [table.oid for table in tables])
+            leaves = read_leaves(reader, [table.oid for table in tables])
             for table in tables:
                 kinds = column_kinds(table, types)
                 names = _included(table.name, _copied_columns(table), include_columns)
@@ -210,7 +212,7 @@ def snapshot_source(reader, tables: List[TableInfo], types, handoff_lsn: int, ne
                 if first:  # empty table: still replace what the destination holds
                     yield _mark(_empty_like(hints, kinds, marker), hints, True)
                 record_copy(state, table.schema, table.name, table.oid, handoff_lsn,
-                            shape_of(shapes[table.oid]) if table.oid in shapes else None)
+                            shape_of(shapes[table.oid], leaves) if table.oid in shapes else None)
         finally:
             reader.close()
 
@@ -397,6 +399,9 @@ def _read_segment(dsn, slot_name, pub_name, schema_name, position: Position,
                 for batch in read_changes(stream.messages(), collector, position, stop_lsn,
                                           segment, limits, max_changes, should_stop,
                                           lambda: stream.received_bytes):
+                    if batch.xid is not None:
+                        shape_check.carried_truncate(table_key(schema_name, batch.table_name),
+                                                     batch.xid)
                     yield _batch_item(batch, sent_hints, include_columns, columns)
                 if segment.exhausted and not segment.more:
                     segment.confirm_lsn = max(segment.confirm_lsn, stream.wal_end)
@@ -442,6 +447,15 @@ class _ShapeCheck:
         record_shapes(state, shapes)
         recorded = LoadedState.from_source_state(state).shapes
         return {key: ColumnMap.from_shape(shape) for key, shape in recorded.items()}
+
+    def carried_truncate(self, key: str, xid: int) -> None:
+        """Records a TRUNCATE the stream carried, in the state loaded with it and in the shapes
+        the run's later segments record."""
+        record_truncate(dlt.current.source_state(), key, xid)
+        if self.checked is not None and key in self.checked:
+            carried = self.checked[key].setdefault("truncated_by", [])
+            if xid not in carried:
+                carried.append(xid)
 
 
 def _publications_to_stream(conn, publications: List[str], handoffs: HandoffRule,

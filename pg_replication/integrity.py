@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import dlt
 
 from .catalog import list_tables, load_type_catalog
-from .ddl import TableCheck, check_tables
+from .ddl import Leaves, TableCheck, check_tables
 from .dlt_compat import destination_state, existing_destination_tables
 from .handoff import LoadedState, short_names, table_key, tables_without_copy
 from .settings import JobSettings
@@ -150,10 +150,11 @@ def _behind_the_slot(conn, settings: JobSettings, loaded: LoadedState,
 
 
 def check_schema_changes(conn, schema_name: str, loaded: LoadedState,
-                         replicated: Optional[List[str]] = None
+                         replicated: Optional[List[str]] = None, leaves: Optional[Leaves] = None
                          ) -> Tuple[List[str], Dict[str, TableCheck]]:
     """Compares each copied table's catalog with its recorded shape (ddl.py); only the
     `replicated` table_keys when given (a table taken out of the publication no longer matters).
+    `leaves`: the partitions as read before the run's stop was taken (ddl.read_leaves).
 
     Returns:
         The problem line (at most one, naming every table that needs a new copy and the command),
@@ -161,7 +162,7 @@ def check_schema_changes(conn, schema_name: str, loaded: LoadedState,
     """
     recorded = {key: (loaded.oids[key], loaded.shapes.get(key)) for key in loaded.handoffs
                 if key in loaded.oids and (replicated is None or key in replicated)}
-    checks = check_tables(conn, recorded, load_type_catalog(conn))
+    checks = check_tables(conn, recorded, load_type_catalog(conn), leaves)
     failing = {key: check for key, check in checks.items() if check.needs_copy}
     if not failing:
         return [], checks

@@ -21,7 +21,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import dlt
 
@@ -32,7 +32,8 @@ from .connect import connect
 from .dlt_compat import destination_state, repair_crashed_packages
 from .exceptions import CopyMissingError, SlotError, mask_secrets
 from .failures import essential_line
-from .handoff import LoadedState, table_key
+from .ddl import Leaves, read_leaves
+from .handoff import LoadedState, short_names, table_key
 from .helpers import init_replication, run_stop_position, select_tables
 from .integrity import (check_schema_changes, copy_problems, destination_lost,
                         integrity_problems, loaded_state, remember_loaded_state,
@@ -191,9 +192,12 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
         report.pending_loaded = finish_pending_load(pipeline, lock, settings.slot_name)
         loaded = loaded_state(pipeline, remote)
         _refuse_without_copies(lock, settings, pipeline, loaded)
+        # Read before the stop is taken: a TRUNCATE that changed them is before the stop.
+        leaves = read_leaves(lock, list(loaded.oids.values()))
         # Taken before the catalog is checked: every DDL the run reads up to is in that check.
         stop_lsn = run_stop_position(lock)
-        shapes = _refuse_uncarried_schema_changes(lock, settings, loaded, report)
+        shapes, expected_truncates = _refuse_uncarried_schema_changes(lock, settings, loaded,
+                                                                      report, leaves)
         report.not_replicated = tables_not_replicated(lock, settings)
         # The bound counts from here: the checks above can take seconds on a remote destination.
         deadline = time.monotonic() + max_seconds if max_seconds else None
@@ -209,6 +213,8 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
             _add_counts(report, segment)
             if not segment.more or stop_requested():
                 break
+        if report.confirmed_lsn is not None and report.confirmed_lsn >= stop_lsn:
+            _refuse_partition_truncates(settings, shapes, expected_truncates)
     finally:
         lock.close()
     report.seconds = time.monotonic() - started
@@ -300,15 +306,36 @@ def _refuse_without_copies(conn, settings: JobSettings, pipeline: dlt.Pipeline,
 
 
 def _refuse_uncarried_schema_changes(conn, settings: JobSettings, loaded: LoadedState,
-                                     report: "CdcReport") -> Dict[str, Dict[str, Any]]:
+                                     report: "CdcReport", leaves: Leaves
+                                     ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, int]]:
     """Raises when a table changed in a way the stream cannot carry (ddl.py); otherwise returns
-    the shapes to record with the load, and notes what changed in the report."""
+    the shapes to record with the load and the TRUNCATEs the stream must carry by the stop
+    (table_key -> xid), and notes what changed in the report."""
     problems, checks = check_schema_changes(conn, settings.schema_name, loaded,
-                                            required_tables(conn, settings))
+                                            required_tables(conn, settings), leaves)
     if problems:
         raise CopyMissingError(problems[0])
     report.schema_changes = schema_change_notes(checks, settings.schema_name)
-    return {key: check.shape for key, check in checks.items()}
+    expected = {key: check.expected_truncate for key, check in checks.items()
+                if check.expected_truncate is not None}
+    return {key: check.shape for key, check in checks.items()}, expected
+
+
+def _refuse_partition_truncates(settings: JobSettings, shapes: Dict[str, Dict[str, Any]],
+                                expected: Dict[str, int]) -> None:
+    """Raises when every partition of a table got new storage in one transaction before the stop
+    and the stream, read up to the stop, carried no TRUNCATE of the table in it: its partitions
+    were truncated (or rewritten) one by one, which the stream does not carry (ddl._check_leaves).
+    The shapes keep the old storage, so every later run refuses too until a new copy."""
+    failing = sorted(key for key, xid in expected.items()
+                     if xid not in shapes.get(key, {}).get("truncated_by", []))
+    if failing:
+        names = short_names(failing, settings.schema_name)
+        raise CopyMissingError(
+            f"{', '.join(names)}: every partition was truncated or rewritten by name (TRUNCATE, "
+            "VACUUM FULL, CLUSTER of the partitions), which the change stream does not carry: run "
+            f"`snapshot --tables {','.join(names)}` to copy {'it' if len(names) == 1 else 'them'}"
+            " again")
 
 
 def _load_segment(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional[int],

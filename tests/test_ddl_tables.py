@@ -151,6 +151,57 @@ def test_column_with_a_default_added_to_a_partitioned_table(source, project):
     refused_then_fixed(source, project, "m", "column kind was added with values")
 
 
+def test_partition_truncated_on_its_own_needs_a_copy(source, project):
+    # pgoutput sends nothing for a TRUNCATE of a partition published through its root.
+    _measurements(source)
+    project.run("snapshot")
+    run_sql(source, "TRUNCATE m_1", "INSERT INTO m VALUES (500, 5, 'after the truncate')")
+    refused_then_fixed(source, project, "m", "partition m_1 truncated or rewritten", status=True)
+
+
+def test_partition_rewritten_by_vacuum_full_needs_a_copy(source, duckdb_project):
+    # Told apart from a TRUNCATE by nothing in the catalog: refused rather than guessed.
+    _measurements(source)
+    duckdb_project.run("snapshot")
+    run_sql(source, "VACUUM FULL m_2")
+    refused_then_fixed(source, duckdb_project, "m", "partition m_2 truncated or rewritten")
+
+
+def test_every_partition_truncated_by_name_is_refused_once_the_stream_shows_it(source,
+                                                                               duckdb_project):
+    # One transaction gave every partition new storage, as a TRUNCATE of `m` would; the stream
+    # read up to the stop shows no TRUNCATE of `m` in it.
+    _measurements(source)
+    duckdb_project.run("snapshot")
+    run_sql(source, "TRUNCATE m_1, m_2")
+    refused_then_fixed(source, duckdb_project, "m", "every partition was truncated or rewritten")
+
+
+def test_truncate_of_the_partitioned_table_is_carried(source, project):
+    _measurements(source)
+    project.run("snapshot")
+    run_sql(source, "TRUNCATE m", "INSERT INTO m VALUES (600, 15, 'after')")
+    project.run("cdc")  # new storage for every partition, carried by the stream
+    assert_table_matches(source, project, "m")
+    run_sql(source, "INSERT INTO m VALUES (601, 3, 'later')")
+    project.run("cdc")  # and accepted from then on
+    run_sql(source, "BEGIN; TRUNCATE m; INSERT INTO m VALUES (602, 4, 'x'); COMMIT",
+            "TRUNCATE m")
+    project.run("cdc")
+    assert_table_matches(source, project, "m")
+    project.run("cdc")
+
+
+def test_truncate_of_the_table_then_of_a_partition_needs_a_copy(source, duckdb_project):
+    _measurements(source)
+    duckdb_project.run("snapshot")
+    run_sql(source, "TRUNCATE m", "INSERT INTO m VALUES (700, 5, 'a'), (701, 15, 'b')",
+            "TRUNCATE m_2")
+    # m_1 has the storage the TRUNCATE of m gave it, which the stream is still to carry; told
+    # apart from a partition truncated alone only by the transaction that changed every one.
+    refused_then_fixed(source, duckdb_project, "m", "partitions m_1, m_2 truncated or rewritten")
+
+
 # -- new tables ---------------------------------------------------------------------------------
 
 
