@@ -229,7 +229,7 @@ def existing_publications(conn, pub_name: str) -> List[str]:
 def check_partition_root_publishing(conn, pub_name: str) -> None:
     """Raises SourceNotReadyError when a publication (an admin's) publishes a partitioned table
     without `publish_via_partition_root`: its changes would arrive under each partition's name,
-    and the root's destination table would go stale."""
+    and the root's destination table would go stale. Also when it leaves out an action."""
     with conn.cursor() as cur:
         cur.execute(
             """SELECT p.pubname, c.relname FROM pg_publication p
@@ -244,6 +244,27 @@ def check_partition_root_publishing(conn, pub_name: str) -> None:
             f"publication {publication!r} publishes partitioned table {table} without "
             "publish_via_partition_root, so its changes would arrive per partition: have an admin "
             f"run ALTER PUBLICATION {publication} SET (publish_via_partition_root = true)")
+    _check_published_actions(conn, pub_name)
+
+
+def _check_published_actions(conn, pub_name: str) -> None:
+    """Raises SourceNotReadyError when a publication (an admin's) leaves out an action the
+    pipeline needs: without `truncate` a TRUNCATE would leave every row in the destination,
+    without `update`/`delete` (the full publication) those changes would be lost silently."""
+    needed = {pub_name: ("insert", "update", "delete", "truncate"),
+              pub_name + INSERT_ONLY_SUFFIX: ("insert", "truncate")}
+    with conn.cursor() as cur:
+        cur.execute("SELECT pubname, pubinsert, pubupdate, pubdelete, pubtruncate "
+                    "FROM pg_publication WHERE pubname = ANY (%s) ORDER BY 1", (list(needed),))
+        rows = cur.fetchall()
+    for name, *flags in rows:
+        published = dict(zip(("insert", "update", "delete", "truncate"), flags))
+        missing = [action for action in needed[name] if not published[action]]
+        if missing:
+            raise SourceNotReadyError(
+                f"publication {name!r} does not publish {', '.join(missing)}, so those changes "
+                f"would be lost: have an admin run ALTER PUBLICATION {name} SET (publish = "
+                f"'{', '.join(needed[name])}')")
 
 
 def copy_slot_name(slot_name: str) -> str:

@@ -194,6 +194,27 @@ def test_publication_without_partition_root_is_refused_with_the_fix(source, duck
     assert fix in duckdb_project.run("cdc", expect=4).stderr
 
 
+def test_publication_without_truncate_is_refused_with_the_fix(source, duckdb_project):
+    # An admin's publication for inserts, updates and deletes only: a TRUNCATE would leave every
+    # row in the destination without a word.
+    run_sql(source, "CREATE TABLE t (id int PRIMARY KEY, v text)", "INSERT INTO t VALUES (1, 'a')",
+            f"CREATE PUBLICATION {duckdb_project.pub} FOR TABLE t "
+            "WITH (publish = 'insert, update, delete', publish_via_partition_root = true)")
+    failed = duckdb_project.run("snapshot", expect=4)
+    fix = (f"ALTER PUBLICATION {duckdb_project.pub} SET "
+           "(publish = 'insert, update, delete, truncate')")
+    assert fix in failed.stderr and "does not publish truncate" in failed.stderr
+    run_sql(source, fix)
+    duckdb_project.run("snapshot")
+    run_sql(source, f"ALTER PUBLICATION {duckdb_project.pub} SET (publish = 'insert, truncate')",
+            "TRUNCATE t")
+    refused = duckdb_project.run("cdc", expect=4)
+    assert "does not publish update, delete" in refused.stderr
+    run_sql(source, fix)
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "t")
+
+
 # -- a snapshot waiting for open transactions ---------------------------------------------------
 
 
