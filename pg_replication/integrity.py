@@ -23,13 +23,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import dlt
+import psycopg2
 
-from .catalog import list_tables, load_type_catalog
+from .catalog import describe_tables, list_tables, load_type_catalog
 from .ddl import Leaves, TableCheck, check_tables
 from .dlt_compat import destination_state, existing_destination_tables
 from .handoff import LoadedState, short_names, table_key, tables_without_copy
+from .exceptions import SourceNotReadyError
+from .failures import essential_line
 from .settings import JobSettings
-from .slots import existing_publications, get_slot, publication_tables
+from .slots import (INSERT_ONLY_SUFFIX, ensure_publications, existing_publications, get_slot,
+                    publication_tables)
 
 # The state version of the last load this machine saw complete, kept beside the pipeline's state.
 LOADED_RECORD_FILE = "last_loaded_state.json"
@@ -147,6 +151,37 @@ def _behind_the_slot(conn, settings: JobSettings, loaded: LoadedState,
         return []
     return sorted(key for key in required if key in loaded.handoffs
                   and max(loaded.handoffs[key], loaded.position.lsn) < confirmed)
+
+
+def release_tables_without_identity(conn, settings: JobSettings) -> Optional[str]:
+    """Moves the tables that lost their row identity (primary key dropped, made deferrable,
+    REPLICA IDENTITY NOTHING) out of the publication of updates and deletes, and returns the
+    problem line, or None.
+
+    While such a table is in a publication that publishes UPDATE and DELETE, PostgreSQL rejects
+    the application's own UPDATE and DELETE on it ("does not have a replica identity"). In the
+    insert-only publication they work again; the changes they make are no longer streamed, so the
+    table needs a new copy (and is appended from then on).
+    """
+    names = sorted(name for schema, name in publication_tables(conn, settings.pub_name) or []
+                   if schema == settings.schema_name)
+    lost = [table for table in describe_tables(conn, settings.schema_name, names).values()
+            if not table.merge_key] if names else []
+    if not lost:
+        return None
+    shown = [table.name for table in lost]
+    them = "it" if len(shown) == 1 else "them"
+    problem = (f"{_tables(shown)} lost {'its' if len(shown) == 1 else 'their'} row identity "
+               "(primary key dropped or deferrable, or REPLICA IDENTITY NOTHING), so the "
+               f"application's UPDATE and DELETE on {them} fail")
+    try:
+        ensure_publications(conn, settings.pub_name, lost)  # autocommit: done, whatever follows
+    except (psycopg2.Error, SourceNotReadyError) as e:
+        return (f"{problem}: have an admin take {them} out of publication {settings.pub_name} "
+                f"({essential_line(e)}), then run `snapshot --tables {','.join(shown)}`")
+    return (f"{problem}ed: moved to publication {settings.pub_name + INSERT_ONLY_SUFFIX}, where "
+            "they work again, but those changes are not streamed: run "
+            f"`snapshot --tables {','.join(shown)}` to copy {them} again")
 
 
 def check_schema_changes(conn, schema_name: str, loaded: LoadedState,

@@ -36,8 +36,9 @@ from .ddl import Leaves, read_leaves
 from .handoff import LoadedState, short_names, table_key
 from .helpers import init_replication, run_stop_position, select_tables
 from .integrity import (check_schema_changes, copy_problems, destination_lost,
-                        integrity_problems, loaded_state, remember_loaded_state,
-                        required_tables, schema_change_notes, tables_not_replicated)
+                        integrity_problems, loaded_state, release_tables_without_identity,
+                        remember_loaded_state, required_tables, schema_change_notes,
+                        tables_not_replicated)
 from .protocol import int_to_lsn
 from .settings import JobSettings
 from .verify import Check, run_checks
@@ -185,6 +186,9 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
     try:
         check_server(lock)
         acquire_run_lock(lock, settings.slot_name)
+        released = release_tables_without_identity(lock, settings)
+        if released:
+            raise CopyMissingError(released)
         remote = destination_state(pipeline)
         lost = destination_lost(pipeline, remote)
         if lost:

@@ -1,8 +1,9 @@
 """Every table shape the snapshot publishes: key types, and the application's own writes."""
 
+import psycopg2.errors
 import pytest
 
-from tests.tools import Project, assert_table_matches, run_sql
+from tests.tools import EXIT_NO_COPY, Project, assert_table_matches, one_error_line, run_sql
 
 
 @pytest.fixture(params=["duckdb", "filesystem"])
@@ -93,6 +94,31 @@ def test_deferrable_key_under_replica_identity_full_leaves_no_ghost(source, proj
             "UPDATE d SET id = 8 WHERE id = 7", "INSERT INTO d VALUES (7, 'y')", "COMMIT")
     project.run("cdc")
     assert_table_matches(source, project, "d")
+
+
+@pytest.mark.parametrize("ddl", [
+    "ALTER TABLE k DROP CONSTRAINT k_pkey",
+    "ALTER TABLE k REPLICA IDENTITY NOTHING",
+    "ALTER TABLE k DROP CONSTRAINT k_pkey, ADD PRIMARY KEY (id) DEFERRABLE",
+])
+def test_key_lost_while_published_is_moved_out_so_the_applications_writes_work(
+        source, duckdb_project, ddl):
+    run_sql(source, "CREATE TABLE k (id int PRIMARY KEY, v text)",
+            "INSERT INTO k VALUES (1, 'a'), (2, 'b')", "CREATE TABLE other (id int PRIMARY KEY)")
+    duckdb_project.run("snapshot")
+    run_sql(source, ddl)
+    with pytest.raises(psycopg2.errors.ObjectNotInPrerequisiteState):  # no replica identity
+        run_sql(source, "UPDATE k SET v = 'changed' WHERE id = 1")
+    line = one_error_line(duckdb_project.run("cdc", expect=EXIT_NO_COPY))
+    assert "table k lost its row identity" in line and "run `snapshot --tables k`" in line, line
+    # The first cdc after the DDL took it out of the publication of updates and deletes.
+    run_sql(source, "UPDATE k SET v = 'changed' WHERE id = 1", "DELETE FROM k WHERE id = 2",
+            "INSERT INTO other VALUES (1)")
+    duckdb_project.run("snapshot", "--tables", "k")
+    run_sql(source, "INSERT INTO k VALUES (3, 'c')")
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "k")  # no key: as a multiset
+    assert_table_matches(source, duckdb_project, "other")
 
 
 # -- settings of the role or database ------------------------------------------------------------
