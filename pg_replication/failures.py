@@ -76,6 +76,15 @@ def _unwrap(error: BaseException) -> Tuple[BaseException, Optional[str]]:
     return inner, step
 
 
+def is_file_lock_conflict(error: BaseException) -> bool:
+    """DuckDB could not lock its database file: another process has it open."""
+    inner, _ = _unwrap(error)
+    for candidate in (inner, error):
+        if "could not set lock on file" in str(candidate).lower():
+            return True
+    return False
+
+
 def essential_line(error: BaseException) -> str:
     """The line of an exception's text that says what went wrong (not a traceback header)."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]

@@ -17,6 +17,7 @@ waits for its snapshot, and refuses with "run `snapshot`".
 
 import json
 import os
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from .changes import LOAD_BYTES, Position, SegmentResult
 from .connect import connect
 from .dlt_compat import destination_state, repair_crashed_packages
 from .exceptions import CopyMissingError, SlotError, mask_secrets
-from .failures import essential_line
+from .failures import essential_line, is_file_lock_conflict
 from .ddl import Leaves, read_leaves
 from .handoff import LoadedState, short_names, table_key
 from .helpers import init_replication, run_stop_position, select_tables
@@ -44,7 +45,7 @@ from .settings import JobSettings
 from .verify import Check, run_checks
 from .status import StatusReport, collect_status, read_run_record, record_run
 from .slots import (acquire_run_lock, advance_slot, check_partition_root_publishing,
-                    check_server, check_slot_usable, current_database, get_slot,
+                    check_server, check_slot_usable, current_database, get_slot, run_lock_holder,
                     validate_slot_name)
 
 
@@ -232,12 +233,30 @@ def follow_cdc(settings: JobSettings, pipeline: dlt.Pipeline, interval: float,
     A stop during a run ends its reading at the next commit; the run still loads and confirms
     what it read before returning.
     """
+    conflicts = 0
     while not stop.is_set():
-        with recorded_run(pipeline, "cdc") as record:
-            report = run_cdc(settings, pipeline, stop_requested=stop.is_set)
-            record["summary"] = report.summary()
+        try:
+            with recorded_run(pipeline, "cdc", retried=lambda e: is_file_lock_conflict(e)
+                              and conflicts < FOLLOW_LOCK_RETRIES) as record:
+                report = run_cdc(settings, pipeline, stop_requested=stop.is_set)
+                record["summary"] = report.summary()
+        except Exception as e:
+            # Another process opened the DuckDB file (a query, `verify`): nothing was confirmed,
+            # and the next run loads what this one left. Only a lasting conflict ends the follow.
+            conflicts += 1
+            if not is_file_lock_conflict(e) or conflicts > FOLLOW_LOCK_RETRIES:
+                raise
+            print(f"cdc: the DuckDB file is open in another process ({essential_line(e)}); "
+                  f"trying again in {FOLLOW_LOCK_WAIT:g} s", file=sys.stderr, flush=True)
+            stop.wait(FOLLOW_LOCK_WAIT)
+            continue
+        conflicts = 0
         on_report(report)
         stop.wait(interval)
+
+
+FOLLOW_LOCK_RETRIES = 30  # consecutive DuckDB file-lock conflicts `cdc --follow` waits through
+FOLLOW_LOCK_WAIT = 2.0  # seconds between them
 
 
 def run_status(settings: JobSettings, pipeline: dlt.Pipeline,
@@ -247,17 +266,32 @@ def run_status(settings: JobSettings, pipeline: dlt.Pipeline,
         position = stored_position(pipeline).lsn or None
         report = collect_status(conn, settings.slot_name, settings.pub_name, position,
                                 read_run_record(pipeline.working_dir), max_lag_mb)
-        report.problems.extend(_destination_problems(conn, settings, pipeline))
+        report.running_pid = run_lock_holder(conn, settings.slot_name)
+        # The running job holds DuckDB's file: opening it, even to read, would fail here and
+        # make the job's next load fail. Other destinations take concurrent readers.
+        report.destination_checked = not (report.running_pid and _local_duckdb(pipeline))
+        if report.destination_checked:
+            problems = _destination_problems(conn, settings, pipeline)
+            report.destination_checked = problems is not None
+            report.problems.extend(problems or [])
         report.not_replicated = tables_not_replicated(conn, settings)
         return report
     finally:
         conn.close()
 
 
-def _destination_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline) -> List[str]:
+def _local_duckdb(pipeline: dlt.Pipeline) -> bool:
+    return pipeline.destination.destination_name == "duckdb"
+
+
+def _destination_problems(conn, settings: JobSettings,
+                          pipeline: dlt.Pipeline) -> Optional[List[str]]:
+    """The problems `status` reports; None when a run (just started) has the DuckDB file."""
     try:
         return integrity_problems(conn, settings, pipeline)
     except Exception as e:  # noqa: BLE001 - status reports an unreachable destination, not raises
+        if is_file_lock_conflict(e):
+            return None
         return [mask_secrets(essential_line(e))]
 
 
@@ -271,15 +305,17 @@ def run_verify(settings: JobSettings, pipeline: dlt.Pipeline) -> List[Check]:
 
 
 @contextmanager
-def recorded_run(pipeline: dlt.Pipeline, command: str) -> Iterator[Dict[str, str]]:
-    """Records the outcome of a run for `status`; the caller puts its summary in the dict."""
+def recorded_run(pipeline: dlt.Pipeline, command: str,
+                 retried: Callable[[BaseException], bool] = lambda e: False
+                 ) -> Iterator[Dict[str, str]]:
+    """Records the outcome of a run for `status`; the caller puts its summary in the dict. A
+    failure the caller tries again (`retried`) is not recorded."""
     record = {"summary": ""}
     try:
         yield record
     except Exception as e:
-        lines = [line for line in str(e).strip().splitlines() if line.strip()]
-        record_run(pipeline.working_dir, command, "failed",
-                   mask_secrets(lines[0] if lines else type(e).__name__))
+        if not retried(e):
+            record_run(pipeline.working_dir, command, "failed", mask_secrets(essential_line(e)))
         raise
     record_run(pipeline.working_dir, command, "succeeded", record["summary"])
 

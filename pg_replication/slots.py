@@ -441,18 +441,16 @@ def wait_until_inactive(conn, slot_name: str, timeout: float = 10.0) -> Optional
         time.sleep(0.02)
 
 
-def acquire_run_lock(conn, slot_name: str) -> None:
-    """Takes a session advisory lock named after the slot, so two runs never overlap.
+def _run_lock_key(cur, slot_name: str) -> int:
+    cur.execute("SELECT hashtextextended(%s, 0)", ("pg_replication:" + slot_name,))
+    return cur.fetchone()[0]
 
-    Raises:
-        SlotInUseError: Another run (snapshot or cdc) holds it.
-    """
+
+def run_lock_holder(conn, slot_name: str) -> Optional[int]:
+    """The server PID of the session holding the run lock of `slot_name` (a running snapshot or
+    cdc), or None."""
     with conn.cursor() as cur:
-        cur.execute("SELECT hashtextextended(%s, 0)", ("pg_replication:" + slot_name,))
-        (key,) = cur.fetchone()
-        cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
-        if cur.fetchone()[0]:
-            return
+        key = _run_lock_key(cur, slot_name)
         # A bigint advisory key shows in pg_locks split into classid (high) and objid (low).
         cur.execute(
             """SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
@@ -460,7 +458,21 @@ def acquire_run_lock(conn, slot_name: str) -> None:
             ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
         )
         row = cur.fetchone()
-    holder = f" (pid {row[0]})" if row else ""
+    return row[0] if row else None
+
+
+def acquire_run_lock(conn, slot_name: str) -> None:
+    """Takes a session advisory lock named after the slot, so two runs never overlap.
+
+    Raises:
+        SlotInUseError: Another run (snapshot or cdc) holds it.
+    """
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (_run_lock_key(cur, slot_name),))
+        if cur.fetchone()[0]:
+            return
+    pid = run_lock_holder(conn, slot_name)
+    holder = f" (pid {pid})" if pid else ""
     raise SlotInUseError(f"slot {slot_name!r} is in use by another run{holder}; try again later")
 
 

@@ -28,6 +28,8 @@ class StatusReport:
     last_run: Optional[Dict[str, Any]] = None
     problems: List[str] = field(default_factory=list)
     not_replicated: List[str] = field(default_factory=list)  # tables created since the snapshot
+    running_pid: Optional[int] = None  # server PID of a snapshot or cdc running now
+    destination_checked: bool = True  # False: a run had the local DuckDB file open
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -49,6 +51,11 @@ class StatusReport:
             rows.append(("not replicated", ", ".join(self.not_replicated)
                          + " (`snapshot --tables` adds them)"))
         rows.append(("last loaded LSN", self.last_loaded_lsn or "-"))
+        if self.running_pid:
+            rows.append(("running", f"a snapshot or cdc (server pid {self.running_pid})"))
+        if not self.destination_checked:
+            rows.append(("destination", "not read: a run has the DuckDB file open (DuckDB lets "
+                                        "one process open it at a time)"))
         if self.last_run:
             run = self.last_run
             rows.append(("last run", f"{run.get('command')} {run.get('outcome')} at "

@@ -116,6 +116,55 @@ def test_follow_finishes_the_load_in_progress_on_sigterm(source, project):
     assert_table_matches(source, project, "items")
 
 
+def test_status_and_readers_of_the_duckdb_file_beside_follow(source, duckdb_project):
+    """DuckDB lets one process open its file at a time: `status` next to a running follow must
+    neither fail nor make the follow's next load fail; a user's own reader of the file makes
+    the follow wait and try again, not exit."""
+    import duckdb
+
+    _items(source)
+    duckdb_project.run("snapshot")
+    follower = duckdb_project.start("cdc", "--follow", "--interval", "0.2")
+    statuses, readers = [], 0
+    try:
+        for round_number in range(6):
+            run_sql(source, f"UPDATE items SET name = 'r{round_number}' WHERE id <= 10")
+            statuses.append(duckdb_project.run("status", expect=None))
+            try:  # holds the file for a moment, as a query would
+                with duckdb.connect(str(duckdb_project.duckdb_path), read_only=True) as con:
+                    con.execute("SELECT count(*) FROM bronze_postgres_raw.items").fetchall()
+                    time.sleep(0.5)
+                readers += 1
+            except duckdb.IOException:
+                pass  # the follower had it
+            assert follower.poll() is None, follower.communicate()
+        change_end = _wal_insert_lsn(source)
+        deadline = time.time() + 90
+        while (duckdb_project.slot_confirmed_lsn() or 0) < change_end:
+            assert time.time() < deadline, "--follow did not catch up within 90 s"
+            assert follower.poll() is None, follower.communicate()
+            time.sleep(0.3)
+        follower.send_signal(signal.SIGTERM)
+        _, stderr = follower.communicate(timeout=120)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    for result in statuses:
+        assert result.exit_code == 0, result.output
+    assert any("not read: a run has the DuckDB file open" in result.stdout
+               for result in statuses), [r.stdout for r in statuses]
+    assert readers, "no reader got the file: the conflict was not exercised"
+    assert_table_matches(source, duckdb_project, "items")
+
+
+def _wal_insert_lsn(conn) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_insert_lsn() - '0/0'")
+        return int(cur.fetchone()[0])
+
+
 def test_demo_runs_end_to_end():
     result = subprocess.run([sys.executable, str(REPO / "demo.py")], capture_output=True,
                             text=True, timeout=300, cwd=REPO)
