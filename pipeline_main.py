@@ -210,14 +210,14 @@ def cdc(ctx: click.Context, max_changes: Optional[int], max_seconds: Optional[fl
 def status(ctx: click.Context, as_json: bool, max_lag_mb: Optional[float]) -> None:
     """Show the replication slot, its lag, the publication and the last run.
 
-    Exits 6 when the slot is missing or invalidated, 9 when the lag exceeds --max-lag-mb or the
+    Exits 6 when the slot is missing, invalidated or not this database's, 9 when the lag exceeds --max-lag-mb or the
     last run failed, 0 otherwise.
     """
     from pg_replication.jobs import run_status
 
     report = run_status(_job_settings(), _pipeline(ctx), max_lag_mb)
     click.echo(report.to_json() if as_json else report.to_text())
-    if not report.slot_exists or report.wal_status == "lost":
+    if not report.slot_exists or report.wal_status == "lost" or not report.slot_usable:
         ctx.exit(6)
     if report.problems:
         ctx.exit(9)

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .protocol import int_to_lsn
-from .slots import current_wal_lsn, existing_publications, get_slot, publication_tables
+from .exceptions import SlotError
+from .slots import (check_slot_usable, current_database, current_wal_lsn, existing_publications,
+                    get_slot, publication_tables)
 
 RUN_RECORD_FILE = "last_run.json"
 
@@ -29,6 +31,7 @@ class StatusReport:
     problems: List[str] = field(default_factory=list)
     not_replicated: List[str] = field(default_factory=list)  # tables created since the snapshot
     running_pid: Optional[int] = None  # server PID of a snapshot or cdc running now
+    slot_usable: bool = True  # False: another plugin's slot, or another database's
     destination_checked: bool = True  # False: a run had the local DuckDB file open
 
     def to_json(self) -> str:
@@ -102,6 +105,12 @@ def collect_status(conn, slot_name: str, pub_name: str, last_loaded_lsn: Optiona
     if slot.wal_status == "lost":
         report.problems.append(
             f"slot {slot_name!r} was invalidated (wal_status=lost): run `snapshot` again")
+    else:
+        try:  # credentials for another database on the same server see the slot too
+            check_slot_usable(slot, slot_name, current_database(conn))
+        except SlotError as e:
+            report.slot_usable = False
+            report.problems.append(str(e))
     if max_lag_mb is not None and report.lag_bytes is not None \
             and report.lag_bytes > max_lag_mb * (1 << 20):
         report.problems.append(f"lag {report.lag_bytes} bytes exceeds {max_lag_mb} MB")

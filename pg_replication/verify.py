@@ -15,7 +15,8 @@ import dlt
 from .dlt_compat import destination_state
 from .handoff import LoadedState
 from .protocol import int_to_lsn
-from .slots import current_wal_lsn, get_slot
+from .exceptions import SlotError
+from .slots import check_slot_usable, current_database, current_wal_lsn, get_slot
 
 
 @dataclass
@@ -36,6 +37,10 @@ def check_slot(conn, slot_name: str) -> Check:
     if slot.wal_status == "lost":
         return Check("replication slot", False, f"slot {slot_name!r} was invalidated "
                                                 "(wal_status=lost): run `snapshot` again")
+    try:  # credentials for another database on the same server see the slot too
+        check_slot_usable(slot, slot_name, current_database(conn))
+    except SlotError as e:
+        return Check("replication slot", False, str(e))
     lag = max(current_wal_lsn(conn) - (slot.confirmed_flush_lsn or 0), 0)
     activity = f"active (pid {slot.active_pid})" if slot.active else "inactive"
     return Check("replication slot", True, f"{slot_name!r} exists, lag {lag} bytes, {activity}")

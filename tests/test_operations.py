@@ -5,8 +5,10 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg2
 import pytest
 
 from tests.tools import REPO, assert_table_matches, run_sql
@@ -163,6 +165,32 @@ def _wal_insert_lsn(conn) -> int:
     with conn.cursor() as cur:
         cur.execute("SELECT pg_current_wal_insert_lsn() - '0/0'")
         return int(cur.fetchone()[0])
+
+
+def test_credentials_for_another_database_fail_status_verify_and_cdc(source, project,
+                                                                     pg_server_url):
+    _items(source)
+    project.run("snapshot")
+    other = "t_" + uuid.uuid4().hex[:12]  # same server, so the slot is visible from there too
+    admin = psycopg2.connect(pg_server_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{other}"')
+        parts = urlsplit(project.source_url)
+        env = {"SOURCES__PG_REPLICATION__CREDENTIALS": urlunsplit(parts._replace(path="/" + other))}
+        status = project.run("status", env=env, expect=6)
+        assert "belongs to database" in status.stdout, status.stdout
+        verify = project.run("verify", env=env, expect=9)
+        assert "✗ replication slot" in verify.stdout and "belongs to database" in verify.stdout
+        project.run("cdc", env=env, expect=6)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+        admin.close()
+    project.run("cdc")  # the right credentials again: and all is well
+    project.run("status")
+    project.run("verify")
 
 
 def test_demo_runs_end_to_end():
