@@ -165,6 +165,7 @@ class TableCheck:
     # A transaction that gave every partition new storage: a TRUNCATE of the table itself only
     # if the stream carries it (its xid is then in the shape's `truncated_by`); see _check_leaves.
     expected_truncate: Optional[int] = None
+    needs_rename: bool = False  # a column collides with another: a copy is refused until renamed
 
 
 def check_table(recorded: Mapping[str, Any], now: CatalogTable, types: Mapping[int, PgTypeRow],
@@ -257,11 +258,17 @@ def _check_columns(check: TableCheck, recorded: List[Dict[str, Any]], now: Catal
             *(names for other, names in taken.items() if other != attnum))
         entry = old.get(attnum)
         if entry is None:
-            columns.append(_added(check, column, elsewhere, rewritten))
+            columns.append(_added(check, column, elsewhere, now, rewritten))
             continue
         entry = dict(entry)
         if column.name != entry["names"][-1]:
-            if column.name in elsewhere or destination_identifier(column.name) in elsewhere:
+            twin = _destination_twin(column, now)
+            if twin is not None:
+                check.needs_copy.append(f"column {entry['names'][-1]} was renamed to "
+                                        f"{column.name}, which lands in the same destination "
+                                        f"column as {twin}")
+                check.needs_rename = True
+            elif column.name in elsewhere or destination_identifier(column.name) in elsewhere:
                 check.needs_copy.append(f"column {entry['names'][-1]} was renamed to "
                                         f"{column.name}, a name another column had")
             check.notes.append(f"column {entry['names'][-1]} renamed to {column.name}")
@@ -273,9 +280,14 @@ def _check_columns(check: TableCheck, recorded: List[Dict[str, Any]], now: Catal
     return sorted(columns, key=lambda e: e["attnum"])
 
 
-def _added(check: TableCheck, column: CatalogColumn, elsewhere: set,
+def _added(check: TableCheck, column: CatalogColumn, elsewhere: set, now: CatalogTable,
            rewritten: bool) -> Dict[str, Any]:
-    if column.fills_rows or (column.has_default and rewritten):
+    twin = _destination_twin(column, now)
+    if twin is not None:
+        check.needs_copy.append(f"column {column.name} was added beside {twin}, and both would "
+                                f"land in destination column {destination_identifier(twin)}")
+        check.needs_rename = True
+    elif column.fills_rows or (column.has_default and rewritten):
         check.needs_copy.append(f"column {column.name} was added with values for existing rows")
     elif column.name in elsewhere or destination_identifier(column.name) in elsewhere:
         check.needs_copy.append(f"column {column.name} was added under a name the destination "
@@ -285,6 +297,19 @@ def _added(check: TableCheck, column: CatalogColumn, elsewhere: set,
         check.notes.append(f"column {column.name} added")
     return {"attnum": column.attnum, "names": [column.name], "destination": column.name,
             "type": [column.type_oid, column.type_modifier], "dropped": False}
+
+
+def _destination_twin(column: CatalogColumn, now: CatalogTable) -> Optional[str]:
+    """Another column of the table now that dlt's snake_case gives the same destination name
+    ("Notify" beside "notify"), or the name of a column the pipeline adds: no copy can tell the
+    two apart until one is renamed."""
+    target = destination_identifier(column.name)
+    if target in RESERVED_COLUMNS:
+        return f"{target} (a column the pipeline adds)"
+    for other in now.columns.values():
+        if other.attnum != column.attnum and destination_identifier(other.name) == target:
+            return other.name
+    return None
 
 
 def _type_changed(check: TableCheck, entry: Dict[str, Any], column: CatalogColumn,

@@ -8,7 +8,7 @@ commits that state with each load, so the destination and the positions never di
 
 import functools
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import dlt
 import pyarrow as pa
@@ -75,6 +75,23 @@ def refuse_colliding_names(tables, replicated: Sequence[str] = ()) -> None:
                 f"table {table.name!r}: column {second!r} would land in destination column "
                 f"{destination_identifier(second)!r}, the same as {what}: rename it, or leave "
                 "the table out (`--tables`)")
+
+
+def addable_tables(conn, schema_name: str, pub_name: str,
+                   names: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Of tables not replicated yet, those `snapshot --tables` can add, and one line for each of
+    the others saying why not (its name, or a column's, collides after snake_case)."""
+    accepted = _published_names(conn, schema_name, pub_name)
+    addable, refused = [], []
+    for name, table in sorted(describe_tables(conn, schema_name, list(names)).items()):
+        try:
+            refuse_colliding_names([table], accepted)
+        except ConfigError as e:
+            refused.append(str(e))
+            continue
+        addable.append(name)
+        accepted.append(name)
+    return addable, refused
 
 
 def init_replication(

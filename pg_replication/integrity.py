@@ -86,9 +86,9 @@ def required_tables(conn, settings: JobSettings) -> List[str]:
 
 
 def tables_not_replicated(conn, settings: JobSettings) -> List[str]:
-    """Tables of the schema created since the snapshot and not published, when every table of the
-    schema is wanted (no `table_names`): not an error, since a new table may be scratch space,
-    but said on every run and in `status`."""
+    """Tables of the schema not published (created since the snapshot, or left out of it), when
+    every table of the schema is wanted (no `table_names`): not an error, since a new table may
+    be scratch space, but said on every run and in `status`."""
     if settings.table_names:
         return []
     required = set(required_tables(conn, settings))
@@ -204,9 +204,11 @@ def check_schema_changes(conn, schema_name: str, loaded: LoadedState,
     names = short_names(sorted(failing), schema_name)
     reasons = "; ".join(f"{name}: {', '.join(failing[key].needs_copy)}"
                         for name, key in zip(names, sorted(failing)))
+    rename = ("rename one of the colliding columns (the destination cannot tell them apart), "
+              "then " if any(check.needs_rename for check in failing.values()) else "")
     return [f"{_tables(names)} changed in a way the change stream cannot carry ({reasons}): "
-            f"run `snapshot --tables {','.join(names)}` to copy {'it' if len(names) == 1 else 'them'}"
-            " again"], checks
+            f"{rename}run `snapshot --tables {','.join(names)}` to copy "
+            f"{'it' if len(names) == 1 else 'them'} again"], checks
 
 
 def schema_change_notes(checks: Dict[str, TableCheck], schema: str) -> List[str]:

@@ -35,7 +35,7 @@ from .exceptions import CopyMissingError, SlotError, mask_secrets
 from .failures import essential_line, is_file_lock_conflict
 from .ddl import Leaves, read_leaves
 from .handoff import LoadedState, short_names, table_key
-from .helpers import init_replication, run_stop_position, select_tables
+from .helpers import addable_tables, init_replication, run_stop_position, select_tables
 from .integrity import (check_schema_changes, copy_problems, destination_lost,
                         integrity_problems, loaded_state, release_tables_without_identity,
                         remember_loaded_state, required_tables, schema_change_notes,
@@ -69,7 +69,8 @@ class CdcReport:
     loads: int = 0  # segments loaded: more than one when bounded by bytes, truncates, ...
     seconds: float = 0.0
     schema_changes: List[str] = field(default_factory=list)  # carried on (ddl.py)
-    not_replicated: List[str] = field(default_factory=list)  # new tables of the schema
+    not_replicated: List[str] = field(default_factory=list)  # tables `snapshot --tables` adds
+    not_replicable: List[str] = field(default_factory=list)  # why others cannot be added
 
     @property
     def total(self) -> int:
@@ -88,8 +89,10 @@ class CdcReport:
         ddl = f"; schema changes: {'; '.join(self.schema_changes)}" if self.schema_changes else ""
         if self.not_replicated:
             names = ",".join(self.not_replicated)
-            ddl += (f"; not replicated: {', '.join(self.not_replicated)} (created since the "
-                    f"snapshot: `snapshot --tables {names}` adds them)")
+            ddl += (f"; not replicated: {', '.join(self.not_replicated)} (not in the "
+                    f"publication: `snapshot --tables {names}` adds them)")
+        for line in self.not_replicable:
+            ddl += f"; not replicated: {line}"
         return (f"cdc: {self.total} changes{tables}, {lsn_range}{confirmed}{pending}, "
                 f"{self.seconds:.2f}s{ddl}")
 
@@ -203,7 +206,7 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
         stop_lsn = run_stop_position(lock)
         shapes, expected_truncates = _refuse_uncarried_schema_changes(lock, settings, loaded,
                                                                       report, leaves)
-        report.not_replicated = tables_not_replicated(lock, settings)
+        report.not_replicated, report.not_replicable = _not_replicated(lock, settings)
         # The bound counts from here: the checks above can take seconds on a remote destination.
         deadline = time.monotonic() + max_seconds if max_seconds else None
         while True:
@@ -274,10 +277,19 @@ def run_status(settings: JobSettings, pipeline: dlt.Pipeline,
             problems = _destination_problems(conn, settings, pipeline)
             report.destination_checked = problems is not None
             report.problems.extend(problems or [])
-        report.not_replicated = tables_not_replicated(conn, settings)
+        report.not_replicated, report.not_replicable = _not_replicated(conn, settings)
         return report
     finally:
         conn.close()
+
+
+def _not_replicated(conn, settings: JobSettings) -> Tuple[List[str], List[str]]:
+    """Tables of the schema outside the publication: those a snapshot can add, and why the
+    others cannot be (name collisions)."""
+    names = tables_not_replicated(conn, settings)
+    if not names:
+        return [], []
+    return addable_tables(conn, settings.schema_name, settings.pub_name, names)
 
 
 def _local_duckdb(pipeline: dlt.Pipeline) -> bool:

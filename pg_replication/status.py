@@ -29,7 +29,8 @@ class StatusReport:
     last_loaded_lsn: Optional[str] = None
     last_run: Optional[Dict[str, Any]] = None
     problems: List[str] = field(default_factory=list)
-    not_replicated: List[str] = field(default_factory=list)  # tables created since the snapshot
+    not_replicated: List[str] = field(default_factory=list)  # tables `snapshot --tables` adds
+    not_replicable: List[str] = field(default_factory=list)  # why others cannot be added
     running_pid: Optional[int] = None  # server PID of a snapshot or cdc running now
     slot_usable: bool = True  # False: another plugin's slot, or another database's
     destination_checked: bool = True  # False: a run had the local DuckDB file open
@@ -52,7 +53,9 @@ class StatusReport:
             rows.append((f"publication {name}", ", ".join(tables) or "(no tables)"))
         if self.not_replicated:
             rows.append(("not replicated", ", ".join(self.not_replicated)
-                         + " (`snapshot --tables` adds them)"))
+                         + f" (`snapshot --tables {','.join(self.not_replicated)}` adds them)"))
+        for line in self.not_replicable:
+            rows.append(("not replicated", line))
         rows.append(("last loaded LSN", self.last_loaded_lsn or "-"))
         if self.running_pid:
             rows.append(("running", f"a snapshot or cdc (server pid {self.running_pid})"))

@@ -227,3 +227,22 @@ def test_new_table_outside_the_publication_is_reported(source, duckdb_project):
     run_sql(source, "INSERT INTO fresh VALUES (2, 'b')")
     assert "not replicated" not in duckdb_project.run("cdc").stdout
     assert_table_matches(source, duckdb_project, "fresh")
+
+
+def test_tables_left_out_are_reported_with_a_command_that_works(source, duckdb_project):
+    # A whole-schema snapshot is refused while names collide; the user copies what can be copied.
+    items_and_other(source)
+    run_sql(source, 'CREATE TABLE "Notes" (id int PRIMARY KEY)', "CREATE TABLE notes (id int PRIMARY KEY)",
+            'CREATE TABLE wide (id int PRIMARY KEY, "Flag" int, flag int)',
+            "CREATE TABLE ok_t (id int PRIMARY KEY)", "INSERT INTO ok_t VALUES (1)")
+    duckdb_project.run("snapshot", expect=2)
+    duckdb_project.run("snapshot", "--tables", "items,other")
+    ran = duckdb_project.run("cdc")
+    assert "created since the snapshot" not in ran.stdout  # they were there before
+    assert "`snapshot --tables Notes,ok_t` adds them" in ran.stdout, ran.stdout
+    assert "'Notes' and 'notes' would both land" in ran.stdout
+    assert "table 'wide': column 'flag'" in ran.stdout
+    status = duckdb_project.run("status").stdout
+    assert "`snapshot --tables Notes,ok_t` adds them" in status and "'wide'" in status
+    duckdb_project.run("snapshot", "--tables", "Notes,ok_t")  # the advice works
+    assert_table_matches(source, duckdb_project, "ok_t")
