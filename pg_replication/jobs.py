@@ -42,7 +42,7 @@ from .integrity import (check_schema_changes, copy_problems, destination_lost,
                         tables_not_replicated)
 from .protocol import int_to_lsn
 from .settings import JobSettings
-from .verify import Check, run_checks
+from .verify import Check, pending_packages, run_checks
 from .status import StatusReport, collect_status, read_run_record, record_run
 from .slots import (acquire_run_lock, advance_slot, check_partition_root_publishing,
                     check_server, check_slot_usable, current_database, get_slot, run_lock_holder,
@@ -270,6 +270,8 @@ def run_status(settings: JobSettings, pipeline: dlt.Pipeline,
         report = collect_status(conn, settings.slot_name, settings.pub_name, position,
                                 read_run_record(pipeline.working_dir), max_lag_mb)
         report.running_pid = run_lock_holder(conn, settings.slot_name)
+        if not report.running_pid:  # a running job's own packages are not left behind
+            report.pending_packages = len(pending_packages(pipeline))
         # The running job holds DuckDB's file: opening it, even to read, would fail here and
         # make the job's next load fail. Other destinations take concurrent readers.
         report.destination_checked = not (report.running_pid and _local_duckdb(pipeline))

@@ -32,6 +32,7 @@ class StatusReport:
     not_replicated: List[str] = field(default_factory=list)  # tables `snapshot --tables` adds
     not_replicable: List[str] = field(default_factory=list)  # why others cannot be added
     running_pid: Optional[int] = None  # server PID of a snapshot or cdc running now
+    pending_packages: int = 0  # loads a killed or failed run left; the next run loads them first
     slot_usable: bool = True  # False: another plugin's slot, or another database's
     destination_checked: bool = True  # False: a run had the local DuckDB file open
 
@@ -57,6 +58,9 @@ class StatusReport:
         for line in self.not_replicable:
             rows.append(("not replicated", line))
         rows.append(("last loaded LSN", self.last_loaded_lsn or "-"))
+        if self.pending_packages:
+            rows.append(("pending", f"{self.pending_packages} load package(s) a killed or failed "
+                                    "run left: the next cdc or snapshot loads them first"))
         if self.running_pid:
             rows.append(("running", f"a snapshot or cdc (server pid {self.running_pid})"))
         if not self.destination_checked:

@@ -75,10 +75,15 @@ def check_state(conn, slot_name: str, pipeline: dlt.Pipeline) -> Check:
     return Check(name, True, detail)
 
 
+def pending_packages(pipeline: dlt.Pipeline) -> List[str]:
+    """Load packages extracted or normalized and not loaded yet (a killed or failed run's)."""
+    return list(pipeline.list_extracted_load_packages()) + list(
+        pipeline.list_normalized_load_packages())
+
+
 def check_staged_files(pipeline: dlt.Pipeline) -> Check:
     name = "staged files"
-    pending = list(pipeline.list_extracted_load_packages()) + list(
-        pipeline.list_normalized_load_packages())
+    pending = pending_packages(pipeline)
     if pending:
         return Check(name, False, f"{len(pending)} load package(s) not loaded yet: run `cdc`")
     destination = pipeline.destination.destination_name

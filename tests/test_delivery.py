@@ -53,6 +53,9 @@ def test_failed_load_keeps_the_slot_and_the_pending_package_loads_first(source, 
     assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("Error: ")
     assert "slot was not advanced" in failed.stderr
     assert project.slot_confirmed_lsn() == confirmed
+    # status tells an operator that the failed run's load waits for the next run
+    pending = project.run("status", expect=None).stdout
+    assert "1 load package(s) a killed or failed run left" in pending
 
     _require_names(project, "items", False)
     run_sql(source, "UPDATE items SET qty = 3 WHERE id = 3")
