@@ -151,9 +151,10 @@ def snapshot(ctx: click.Context, tables: Optional[str], max_wait: Optional[float
                    "for it, so it is not replicated", err=True)
     for table in report.keyless_tables:
         click.echo(f"warning: {table} has no primary key (or a deferrable one): only its "
-                   "inserts are replicated (append); updates and deletes need a primary key, "
-                   "REPLICA IDENTITY USING INDEX, or (with a deferrable key) REPLICA IDENTITY "
-                   "FULL", err=True)
+                   "inserts are replicated (append), and an UPDATE or DELETE of it stops cdc "
+                   "until it is copied again; to replicate them give it a primary key, REPLICA "
+                   "IDENTITY USING INDEX, or (with a deferrable key) REPLICA IDENTITY FULL",
+                   err=True)
     total = sum(report.rows.values())
     handoff = ""
     if report.handoff_lsn:

@@ -251,9 +251,12 @@ class ChangeCollector:
             if commit_lsn < self.copied_before(relation_id):
                 return True  # made under an older name; the copy under the newer one holds it
             name = state.relation.name
+            now = self.tables_by_oid.get(relation_id)  # renamed since: the copy takes its name now
+            fix = now.name if now is not None and now.schema == state.relation.namespace else name
+            since = f" (named {fix} now)" if fix != name else ""
             raise CopyMissingError(
-                f"table {name} has changes in the stream but no copy in the destination "
-                f"(renamed, or published after the last snapshot): run `snapshot --tables {name}`")
+                f"table {name}{since} has changes in the stream but no copy in the destination "
+                f"(renamed, or published after the last snapshot): run `snapshot --tables {fix}`")
         return commit_lsn < state.applies_from
 
     def _state(self, relation_id: int, tag: str) -> _RelationState:

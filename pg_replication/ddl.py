@@ -29,7 +29,10 @@ had since the copy, its destination column and type; the key; each partition's s
     or dropped;
   - a partition truncated on its own, or rewritten (VACUUM FULL, CLUSTER): under
     `publish_via_partition_root` pgoutput sends nothing for a TRUNCATE of a partition, so its rows
-    would stay in the destination (see `_check_leaves`).
+    would stay in the destination (see `_check_leaves`);
+  - an enum value renamed, or attributes of a composite type added, dropped or changed (ALTER
+    TYPE), for a type a column uses, also inside an array, a domain or another composite: stored
+    values read differently without a row written (`_check_user_types`).
 
 A table renamed or dropped is handled by the hand-offs (handoff.py, integrity.py): renamed, it
 needs a copy under its new name; dropped, its destination table stays as the stream left it.
@@ -65,6 +68,9 @@ class CatalogTable:
     columns: Dict[int, CatalogColumn]  # by attnum
     key: List[int]  # attnums of the merge key (TableInfo.merge_key)
     storage: Dict[int, Tuple[str, int]]  # leaf OID -> (name, relfilenode); the table itself if plain
+    # Enum and composite types the columns use, also inside arrays, domains and other composites:
+    # type OID (as text) -> {"name", and "labels" (pg_enum OID -> label) or "attributes"}.
+    user_types: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
 # The leaves of partitioned tables: their relfilenode, and the transaction that last wrote their
@@ -120,6 +126,52 @@ WHERE r.oid = ANY (%s)
 """
 
 
+# Every enum and composite type reachable from the column types (through arrays, domains and
+# composites' attributes), with what its stored values' text depends on. An ALTER TYPE that
+# renames an enum value or changes a composite's attributes changes how existing rows read,
+# without writing them: the stream carries nothing of it.
+_USER_TYPES_SQL = """
+WITH RECURSIVE used(root, oid) AS (
+    SELECT r, r FROM unnest(%s::oid[]) AS r
+    UNION
+    SELECT u.root, child.oid
+    FROM used u
+    JOIN pg_type t ON t.oid = u.oid
+    CROSS JOIN LATERAL (
+        SELECT e.oid FROM pg_type e WHERE e.typarray = t.oid
+        UNION ALL SELECT t.typbasetype WHERE t.typtype = 'd'
+        UNION ALL SELECT a.atttypid FROM pg_attribute a
+                  WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0
+                    AND NOT a.attisdropped) AS child(oid)
+)
+SELECT u.root, t.oid, format_type(t.oid, NULL),
+       CASE t.typtype
+         WHEN 'e' THEN (SELECT json_object_agg(e.oid::text, e.enumlabel) FROM pg_enum e
+                        WHERE e.enumtypid = t.oid)
+         ELSE (SELECT json_agg(json_build_array(a.attname, a.atttypid, a.atttypmod)
+                               ORDER BY a.attnum)
+               FROM pg_attribute a
+               WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) END
+FROM used u
+JOIN pg_type t ON t.oid = u.oid
+WHERE t.typtype IN ('e', 'c')
+"""
+
+
+def _read_user_types(cur, tables: Dict[int, CatalogTable]) -> None:
+    roots = sorted({c.type_oid for table in tables.values() for c in table.columns.values()})
+    if not roots:
+        return
+    cur.execute(_USER_TYPES_SQL, (roots,))
+    by_root: Dict[int, Dict[str, Dict[str, Any]]] = {}
+    for root, oid, name, detail in cur.fetchall():
+        kind = "labels" if isinstance(detail, dict) else "attributes"
+        by_root.setdefault(root, {})[str(oid)] = {"name": name, kind: detail or {}}
+    for table in tables.values():
+        for column in table.columns.values():
+            table.user_types.update(by_root.get(column.type_oid, {}))
+
+
 def read_catalog(conn, oids: Sequence[int]) -> Dict[int, CatalogTable]:
     """The tables with these OIDs that still exist, by OID."""
     tables: Dict[int, CatalogTable] = {}
@@ -138,6 +190,7 @@ def read_catalog(conn, oids: Sequence[int]) -> Dict[int, CatalogTable]:
             for column in table.columns.values():
                 if column.name in missing:
                     column.fills_rows = True
+        _read_user_types(cur, tables)
     return tables
 
 
@@ -149,6 +202,7 @@ def shape_of(table: CatalogTable, leaves: Optional[Leaves] = None) -> Dict[str, 
                     for c in table.columns.values()],
         "key": list(table.key),
         "storage": {str(leaf): [name, filenode] for leaf, (name, filenode) in table.storage.items()},
+        "types": table.user_types,
     }
     if leaves is not None and table.oid in leaves:
         shape["leaves"] = {str(leaf): filenode for leaf, (filenode, _) in leaves[table.oid].items()}
@@ -192,6 +246,7 @@ def check_table(recorded: Mapping[str, Any], now: CatalogTable, types: Mapping[i
         check.needs_copy.append("its key changed")
     check.shape["columns"] = _check_columns(check, recorded.get("columns", []), now, types,
                                             rewritten)
+    _check_user_types(check, recorded.get("types"), now)
     if leaves or recorded.get("leaves"):
         _check_leaves(check, recorded, now, leaves or {})
     return check
@@ -234,6 +289,28 @@ def _check_leaves(check: TableCheck, recorded: Mapping[str, Any], now: CatalogTa
         f"{'partition' if len(names) == 1 else 'partitions'} {', '.join(names)} truncated or "
         "rewritten on their own (TRUNCATE, VACUUM FULL, CLUSTER of a partition), which the change "
         "stream does not carry")
+
+
+def _check_user_types(check: TableCheck, recorded: Optional[Mapping[str, Any]],
+                      now: CatalogTable) -> None:
+    """An enum value renamed, or a composite type's attributes added, dropped or changed: every
+    stored value of it now reads differently, and no row was written (ALTER TYPE). Adding an
+    enum value changes nothing stored, and is carried."""
+    check.shape["types"] = now.user_types
+    for oid, old in (recorded or {}).items():  # None: recorded before types were tracked
+        new = now.user_types.get(oid)
+        if new is None:  # no column uses it any more: the columns' check judged that
+            continue
+        if "labels" in old:
+            renamed = [f"{label!r} to {new['labels'][enum]!r}"
+                       for enum, label in old["labels"].items()
+                       if new.get("labels", {}).get(enum, label) != label]
+            if renamed:
+                check.needs_copy.append(f"enum type {new['name']} had value "
+                                        f"{', '.join(renamed)} renamed")
+        elif old.get("attributes") != new.get("attributes"):
+            check.needs_copy.append(f"composite type {new['name']} had attributes added, "
+                                    "dropped or changed")
 
 
 _KEPT_TRUNCATES = 20  # carried TRUNCATE xids kept per table: a few runs' worth

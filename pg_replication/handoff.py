@@ -18,6 +18,7 @@ Where it lives: the dlt source state of `pg_replication`, which dlt loads togeth
 
     {"position": Position.to_state(),        # how far the stream is loaded
      "tables": {"public.orders": {"handoff_lsn": C, "oid": 16384, "shape": {...}}, ...},
+               # insert-only tables also: "updated_or_deleted": N (insert_only.py)
      "slot_name": "pg_replication_slot"}      # the slot these positions belong to
 
 A table's `shape` is its catalog as last checked (ddl.py). A table's hand-off stays until the table is copied again. A snapshot that creates a new slot
@@ -36,6 +37,7 @@ POSITION_KEY = "position"
 TABLES_KEY = "tables"
 SLOT_KEY = "slot_name"
 SHAPE_KEY = "shape"
+WRITE_COUNT_KEY = "updated_or_deleted"  # insert-only tables: the server's count at the copy
 
 
 @dataclass
@@ -47,6 +49,9 @@ class LoadedState:
     slot_name: Optional[str] = None
     oids: Dict[str, int] = field(default_factory=dict)  # table_key -> pg_class OID when copied
     shapes: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # table_key -> ddl shape
+    # table_key -> {"rows": updated or deleted before the copy, "stats_since": the statistics'
+    # reset stamps}, for insert-only tables (insert_only.py)
+    write_counts: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     @property
     def anything_loaded(self) -> bool:
@@ -60,7 +65,9 @@ class LoadedState:
                    {key: int(entry["handoff_lsn"]) for key, entry in tables.items()},
                    state.get(SLOT_KEY),
                    {key: int(entry["oid"]) for key, entry in tables.items() if entry.get("oid")},
-                   {key: entry[SHAPE_KEY] for key, entry in tables.items() if entry.get(SHAPE_KEY)})
+                   {key: entry[SHAPE_KEY] for key, entry in tables.items() if entry.get(SHAPE_KEY)},
+                   {key: entry[WRITE_COUNT_KEY] for key, entry in tables.items()
+                    if entry.get(WRITE_COUNT_KEY)})
 
     @classmethod
     def from_pipeline_state(cls, state: Optional[Mapping[str, Any]]) -> "LoadedState":
@@ -81,10 +88,13 @@ def start_snapshot(state: MutableMapping[str, Any], slot_name: str, handoff_lsn:
 
 
 def record_copy(state: MutableMapping[str, Any], schema: str, name: str, oid: int,
-                handoff_lsn: int, shape: Optional[Dict[str, Any]] = None) -> None:
+                handoff_lsn: int, shape: Optional[Dict[str, Any]] = None,
+                write_count: Optional[Dict[str, Any]] = None) -> None:
     entry: Dict[str, Any] = {"handoff_lsn": handoff_lsn, "oid": oid}
     if shape is not None:
         entry[SHAPE_KEY] = shape
+    if write_count is not None:
+        entry[WRITE_COUNT_KEY] = write_count
     state.setdefault(TABLES_KEY, {})[table_key(schema, name)] = entry
 
 

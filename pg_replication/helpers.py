@@ -25,6 +25,7 @@ from .exceptions import ConfigError, CopyMissingError, SlotError
 from .handoff import (SOURCE_NAME, HandoffRule, LoadedState, record_copy, record_shapes,
                       record_truncate,
                       start_snapshot)
+from .insert_only import insert_only_problems, updated_or_deleted_rows
 from .integrity import check_schema_changes
 from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, LOAD_ID_COLUMN, META_ARROW_TYPES,
                      RESERVED_COLUMNS, DeleteMode, ExistingColumn, MergeStrategy,
@@ -164,12 +165,15 @@ def init_replication(
             if slot is None:
                 create_slot(conn, slot_name)
             return None
+        # Read before the slot's consistent point: every UPDATE or DELETE after it counts.
+        write_counts = updated_or_deleted_rows(
+            conn, [table.oid for table in tables.values() if not table.merge_key])
     finally:
         conn.close()
     new_stream = slot is None
     reader, handoff_lsn = _open_snapshot_reader(dsn, slot_name, new_stream, max_wait_seconds)
     return snapshot_source(reader, list(tables.values()), types, handoff_lsn, new_stream,
-                           slot_name, include_columns, columns, deletes)
+                           slot_name, include_columns, columns, deletes, write_counts)
 
 
 def _open_snapshot_reader(dsn: str, slot_name: str, new_stream: bool,
@@ -197,9 +201,11 @@ def _open_snapshot_reader(dsn: str, slot_name: str, new_stream: bool,
 
 def snapshot_source(reader, tables: List[TableInfo], types, handoff_lsn: int, new_stream: bool,
                     slot_name: str, include_columns=None, columns=None,
-                    deletes: DeleteMode = "hard") -> DltSource:
+                    deletes: DeleteMode = "hard",
+                    write_counts: Optional[Dict[int, Dict[str, Any]]] = None) -> DltSource:
     """A `pg_replication` source whose one resource copies `tables` on `reader`'s transaction and
-    records their hand-off (handoff.py) in the source state."""
+    records their hand-off (handoff.py) in the source state, with the rows updated or deleted
+    before it of the insert-only ones (`write_counts` by OID, insert_only.py)."""
 
     def snapshot_rows() -> Iterator[Any]:
         try:
@@ -229,7 +235,8 @@ def snapshot_source(reader, tables: List[TableInfo], types, handoff_lsn: int, ne
                 if first:  # empty table: still replace what the destination holds
                     yield _mark(_empty_like(hints, kinds, marker), hints, True)
                 record_copy(state, table.schema, table.name, table.oid, handoff_lsn,
-                            shape_of(shapes[table.oid], leaves) if table.oid in shapes else None)
+                            shape_of(shapes[table.oid], leaves) if table.oid in shapes else None,
+                            (write_counts or {}).get(table.oid))
         finally:
             reader.close()
 
@@ -452,11 +459,14 @@ class _ShapeCheck:
         """Records the shapes in the source state and returns each table's ColumnMap.
 
         Raises:
-            CopyMissingError: (checking here) a table changed in a way the stream cannot carry.
+            CopyMissingError: (checking here) a table changed in a way the stream cannot carry,
+                or one that takes only inserts was updated (insert_only.py).
         """
         shapes = self.checked
         if shapes is None:
             problems, checks = check_schema_changes(conn, self.schema_name, self.loaded)
+            problems += insert_only_problems(conn, self.loaded, self.loaded.handoffs,
+                                             self.schema_name)
             if problems:
                 raise CopyMissingError(problems[0])
             shapes = {key: check.shape for key, check in checks.items()}

@@ -12,7 +12,8 @@
 - the slot was confirmed past what the destination holds of a table (a destination restored from
   a backup while the local state was lost): the changes in between are gone from the stream;
 - a table changed in a way the stream cannot carry (ddl.py): a DEFAULT that filled existing rows,
-  a partition attached with rows, and so on.
+  a partition attached with rows, and so on;
+- a table that takes only inserts through the stream had rows updated or deleted (insert_only.py).
 
 Which state is the truth: the destination's, since dlt loads it together with the data. The local
 state is ahead of it only while a load package is pending, and `cdc` loads those first.
@@ -30,9 +31,10 @@ from .ddl import Leaves, TableCheck, check_tables
 from .dlt_compat import destination_state, existing_destination_tables
 from .handoff import LoadedState, short_names, table_key, tables_without_copy
 from .exceptions import SourceNotReadyError
+from .insert_only import insert_only_problems
 from .failures import essential_line
 from .settings import JobSettings
-from .slots import (INSERT_ONLY_SUFFIX, ensure_publications, existing_publications, get_slot,
+from .slots import (INSERT_ONLY_SUFFIX, check_partition_root_publishing, ensure_publications, existing_publications, get_slot,
                     publication_tables)
 
 # The state version of the last load this machine saw complete, kept beside the pipeline's state.
@@ -120,6 +122,13 @@ def copy_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline,
             f"the slot is confirmed past what the destination holds of {_tables(behind)} (a "
             "destination restored from a backup?): the changes in between are gone from the "
             f"stream; run `snapshot --tables {','.join(behind)}`")
+    replaced = short_names(_replaced_tables(conn, settings, loaded, required),
+                           settings.schema_name)
+    if replaced:
+        problems.append(
+            f"{_tables(replaced)} {'is' if len(replaced) == 1 else 'are'} not the table copied "
+            "under that name (renamed over, swapped, or dropped and created again since the "
+            f"copy): run `snapshot --tables {','.join(replaced)}`")
     copied = {key.split(".", 1)[1]: key for key in required if key in loaded.handoffs}
     present = existing_destination_tables(pipeline, copied)
     gone = short_names(sorted(key for name, key in copied.items() if name not in present),
@@ -128,6 +137,30 @@ def copy_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline,
         problems.append(f"{_tables(gone)} missing from the destination although copied: run "
                         f"`snapshot --tables {','.join(gone)}`")
     return problems
+
+
+def _replaced_tables(conn, settings: JobSettings, loaded: LoadedState,
+                     required: List[str]) -> List[str]:
+    """Copied table_keys whose name now belongs to another table (another OID): its changes
+    would be merged into the copy of the one that had the name. Checked for the required
+    tables, and, when every table of the schema is wanted, for the others too (a table dropped
+    and created again is not published, but its destination table holds the old one's rows)."""
+    wanted = set(required)
+    if not settings.table_names:
+        wanted |= {table_key(settings.schema_name, name)
+                   for name in list_tables(conn, settings.schema_name)}
+    copied = {key.split(".", 1)[1]: key for key in wanted
+              if key in loaded.oids and key.startswith(settings.schema_name + ".")}
+    if not copied:
+        return []
+    with conn.cursor() as cur:
+        cur.execute("SELECT c.relname, c.oid FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = %s AND c.relname = ANY (%s)",
+                    (settings.schema_name, list(copied)))
+        now = {name: int(oid) for name, oid in cur.fetchall()}
+    return sorted(key for name, key in copied.items()
+                  if name in now and now[name] != loaded.oids[key])
 
 
 def _has_local_state(pipeline: dlt.Pipeline) -> bool:
@@ -220,6 +253,10 @@ def schema_change_notes(checks: Dict[str, TableCheck], schema: str) -> List[str]
 
 def integrity_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline) -> List[str]:
     """Every problem, for `status` and `verify` (which load nothing)."""
+    try:  # before anything reads the publication: without it, it lists partitions
+        check_partition_root_publishing(conn, settings.pub_name)
+    except SourceNotReadyError as e:
+        return [str(e)]
     remote = destination_state(pipeline)
     lost = destination_lost(pipeline, remote)
     if lost:
@@ -227,8 +264,9 @@ def integrity_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline) -> L
     loaded = loaded_state(pipeline, remote)
     problems = copy_problems(conn, settings, pipeline, loaded)
     if loaded.anything_loaded:
-        problems += check_schema_changes(conn, settings.schema_name, loaded,
-                                         required_tables(conn, settings))[0]
+        required = required_tables(conn, settings)
+        problems += check_schema_changes(conn, settings.schema_name, loaded, required)[0]
+        problems += insert_only_problems(conn, loaded, required, settings.schema_name)
     return problems
 
 

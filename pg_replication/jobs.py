@@ -36,6 +36,7 @@ from .failures import essential_line, is_file_lock_conflict
 from .ddl import Leaves, read_leaves
 from .handoff import LoadedState, short_names, table_key
 from .helpers import addable_tables, init_replication, run_stop_position, select_tables
+from .insert_only import insert_only_problems
 from .integrity import (check_schema_changes, copy_problems, destination_lost,
                         integrity_problems, loaded_state, release_tables_without_identity,
                         remember_loaded_state, required_tables, schema_change_notes,
@@ -190,6 +191,8 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
     try:
         check_server(lock)
         acquire_run_lock(lock, settings.slot_name)
+        # First: without publish_via_partition_root the publication lists partitions, not tables.
+        check_partition_root_publishing(lock, settings.pub_name)
         released = release_tables_without_identity(lock, settings)
         if released:
             raise CopyMissingError(released)
@@ -206,6 +209,7 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
         stop_lsn = run_stop_position(lock)
         shapes, expected_truncates = _refuse_uncarried_schema_changes(lock, settings, loaded,
                                                                       report, leaves)
+        _refuse_updated_insert_only_tables(lock, settings, loaded)
         report.not_replicated, report.not_replicable = _not_replicated(lock, settings)
         # The bound counts from here: the checks above can take seconds on a remote destination.
         deadline = time.monotonic() + max_seconds if max_seconds else None
@@ -349,7 +353,6 @@ def _refuse_without_copies(conn, settings: JobSettings, pipeline: dlt.Pipeline,
         raise CopyMissingError(f"slot {settings.slot_name!r} does not exist and no snapshot has "
                                "been loaded: run `snapshot`")
     check_slot_usable(slot, settings.slot_name, current_database(conn))
-    check_partition_root_publishing(conn, settings.pub_name)
     problems = copy_problems(conn, settings, pipeline, loaded)
     if not problems:
         return
@@ -373,6 +376,15 @@ def _refuse_uncarried_schema_changes(conn, settings: JobSettings, loaded: Loaded
     expected = {key: check.expected_truncate for key, check in checks.items()
                 if check.expected_truncate is not None}
     return {key: check.shape for key, check in checks.items()}, expected
+
+
+def _refuse_updated_insert_only_tables(conn, settings: JobSettings, loaded: LoadedState) -> None:
+    """Raises when a table the stream carries only inserts of had rows updated or deleted since
+    its copy (insert_only.py): its destination table no longer equals the source."""
+    problems = insert_only_problems(conn, loaded, required_tables(conn, settings),
+                                    settings.schema_name)
+    if problems:
+        raise CopyMissingError(problems[0])
 
 
 def _refuse_partition_truncates(settings: JobSettings, shapes: Dict[str, Dict[str, Any]],

@@ -265,6 +265,39 @@ def _check_published_actions(conn, pub_name: str) -> None:
                 f"publication {name!r} does not publish {', '.join(missing)}, so those changes "
                 f"would be lost: have an admin run ALTER PUBLICATION {name} SET (publish = "
                 f"'{', '.join(needed[name])}')")
+    _check_no_filters(conn, list(needed))
+
+
+# PostgreSQL 15+: a publication's column list (prattrs) or row filter (prqual) for a table.
+_FILTERED_SQL = """
+SELECT p.pubname, n.nspname, c.relname, pr.prattrs IS NOT NULL
+FROM pg_publication p
+JOIN pg_publication_rel pr ON pr.prpubid = p.oid
+JOIN pg_class c ON c.oid = pr.prrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE p.pubname = ANY (%s) AND (pr.prattrs IS NOT NULL OR pr.prqual IS NOT NULL)
+ORDER BY 1, 2, 3
+"""
+
+
+def _check_no_filters(conn, publications: List[str]) -> None:
+    """Raises SourceNotReadyError when a publication (an admin's) has a column list or a row
+    filter: the copy reads whole tables, while the stream would send rows without the columns
+    left out (updates would set them to NULL in the destination) and skip filtered rows."""
+    if conn.server_version < 150000:  # neither exists before PostgreSQL 15
+        return
+    with conn.cursor() as cur:
+        cur.execute(_FILTERED_SQL, (publications,))
+        found = cur.fetchone()
+    if found:
+        publication, schema, table, column_list = found
+        what = "a column list" if column_list else "a row filter"
+        raise SourceNotReadyError(
+            f"publication {publication!r} has {what} for table {schema}.{table}, which the "
+            "pipeline does not apply (the copy would hold what the stream leaves out): have an "
+            f"admin run BEGIN; ALTER PUBLICATION {publication} DROP TABLE {schema}.{table}; "
+            f"ALTER PUBLICATION {publication} ADD TABLE {schema}.{table}; COMMIT; then run "
+            f"`snapshot --tables {table}`")
 
 
 def copy_slot_name(slot_name: str) -> str:

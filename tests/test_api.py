@@ -15,6 +15,13 @@ from pg_replication.stream import ReplicationStream
 from tests.tools import run_sql
 
 
+def _duckdb_pipeline(name: str, tmp_path) -> dlt.Pipeline:
+    """A dlt pipeline into `api.duckdb` in tmp_path, dataset `api_data`."""
+    return dlt.pipeline(name, pipelines_dir=str(tmp_path / "pipelines"),
+                        destination=dlt.destinations.duckdb(str(tmp_path / "api.duckdb")),
+                        dataset_name="api_data")
+
+
 def test_pg_replication_source_reads_its_config_and_confirms_only_loaded_positions(
         source, source_url, tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCES__PG_REPLICATION__CREDENTIALS", source_url)
@@ -22,9 +29,7 @@ def test_pg_replication_source_reads_its_config_and_confirms_only_loaded_positio
     monkeypatch.setenv("SOURCES__PG_REPLICATION__PUB_NAME", "api_pub")
     run_sql(source, "CREATE TABLE items (id int PRIMARY KEY, name text)",
          "INSERT INTO items VALUES (1, 'a'), (2, 'b')")
-    pipeline = dlt.pipeline("api_test", pipelines_dir=str(tmp_path / "pipelines"),
-                            destination=dlt.destinations.duckdb(str(tmp_path / "api.duckdb")),
-                            dataset_name="api_data")
+    pipeline = _duckdb_pipeline("api_test", tmp_path)
     snapshot = init_replication("api_slot", "api_pub", "public", ["items"],
                                 credentials=source_url, persist_snapshots=True)
     pipeline.run(snapshot)
@@ -99,9 +104,7 @@ def test_library_source_keeps_renames_exact_and_refuses_a_filled_column(source, 
 
     run_sql(source, "CREATE TABLE items (id int PRIMARY KEY, name text)",
             "INSERT INTO items VALUES (1, 'a'), (2, 'b')")
-    pipeline = dlt.pipeline("api_ddl", pipelines_dir=str(tmp_path / "pipelines"),
-                            destination=dlt.destinations.duckdb(str(tmp_path / "api.duckdb")),
-                            dataset_name="api_data")
+    pipeline = _duckdb_pipeline("api_ddl", tmp_path)
     pipeline.run(init_replication("ddl_slot", "ddl_pub", "public", ["items"],
                                   credentials=source_url, persist_snapshots=True))
 
@@ -117,3 +120,29 @@ def test_library_source_keeps_renames_exact_and_refuses_a_filled_column(source, 
     run_sql(source, "ALTER TABLE items ADD COLUMN status text NOT NULL DEFAULT 'new'")
     with pytest.raises(Exception, match="run `snapshot --tables items`"):
         pipeline.run(changes())
+
+
+def test_library_source_refuses_an_updated_table_without_a_key(source, source_url, tmp_path):
+    import pytest
+
+    from tests.tools import publish_statistics
+
+    run_sql(source, "CREATE TABLE events (seq int, what text)", "INSERT INTO events VALUES (1, 'a')")
+    pipeline = _duckdb_pipeline("api_keyless", tmp_path)
+    pipeline.run(init_replication("keyless_slot", "keyless_pub", "public", ["events"],
+                                  credentials=source_url, persist_snapshots=True))
+
+    def changes():
+        return pg_replication(credentials=source_url, slot_name="keyless_slot",
+                              pub_name="keyless_pub")
+
+    run_sql(source, "INSERT INTO events VALUES (2, 'b')")
+    publish_statistics(source)
+    pipeline.run(changes())  # inserts alone are streamed
+    run_sql(source, "UPDATE events SET what = 'changed' WHERE seq = 1")
+    publish_statistics(source)
+    with pytest.raises(Exception, match="events can take only inserts"):
+        pipeline.run(changes())
+    with duckdb.connect(str(tmp_path / "api.duckdb"), read_only=True) as con:
+        assert sorted(con.execute("SELECT seq, what FROM api_data.events").fetchall()) == [
+            (1, "a"), (2, "b")]

@@ -219,3 +219,51 @@ def test_column_added_under_a_name_the_destination_uses_is_refused(source, duckd
     duckdb_project.run("snapshot", "--tables", "items")
     duckdb_project.run("cdc")
     assert_table_matches(source, duckdb_project, "items")
+
+
+# -- types the columns use (ALTER TYPE) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("column,value", [
+    ("tier tier", "'pro'"),
+    ("tiers tier[]", "ARRAY['pro', 'free']::tier[]"),
+    ("tier tier_domain", "'pro'"),
+    ("addr address", "ROW('Main St', 'pro')::address"),
+])
+def test_enum_value_renamed_needs_a_copy(source, duckdb_project, column, value):
+    """Before, cdc and verify passed while every stored 'pro' read 'professional' in the source
+    and 'pro' in the destination (also inside an array, a domain or a composite)."""
+    run_sql(source, "CREATE TYPE tier AS ENUM ('free', 'pro')",
+            "CREATE DOMAIN tier_domain AS tier", "CREATE TYPE address AS (street text, t tier)",
+            f"CREATE TABLE items (id int PRIMARY KEY, {column})",
+            f"INSERT INTO items SELECT g, {value} FROM generate_series(1, 3) g",
+            "CREATE TABLE other (id int PRIMARY KEY)", "INSERT INTO other VALUES (1)")
+    duckdb_project.run("snapshot")
+    run_sql(source, "ALTER TYPE tier ADD VALUE 'team'")  # nothing stored changes: carried
+    duckdb_project.run("cdc")
+    run_sql(source, "ALTER TYPE tier RENAME VALUE 'pro' TO 'professional'",
+            "UPDATE items SET id = 10 WHERE id = 1")
+    line = refused_then_fixed(source, duckdb_project, "items", "had value 'pro' to 'professional'",
+                              "other", status=True)
+    assert "enum type tier" in line, line
+
+
+def test_enum_primary_key_value_renamed_leaves_no_phantom_row(source, duckdb_project):
+    run_sql(source, "CREATE TYPE lvl AS ENUM ('low', 'high')",
+            "CREATE TABLE cfg (level lvl PRIMARY KEY, v int)",
+            "INSERT INTO cfg VALUES ('low', 1), ('high', 2)")
+    duckdb_project.run("snapshot")
+    run_sql(source, "ALTER TYPE lvl RENAME VALUE 'low' TO 'basic'",
+            "UPDATE cfg SET v = 3 WHERE level = 'basic'", "DELETE FROM cfg WHERE level = 'basic'")
+    refused_then_fixed(source, duckdb_project, "cfg", "enum type lvl had value 'low' to 'basic'")
+
+
+@pytest.mark.parametrize("ddl", ["ALTER TYPE address ADD ATTRIBUTE country text",
+                                 "ALTER TYPE address DROP ATTRIBUTE zip"])
+def test_composite_type_attributes_changed_need_a_copy(source, duckdb_project, ddl):
+    run_sql(source, "CREATE TYPE address AS (street text, zip text)",
+            "CREATE TABLE ship_to (id int PRIMARY KEY, a address)",
+            "INSERT INTO ship_to VALUES (1, ROW('Main St', '123')), (2, NULL)")
+    duckdb_project.run("snapshot")
+    run_sql(source, ddl, "INSERT INTO ship_to VALUES (3, NULL)")
+    refused_then_fixed(source, duckdb_project, "ship_to", "composite type address had attributes")

@@ -66,6 +66,43 @@ def test_table_renamed_twice_between_runs(source, duckdb_project):
     refused_then_fixed(source, duckdb_project, "items3", "no copy of table items3", "other")
 
 
+def test_table_renamed_and_renamed_back_between_runs_names_the_command_that_works(
+        source, duckdb_project):
+    items_and_other(source)
+    duckdb_project.run("snapshot")
+    run_sql(source, "ALTER TABLE items RENAME TO items_tmp", "UPDATE items_tmp SET a = 'x'",
+            "ALTER TABLE items_tmp RENAME TO items", "UPDATE items SET n = 0 WHERE id = 1")
+    line = refused_then_fixed(source, duckdb_project, "items", "(named items now)", "other")
+    assert "items_tmp" in line, line
+
+
+@pytest.mark.parametrize("ddl", [
+    # Two names swapped in one transaction: each name now belongs to the other table.
+    ["BEGIN", "ALTER TABLE items RENAME TO swap", "ALTER TABLE other RENAME TO items",
+     "ALTER TABLE swap RENAME TO other", "COMMIT"],
+    # Dropped and created again under the same name (not published: a new table).
+    ["DROP TABLE items", "CREATE TABLE items (id int PRIMARY KEY, a text, n int)",
+     "INSERT INTO items VALUES (1, 'new table', 1)"],
+], ids=["swapped", "recreated"])
+def test_a_name_that_belongs_to_another_table_now_needs_a_copy(source, duckdb_project, ddl):
+    """Before, cdc and verify passed while each destination table kept the old table's rows,
+    with the new one's changes merged on top."""
+    items_and_other(source)
+    duckdb_project.run("snapshot")
+    run_sql(source, *ddl, "DELETE FROM items WHERE id = 1")
+    assert "not the table copied under that name" in duckdb_project.run("verify", expect=9).stdout
+    line = one_error_line(duckdb_project.run("cdc", expect=EXIT_NO_COPY))
+    assert "not the table copied under that name" in line, line
+    tables = line.split("run `snapshot --tables ")[1].rstrip("`")
+    swapped = "ALTER TABLE swap RENAME TO other" in ddl
+    assert set(tables.split(",")) == ({"items", "other"} if swapped else {"items"}), line
+    duckdb_project.run("snapshot", "--tables", tables)
+    run_sql(source, "INSERT INTO items (id) VALUES (77)")
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "items")
+    assert_table_matches(source, duckdb_project, "other")
+
+
 # -- generated columns --------------------------------------------------------------------------
 
 

@@ -272,3 +272,12 @@ def items_and_other(conn, rows: int = 20) -> None:
     run_sql(conn, "CREATE TABLE items (id int PRIMARY KEY, a text, n int)",
             f"INSERT INTO items SELECT g, 'a' || g, g FROM generate_series(1, {rows}) g",
             "CREATE TABLE other (id int PRIMARY KEY, v text)", "INSERT INTO other VALUES (1, 'x')")
+
+
+
+def publish_statistics(conn) -> None:
+    """Publishes this session's statistics now (PostgreSQL 15+): a session otherwise publishes
+    its counts of updated and deleted rows about a second after it goes idle, and `cdc` checks
+    the tables it gets only the inserts of by them (insert_only.py). The flush happens before
+    the server answers, so the next run sees them."""
+    run_sql(conn, "SELECT pg_stat_force_next_flush()")
