@@ -38,7 +38,8 @@ from .schema import (
     COMMIT_TS_COLUMN, DELETED_AT_COLUMN, DELETED_COLUMN, LSN_COLUMN, META_ARROW_TYPES, DeleteMode,
     ExistingColumn, MergeStrategy, output_column_names, table_hints,
 )
-from .types import ColumnKind, PgTypeRow, raw_values_to_arrow, resolve_kind
+from .types import (ColumnKind, PgTypeRow, raw_values_to_arrow, refuse_inexact_keys,
+                    resolve_kind)
 
 Key = Tuple[TupleValue, ...]
 # (table, key column names, keys, wanted column names) -> {key: values of the wanted columns}
@@ -418,6 +419,9 @@ class ChangeCollector:
     def _to_batch(self, state: _RelationState, rows: List[List[TupleValue]],
                   meta: List[Tuple[int, int, bool]]) -> TableBatch:
         columns = list(zip(*rows))
+        refuse_inexact_keys(state.relation.name, [
+            (state.output_names[i], pa.array(columns[i], pa.string()), state.kinds[i])
+            for i in state.key_indexes])
         arrays = [raw_values_to_arrow(columns[i], kind) for i, kind in enumerate(state.kinds)]
         lsns, commit_ts, deleted = zip(*meta)
         arrays.append(pa.array(lsns, META_ARROW_TYPES[LSN_COLUMN]))

@@ -17,7 +17,7 @@ from psycopg2 import sql
 
 from .catalog import TableInfo
 from .schema import COMMIT_TS_COLUMN, DELETED_COLUMN, LSN_COLUMN, META_ARROW_TYPES
-from .types import ColumnKind, text_to_arrow
+from .types import ColumnKind, refuse_inexact_keys, text_to_arrow
 
 # Rows of one table reach dlt in batches of about this many bytes of CSV: small enough that the
 # buffers of a batch stay small next to the process, large enough for Arrow to stay efficient.
@@ -69,6 +69,8 @@ def read_table(
     copy_sql = _copy_sql(table).as_string(conn)
     for batch in _copy_csv_batches(conn, copy_sql, names):
         rows = batch.num_rows
+        refuse_inexact_keys(table.name, [(name, batch.column(names.index(name)), kinds[name])
+                                         for name in table.merge_key])
         arrays: List[pa.Array] = [text_to_arrow(batch.column(i), kinds[name])
                                   for i, name in enumerate(names)]
         arrays.append(pa.array([lsn] * rows, META_ARROW_TYPES[LSN_COLUMN]))

@@ -14,16 +14,19 @@ Documented choices (README "Types"):
   booleans JSON booleans, everything else (numeric included, to stay exact) JSON strings.
 - `infinity` / `-infinity` dates and timestamps, years after 9999 and BC years are clamped to
   9999-12-31 23:59:59.999999 and 0001-01-01 00:00:00, the range every destination (Databricks
-  included) can store.
+  included) can store. In a key column such a value (or a numeric NaN, which becomes NULL) is
+  refused instead (`refuse_inexact_keys`): it would land on another key.
 - Domains take their base type.
 """
 
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from .exceptions import CopyMissingError
 
 
 class PgTypeRow(NamedTuple):
@@ -154,10 +157,15 @@ MAX_DATE, MIN_DATE = "9999-12-31", "0001-01-01"
 MAX_TIMESTAMP, MIN_TIMESTAMP = "9999-12-31 23:59:59.999999", "0001-01-01 00:00:00"
 
 
+def _clamped(values: pa.Array) -> Tuple[pa.Array, pa.Array]:
+    """Masks of the date or timestamp texts clamped to the upper and to the lower bound."""
+    is_max = pc.or_(pc.equal(values, "infinity"), pc.match_substring_regex(values, r"^\d{5,}-"))
+    return is_max, pc.or_(pc.equal(values, "-infinity"), pc.ends_with(values, " BC"))
+
+
 def _clamp_datetime_text(values: pa.Array, max_text: str, min_text: str) -> pa.Array:
     """Replaces infinities, BC years and years past 9999 by the clamped bounds (see module doc)."""
-    is_max = pc.or_(pc.equal(values, "infinity"), pc.match_substring_regex(values, r"^\d{5,}-"))
-    is_min = pc.or_(pc.equal(values, "-infinity"), pc.ends_with(values, " BC"))
+    is_max, is_min = _clamped(values)
     if not (pc.any(is_max).as_py() or pc.any(is_min).as_py()):
         return values
     values = pc.if_else(is_max, pa.scalar(max_text), values)
@@ -227,6 +235,34 @@ _CONVERTERS = {
     "bytea": _to_bytes,
     "array": _to_json_list,
 }
+
+
+def inexact_key_value(values: pa.Array, kind: ColumnKind) -> Optional[str]:
+    """The first value (PostgreSQL text) of a key column that the destination cannot hold apart
+    from other keys: numeric NaN becomes NULL, and clamped dates and timestamps (infinities, BC
+    years, years past 9999) land on one bound. Two such keys would be merged into one row."""
+    if kind.conversion == "decimal":
+        inexact = pc.equal(values, "NaN")
+    elif kind.conversion in ("date", "timestamp", "timestamptz"):
+        inexact = pc.or_(*_clamped(values))
+    else:
+        return None
+    found = values.filter(pc.fill_null(inexact, False))
+    return found[0].as_py() if len(found) else None
+
+
+def refuse_inexact_keys(table: str, key_columns: Iterable[Tuple[str, pa.Array, ColumnKind]]
+                        ) -> None:
+    """Raises CopyMissingError when a key column (name, text values, kind) holds a value the
+    destination cannot tell apart from another key (inexact_key_value)."""
+    for name, values, kind in key_columns:
+        value = inexact_key_value(values, kind)
+        if value is not None:
+            raise CopyMissingError(
+                f"table {table}: key column {name} holds {value!r}, which the destination cannot "
+                "tell apart from other keys (numeric NaN becomes NULL; dates and timestamps are "
+                "clamped to 0001-01-01 .. 9999-12-31), so rows would be merged: change that row in "
+                f"the source (or leave the table out), then run `snapshot --tables {table}`")
 
 
 def text_to_arrow(values: pa.Array, kind: ColumnKind) -> pa.Array:

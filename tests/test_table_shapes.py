@@ -68,6 +68,42 @@ def test_update_after_unchanged_toast_with_a_composite_key(source, duckdb_projec
     assert [row["n"] for row in duckdb_project.dest_rows("ck")] == [1, 1, 1]
 
 
+# (key type, a value the destination holds exactly, one it cannot hold apart from other keys)
+INEXACT_KEYS = [
+    ("timestamptz", "'9999-12-31 23:59:59.999999+00'", "'infinity'"),
+    ("timestamp", "'0001-01-01 00:00'", "'0044-03-15 00:00 BC'"),
+    ("date", "'2024-01-01'", "'10000-01-01'"),
+    ("numeric(10,2)", "1.5", "'NaN'"),
+]
+
+
+@pytest.mark.parametrize("key_type,exact,inexact", INEXACT_KEYS, ids=[k for k, _, _ in INEXACT_KEYS])
+def test_key_values_the_destination_cannot_tell_apart_are_refused(source, duckdb_project,
+                                                                  key_type, exact, inexact):
+    """Before, an infinity key overwrote the row of the bound it is clamped to (silently), and a
+    NaN key failed every run with an Arrow error naming no table."""
+    run_sql(source, f"CREATE TABLE k (id {key_type} PRIMARY KEY, v text)",
+            f"INSERT INTO k VALUES ({exact}, 'exact'), ({inexact}, 'inexact')",
+            "CREATE TABLE other (id int PRIMARY KEY)")
+    line = one_error_line(duckdb_project.run("snapshot", expect=EXIT_NO_COPY))
+    assert line.startswith("Error: table k: key column id holds ") and "`snapshot --tables k`" in line
+    run_sql(source, f"DELETE FROM k WHERE id = {inexact}")
+    duckdb_project.run("snapshot")
+    # Through the stream: refused until the row is changed and the table copied again.
+    with source.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_lsn() - '0/0'")
+        before = int(cur.fetchone()[0])
+    run_sql(source, f"INSERT INTO k VALUES ({inexact}, 'again')", "INSERT INTO other VALUES (1)")
+    line = one_error_line(duckdb_project.run("cdc", expect=EXIT_NO_COPY))
+    assert "table k: key column id holds" in line, line
+    assert duckdb_project.slot_confirmed_lsn() <= before  # the change is still in the slot
+    run_sql(source, f"DELETE FROM k WHERE id = {inexact}")
+    duckdb_project.run("snapshot", "--tables", "k")
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "k")
+    assert_table_matches(source, duckdb_project, "other")
+
+
 # -- deferrable keys ----------------------------------------------------------------------------
 
 
