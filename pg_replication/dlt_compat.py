@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set
 
 import dlt
+from dlt.destinations.job_client_impl import SqlJobClientBase
 
 from .exceptions import LoadError, ReplicationError
 from .failures import destination_failed, essential_line
@@ -57,6 +58,33 @@ def existing_destination_tables(pipeline: dlt.Pipeline, table_names: Iterable[st
     with pipeline.destination_client() as client:
         found = client.get_storage_tables(list(wanted))
         return {wanted[name] for name, columns in found if columns}
+
+
+def recreate_tables_gone_from_destination(pipeline: dlt.Pipeline, table_names: Iterable[str]
+                                          ) -> List[str]:
+    """Creates again, empty, the tables dlt's schema knows that an SQL destination no longer has
+    (dropped by hand), and returns their source names.
+
+    dlt creates tables only while migrating a schema version the destination has not stored; for
+    a stored one it would truncate or insert into a table that is not there, on every run. The
+    client's `update_stored_schema(force=True)` compares the schema with the tables that exist and
+    creates what is missing. (File destinations such as Delta create a table as they write it.)"""
+    if not pipeline.default_schema_name:
+        return []
+    schema = pipeline.default_schema
+    known = {name: schema.naming.normalize_table_identifier(name) for name in table_names}
+    known = {name: table for name, table in known.items() if table in schema.tables}
+    if not known:
+        return []
+    with pipeline.destination_client() as client:
+        # No dataset at all (a deleted database file): dlt's own migration creates everything.
+        if not isinstance(client, SqlJobClientBase) or not client.is_storage_initialized():
+            return []
+    gone = sorted(set(known) - existing_destination_tables(pipeline, known))
+    if gone:
+        with pipeline.destination_client() as client:
+            client.update_stored_schema(only_tables=[known[name] for name in gone], force=True)
+    return gone
 
 
 def destination_identifier(name: str) -> str:

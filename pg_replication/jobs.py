@@ -30,7 +30,8 @@ from . import pg_replication
 from .catalog import unreplicable_tables
 from .changes import LOAD_BYTES, Position, SegmentResult
 from .connect import connect
-from .dlt_compat import destination_state, repair_crashed_packages
+from .dlt_compat import (destination_state, recreate_tables_gone_from_destination,
+                         repair_crashed_packages)
 from .exceptions import CopyMissingError, SlotError, mask_secrets
 from .failures import essential_line, is_file_lock_conflict
 from .ddl import Leaves, read_leaves
@@ -149,6 +150,7 @@ def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotRepor
             credentials=settings.dsn, persist_snapshots=True, deletes=settings.deletes,
             max_wait_seconds=settings.snapshot_max_wait,
         )
+        recreate_tables_gone_from_destination(pipeline, tables)
         rows = _run_snapshot_source(source, pipeline)
         # Every table of one snapshot shares its hand-off: report the first one's.
         handoff = LoadedState.from_pipeline_state(pipeline.state).handoffs.get(

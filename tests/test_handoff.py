@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 
+import duckdb
 import psycopg2
 import pytest
 
@@ -359,3 +360,25 @@ def test_unreachable_destination_before_reading_is_exit_7(source, project, tmp_p
     assert project.slot_confirmed_lsn() == confirmed
     project.run("cdc")
     assert_table_matches(source, project, "a_log")
+
+
+@pytest.mark.parametrize("rerun", [("--tables", "a"), ()], ids=["that table", "every table"])
+def test_destination_table_dropped_by_hand_is_recreated_by_the_snapshot_named(source,
+                                                                             duckdb_project,
+                                                                             rerun):
+    """Before, on DuckDB the snapshot the refusal names failed on every run ("Table with name a
+    does not exist"): dlt's stored schema still had the table, so nothing created it again."""
+    _keyed_and_keyless(source, rows=20)
+    duckdb_project.run("snapshot")
+    with duckdb.connect(str(duckdb_project.duckdb_path)) as con:
+        con.execute(f"DROP TABLE {DATASET}.a")
+    run_sql(source, "UPDATE a SET v = 'after the drop' WHERE id = 1")
+    line = _one_error_line(duckdb_project.run("cdc", expect=EXIT_NO_COPY))
+    assert "table a missing from the destination although copied: run `snapshot --tables a`" \
+        in line
+    duckdb_project.run("snapshot", *rerun)
+    run_sql(source, "UPDATE a SET v = 'later' WHERE id = 2")
+    duckdb_project.run("cdc")
+    for table in ("a", "a_log", "b"):
+        assert_table_matches(source, duckdb_project, table)
+    duckdb_project.run("verify")
