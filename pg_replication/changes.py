@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from .catalog import TableInfo, table_key
 from .ddl import ColumnMap
-from .exceptions import CopyMissingError, DecodeError
+from .exceptions import CopyMissingError, DecodeError, snapshot_command
 from .protocol import (
     UNCHANGED_TOAST, Begin, Commit, Delete, Insert, LogicalMessage, Message, Origin, PartialTuple,
     Relation,
@@ -257,7 +257,7 @@ class ChangeCollector:
             since = f" (named {fix} now)" if fix != name else ""
             raise CopyMissingError(
                 f"table {name}{since} has changes in the stream but no copy in the destination "
-                f"(renamed, or published after the last snapshot): run `snapshot --tables {fix}`")
+                f"(renamed, or published after the last snapshot): run {snapshot_command([fix])}")
         return commit_lsn < state.applies_from
 
     def _state(self, relation_id: int, tag: str) -> _RelationState:
@@ -511,7 +511,7 @@ def _unknown_columns_problem(relation: Relation, sent: List[str],
         return None
     return (f"table {relation.name} has changes with column(s) {', '.join(unknown)} that the "
             "catalog no longer has (renamed twice, or added and dropped, between two runs): run "
-            f"`snapshot --tables {relation.name}`")
+            f"{snapshot_command([relation.name])}")
 
 
 def _table_from_relation(relation: Relation) -> TableInfo:

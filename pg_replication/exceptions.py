@@ -5,6 +5,14 @@ password (see `mask_secrets`).
 """
 
 import re
+import shlex
+from typing import Iterable
+
+
+def snapshot_command(names: Iterable[str]) -> str:
+    """The `snapshot --tables` command that copies these tables, as a user can paste it into a
+    shell (a name with a space or a quote is quoted), between backquotes."""
+    return f"`snapshot --tables {shlex.quote(','.join(names))}`"
 
 
 class ReplicationError(Exception):

@@ -27,6 +27,7 @@ one, since the recorded sum only moves with a new copy.
 
 from typing import Any, Dict, Iterable, List
 
+from .exceptions import snapshot_command
 from .handoff import LoadedState, short_names
 
 # The sum over the relation itself, or over the leaves of a partitioned table. Cleared first: in
@@ -96,5 +97,5 @@ def insert_only_problems(conn, loaded: LoadedState, required: Iterable[str],
     table_word = "table " if len(names) == 1 else "tables "
     return [f"{table_word}{', '.join(names)} can take only inserts through the change stream (no "
             f"usable row identity), but {'; '.join(what)}: give {them} a primary key if the "
-            f"application updates {them}, then run `snapshot --tables {','.join(names)}` to copy "
+            f"application updates {them}, then run {snapshot_command(names)} to copy "
             f"{them} again"]

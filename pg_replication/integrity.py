@@ -30,12 +30,12 @@ from .catalog import describe_tables, list_tables, load_type_catalog
 from .ddl import Leaves, TableCheck, check_tables
 from .dlt_compat import destination_state, existing_destination_tables
 from .handoff import LoadedState, short_names, table_key, tables_without_copy
-from .exceptions import SourceNotReadyError
+from .exceptions import SourceNotReadyError, snapshot_command
 from .insert_only import insert_only_problems
 from .failures import essential_line
 from .settings import JobSettings
-from .slots import (INSERT_ONLY_SUFFIX, check_partition_root_publishing, ensure_publications, existing_publications, get_slot,
-                    publication_tables)
+from .slots import (INSERT_ONLY_SUFFIX, check_partition_root_publishing, ensure_publications,
+                    existing_publications, get_slot, publication_tables)
 
 # The state version of the last load this machine saw complete, kept beside the pipeline's state.
 LOADED_RECORD_FILE = "last_loaded_state.json"
@@ -114,28 +114,28 @@ def copy_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline,
         problems.append(
             f"no copy of {_tables(uncopied)} in the destination for the current slot (a failed "
             "or partial snapshot, a new slot, or a table published later): run "
-            f"`snapshot --tables {','.join(uncopied)}`")
+            f"{snapshot_command(uncopied)}")
     behind = [] if _has_local_state(pipeline) else short_names(
         _behind_the_slot(conn, settings, loaded, required), settings.schema_name)
     if behind:
         problems.append(
             f"the slot is confirmed past what the destination holds of {_tables(behind)} (a "
             "destination restored from a backup?): the changes in between are gone from the "
-            f"stream; run `snapshot --tables {','.join(behind)}`")
+            f"stream; run {snapshot_command(behind)}")
     replaced = short_names(_replaced_tables(conn, settings, loaded, required),
                            settings.schema_name)
     if replaced:
         problems.append(
             f"{_tables(replaced)} {'is' if len(replaced) == 1 else 'are'} not the table copied "
             "under that name (renamed over, swapped, or dropped and created again since the "
-            f"copy): run `snapshot --tables {','.join(replaced)}`")
+            f"copy): run {snapshot_command(replaced)}")
     copied = {key.split(".", 1)[1]: key for key in required if key in loaded.handoffs}
     present = existing_destination_tables(pipeline, copied)
     gone = short_names(sorted(key for name, key in copied.items() if name not in present),
                        settings.schema_name)
     if gone:
         problems.append(f"{_tables(gone)} missing from the destination although copied: run "
-                        f"`snapshot --tables {','.join(gone)}`")
+                        f"{snapshot_command(gone)}")
     return problems
 
 
@@ -211,10 +211,10 @@ def release_tables_without_identity(conn, settings: JobSettings) -> Optional[str
         ensure_publications(conn, settings.pub_name, lost)  # autocommit: done, whatever follows
     except (psycopg2.Error, SourceNotReadyError) as e:
         return (f"{problem}: have an admin take {them} out of publication {settings.pub_name} "
-                f"({essential_line(e)}), then run `snapshot --tables {','.join(shown)}`")
+                f"({essential_line(e)}), then run {snapshot_command(shown)}")
     return (f"{problem}ed: moved to publication {settings.pub_name + INSERT_ONLY_SUFFIX}, where "
             "they work again, but those changes are not streamed: run "
-            f"`snapshot --tables {','.join(shown)}` to copy {them} again")
+            f"{snapshot_command(shown)} to copy {them} again")
 
 
 def check_schema_changes(conn, schema_name: str, loaded: LoadedState,
@@ -240,7 +240,7 @@ def check_schema_changes(conn, schema_name: str, loaded: LoadedState,
     rename = ("rename one of the colliding columns (the destination cannot tell them apart), "
               "then " if any(check.needs_rename for check in failing.values()) else "")
     return [f"{_tables(names)} changed in a way the change stream cannot carry ({reasons}): "
-            f"{rename}run `snapshot --tables {','.join(names)}` to copy "
+            f"{rename}run {snapshot_command(names)} to copy "
             f"{'it' if len(names) == 1 else 'them'} again"], checks
 
 

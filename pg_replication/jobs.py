@@ -32,7 +32,7 @@ from .changes import LOAD_BYTES, Position, SegmentResult
 from .connect import connect
 from .dlt_compat import (destination_state, recreate_tables_gone_from_destination,
                          repair_crashed_packages)
-from .exceptions import CopyMissingError, SlotError, mask_secrets
+from .exceptions import CopyMissingError, SlotError, mask_secrets, snapshot_command
 from .failures import essential_line, is_file_lock_conflict
 from .ddl import Leaves, read_leaves
 from .handoff import LoadedState, short_names, table_key
@@ -90,9 +90,8 @@ class CdcReport:
             pending += f", in {self.loads} loads"
         ddl = f"; schema changes: {'; '.join(self.schema_changes)}" if self.schema_changes else ""
         if self.not_replicated:
-            names = ",".join(self.not_replicated)
             ddl += (f"; not replicated: {', '.join(self.not_replicated)} (not in the "
-                    f"publication: `snapshot --tables {names}` adds them)")
+                    f"publication: {snapshot_command(self.not_replicated)} adds them)")
         for line in self.not_replicable:
             ddl += f"; not replicated: {line}"
         return (f"cdc: {self.total} changes{tables}, {lsn_range}{confirmed}{pending}, "
@@ -402,7 +401,7 @@ def _refuse_partition_truncates(settings: JobSettings, shapes: Dict[str, Dict[st
         raise CopyMissingError(
             f"{', '.join(names)}: every partition was truncated or rewritten by name (TRUNCATE, "
             "VACUUM FULL, CLUSTER of the partitions), which the change stream does not carry: run "
-            f"`snapshot --tables {','.join(names)}` to copy {'it' if len(names) == 1 else 'them'}"
+            f"{snapshot_command(names)} to copy {'it' if len(names) == 1 else 'them'}"
             " again")
 
 

@@ -17,7 +17,8 @@ from psycopg2 import sql
 
 from .catalog import TableInfo
 from .connect import connect, describe_pg_error
-from .exceptions import ConfigError, SlotError, SlotInUseError, SourceNotReadyError
+from .exceptions import (ConfigError, SlotError, SlotInUseError, SourceNotReadyError,
+                         snapshot_command)
 from .protocol import int_to_lsn, lsn_to_int
 
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
@@ -297,7 +298,7 @@ def _check_no_filters(conn, publications: List[str]) -> None:
             "pipeline does not apply (the copy would hold what the stream leaves out): have an "
             f"admin run BEGIN; ALTER PUBLICATION {publication} DROP TABLE {schema}.{table}; "
             f"ALTER PUBLICATION {publication} ADD TABLE {schema}.{table}; COMMIT; then run "
-            f"`snapshot --tables {table}`")
+            f"{snapshot_command([table])}")
 
 
 def copy_slot_name(slot_name: str) -> str:

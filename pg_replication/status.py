@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .protocol import int_to_lsn
-from .exceptions import SlotError
+from .exceptions import SlotError, snapshot_command
 from .slots import (check_slot_usable, current_database, current_wal_lsn, existing_publications,
                     get_slot, publication_tables)
 
@@ -54,7 +54,7 @@ class StatusReport:
             rows.append((f"publication {name}", ", ".join(tables) or "(no tables)"))
         if self.not_replicated:
             rows.append(("not replicated", ", ".join(self.not_replicated)
-                         + f" (`snapshot --tables {','.join(self.not_replicated)}` adds them)"))
+                         + f" ({snapshot_command(self.not_replicated)} adds them)"))
         for line in self.not_replicable:
             rows.append(("not replicated", line))
         rows.append(("last loaded LSN", self.last_loaded_lsn or "-"))

@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Seq
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .exceptions import CopyMissingError
+from .exceptions import CopyMissingError, snapshot_command
 
 
 class PgTypeRow(NamedTuple):
@@ -262,7 +262,7 @@ def refuse_inexact_keys(table: str, key_columns: Iterable[Tuple[str, pa.Array, C
                 f"table {table}: key column {name} holds {value!r}, which the destination cannot "
                 "tell apart from other keys (numeric NaN becomes NULL; dates and timestamps are "
                 "clamped to 0001-01-01 .. 9999-12-31), so rows would be merged: change that row in "
-                f"the source (or leave the table out), then run `snapshot --tables {table}`")
+                f"the source (or leave the table out), then run {snapshot_command([table])}")
 
 
 def text_to_arrow(values: pa.Array, kind: ColumnKind) -> pa.Array:

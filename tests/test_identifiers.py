@@ -148,3 +148,25 @@ def test_quoted_schema_table_and_column_names_replicate(source, project):
     notes = {row[1]: row[5] for row in _destination_rows(project, "order_items")[1]}  # id, note
     assert all(len(notes[k]) == BIG for k in (3, 6, 9)), "unchanged TOAST value lost"
     assert "cdc: 0 changes" in _run(project, "cdc").stdout
+
+
+def test_the_printed_snapshot_command_works_when_pasted_into_a_shell(source, duckdb_project):
+    """Before, `snapshot --tables Audit Trail,items` was printed unquoted: pasted, it failed with
+    "Got unexpected extra argument"."""
+    import shlex
+    import subprocess
+
+    run_sql(source, 'CREATE TABLE "Audit Trail" (id int PRIMARY KEY, "Note" text)',
+            "CREATE TABLE items (id int PRIMARY KEY)", 'INSERT INTO "Audit Trail" VALUES (1, \'a\')')
+    duckdb_project.run("snapshot", "--tables", "items")
+    run_sql(source, f'ALTER PUBLICATION {duckdb_project.pub} ADD TABLE "Audit Trail"')
+    refused = duckdb_project.run("cdc", expect=10).stderr
+    command = refused.split("run `")[1].split("`")[0]
+    assert command == "snapshot --tables 'Audit Trail'", refused
+    shell_line = " ".join(shlex.quote(part) for part in duckdb_project.command()) + " " + command
+    subprocess.run(shell_line, shell=True, check=True, env=duckdb_project.environment(),
+                   cwd=duckdb_project.dir, capture_output=True)
+    run_sql(source, 'UPDATE "Audit Trail" SET "Note" = \'b\'')
+    duckdb_project.run("cdc")
+    with duckdb.connect(str(duckdb_project.duckdb_path), read_only=True) as con:
+        assert con.execute(f"SELECT id, note FROM {DATASET}.audit_trail").fetchall() == [(1, "b")]
