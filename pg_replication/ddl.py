@@ -126,8 +126,8 @@ WHERE r.oid = ANY (%s)
 """
 
 
-# Every enum and composite type reachable from the column types (through arrays, domains and
-# composites' attributes), with what its stored values' text depends on. An ALTER TYPE that
+# Every enum and composite type reachable from the column types (through arrays, domains, ranges
+# and composites' attributes), with what its stored values' text depends on. An ALTER TYPE that
 # renames an enum value or changes a composite's attributes changes how existing rows read,
 # without writing them: the stream carries nothing of it.
 _USER_TYPES_SQL = """
@@ -140,11 +140,13 @@ WITH RECURSIVE used(root, oid) AS (
     CROSS JOIN LATERAL (
         SELECT e.oid FROM pg_type e WHERE e.typarray = t.oid
         UNION ALL SELECT t.typbasetype WHERE t.typtype = 'd'
+        UNION ALL SELECT r.rngsubtype FROM pg_range r
+                  WHERE r.rngtypid = t.oid OR r.rngmultitypid = t.oid
         UNION ALL SELECT a.atttypid FROM pg_attribute a
                   WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0
                     AND NOT a.attisdropped) AS child(oid)
 )
-SELECT u.root, t.oid, format_type(t.oid, NULL),
+SELECT u.root, t.oid, format_type(t.oid, NULL), t.typtype,
        CASE t.typtype
          WHEN 'e' THEN (SELECT json_object_agg(e.oid::text, e.enumlabel) FROM pg_enum e
                         WHERE e.enumtypid = t.oid)
@@ -164,9 +166,10 @@ def _read_user_types(cur, tables: Dict[int, CatalogTable]) -> None:
         return
     cur.execute(_USER_TYPES_SQL, (roots,))
     by_root: Dict[int, Dict[str, Dict[str, Any]]] = {}
-    for root, oid, name, detail in cur.fetchall():
-        kind = "labels" if isinstance(detail, dict) else "attributes"
-        by_root.setdefault(root, {})[str(oid)] = {"name": name, kind: detail or {}}
+    for root, oid, name, type_type, detail in cur.fetchall():
+        entry = ({"name": name, "labels": detail or {}} if type_type == "e"
+                 else {"name": name, "attributes": detail or []})
+        by_root.setdefault(root, {})[str(oid)] = entry
     for table in tables.values():
         for column in table.columns.values():
             table.user_types.update(by_root.get(column.type_oid, {}))

@@ -60,6 +60,7 @@ def existing_destination_tables(pipeline: dlt.Pipeline, table_names: Iterable[st
         return {wanted[name] for name, columns in found if columns}
 
 
+@_destination_read
 def recreate_tables_gone_from_destination(pipeline: dlt.Pipeline, table_names: Iterable[str]
                                           ) -> List[str]:
     """Creates again, empty, the tables dlt's schema knows that an SQL destination no longer has

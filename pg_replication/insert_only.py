@@ -7,7 +7,7 @@ on it. So an UPDATE or DELETE of such a table never reaches the stream, and the 
 go on differing from the source without a word.
 
 What does see them: the server's cumulative statistics. `n_tup_upd` and `n_tup_del` of
-`pg_stat_user_tables` count every row updated or deleted, per relation (partitions count their
+`pg_stat_all_tables` count every row updated or deleted, per relation (partitions count their
 own rows; a partitioned table counts nothing itself). The copy records their sum for each such
 table, read *before* the slot's consistent point, so every UPDATE or DELETE after the hand-off
 raises it. `cdc`, `status` and `verify` compare the sum now with it:
@@ -17,8 +17,13 @@ raises it. `cdc`, `status` and `verify` compare the sum now with it:
 - lower, or the statistics were reset since the copy: nothing can be told; the table needs a
   new copy too. A reset is seen by its time stamps, recorded with the count: `pg_stat_reset()`
   and a reset of one table's counters set the database's `stats_reset`, and a crash of the
-  server (which discards all statistics) sets the shared ones (`pg_stat_bgwriter.stats_reset`).
-  A clean restart keeps both, and the counts.
+  server (which discards all statistics) sets every shared one (`pg_stat_bgwriter` and
+  `pg_stat_archiver` are compared). A clean restart keeps them all, and the counts.
+- a table copied before counts were recorded, or a server with `track_counts = off`, cannot be
+  checked: the table needs a new copy.
+
+On PostgreSQL 14 and older, counts travel to the statistics collector over UDP, which may drop
+them under load: the check is best-effort there. From 15 on, they are kept in shared memory.
 
 Statistics reach the shared counters about a second after the writing session goes idle, so an
 UPDATE committed just before a run may only be seen by the next run; the check never forgets
@@ -43,59 +48,82 @@ GROUP BY r.oid
 """
 
 
-# When the statistics this database's counts build on were last reset (see the module docstring).
+# When the statistics the counts build on were last reset (see the module docstring): the
+# database's own stamp, and two shared ones, which a crash resets together (a monitoring tool may
+# reset one of them alone now and then).
 _EPOCH_SQL = """
-SELECT concat_ws(' / ', (SELECT stats_reset FROM pg_stat_bgwriter)::text,
-                 (SELECT stats_reset FROM pg_stat_database
-                  WHERE datname = current_database())::text)
+SELECT (SELECT stats_reset FROM pg_stat_database WHERE datname = current_database())::text,
+       (SELECT stats_reset FROM pg_stat_bgwriter)::text,
+       (SELECT stats_reset FROM pg_stat_archiver)::text,
+       current_setting('track_counts')::bool
 """
 
-ROWS, SINCE = "rows", "stats_since"  # the recorded count, and the reset stamps it belongs to
+# The recorded count (handoff.WRITE_COUNT_KEY): rows, and the reset stamps they count since.
+ROWS, SINCE = "rows", "stats_since"
 
 
 def updated_or_deleted_rows(conn, oids: Iterable[int]) -> Dict[int, Dict[str, Any]]:
-    """Per table OID: rows updated or deleted since the statistics' last reset, and its stamps."""
+    """Per table OID: rows updated or deleted since the statistics' last reset, and its stamps
+    ([database, bgwriter, archiver]; None for all when the server counts nothing:
+    track_counts = off)."""
     oids = list(oids)
     if not oids:
         return {}
     with conn.cursor() as cur:
         cur.execute("SELECT pg_stat_clear_snapshot()")
         cur.execute(_EPOCH_SQL)
-        since = cur.fetchone()[0]
+        database, bgwriter, archiver, counting = cur.fetchone()
+        since = [database, bgwriter, archiver] if counting else None
         cur.execute(_COUNTS_SQL, (oids,))
         return {int(oid): {ROWS: int(count), SINCE: since} for oid, count in cur.fetchall()}
+
+
+def _was_reset(recorded: Any, now: Any) -> bool:
+    """Whether the statistics were reset between two stamp lists (or cannot be read)."""
+    if not isinstance(recorded, list) or now is None:
+        return True
+    database_reset = recorded[0] != now[0]
+    crashed = recorded[1] != now[1] and recorded[2] != now[2]
+    return database_reset or crashed
 
 
 def insert_only_problems(conn, loaded: LoadedState, required: Iterable[str],
                          schema_name: str) -> List[str]:
     """The problem line (at most one, naming every table and the command) when an insert-only
-    table among the `required` table_keys was updated or deleted from since its copy."""
-    keys = sorted(key for key in set(required)
-                  if key in loaded.write_counts and key in loaded.oids)
+    table among the `required` table_keys was updated or deleted from since its copy, or cannot
+    be checked (copied before counts were recorded; statistics reset or off)."""
+    required = set(required)
+    keys = sorted(key for key in required if key in loaded.write_counts and key in loaded.oids)
+    # Copied before this check existed (its shape says it has no key, and no count was recorded).
+    unchecked = sorted(key for key in required - set(keys)
+                       if key in loaded.shapes and not loaded.shapes[key].get("key"))
     now = updated_or_deleted_rows(conn, (loaded.oids[key] for key in keys))
-    changed, reset = [], []
+    reasons: Dict[str, List[str]] = {}
     for key in keys:
         count, recorded = now.get(loaded.oids[key]), loaded.write_counts[key]
         if count is None:  # dropped: the hand-offs and the shape check speak for it
             continue
-        if count[SINCE] != recorded.get(SINCE) or count[ROWS] < recorded[ROWS]:
-            reset.append(key)
+        if count[SINCE] is None:
+            reason = "the server counts no changes (track_counts = off)"
+        elif _was_reset(recorded.get(SINCE), count[SINCE]):
+            reason = "the server's statistics were reset since the copy (a crash or pg_stat_reset)"
+        elif count[ROWS] < recorded[ROWS]:
+            reason = "the server counts fewer changes than at the copy (a partition detached?)"
         elif count[ROWS] > recorded[ROWS]:
-            changed.append(key)
-    if not changed and not reset:
+            reason = "the server counts UPDATE or DELETE since the copy"
+        else:
+            continue
+        reasons.setdefault(reason, []).append(key)
+    if unchecked:
+        reasons["it was copied before updates and deletes of such tables were checked"] = unchecked
+    if not reasons:
         return []
-    names = short_names(changed + reset, schema_name)
-    what = []
-    if changed:
-        what.append(f"the server counts UPDATE or DELETE on {', '.join(names[:len(changed)])} "
-                    "since the copy")
-    if reset:
-        what.append(f"the server's statistics were reset since the copy of "
-                    f"{', '.join(names[len(changed):])} (a crash or pg_stat_reset), so it cannot "
-                    "tell whether rows were updated or deleted")
+    names = short_names(sorted(key for found in reasons.values() for key in found), schema_name)
+    what = "; ".join(f"{', '.join(short_names(found, schema_name))}: {reason}"
+                     for reason, found in reasons.items())
     them = "it" if len(names) == 1 else "them"
     table_word = "table " if len(names) == 1 else "tables "
     return [f"{table_word}{', '.join(names)} can take only inserts through the change stream (no "
-            f"usable row identity), but {'; '.join(what)}: give {them} a primary key if the "
-            f"application updates {them}, then run {snapshot_command(names)} to copy "
-            f"{them} again"]
+            f"usable row identity), and the pipeline cannot be sure none was updated or deleted "
+            f"({what}): run {snapshot_command(names)} to copy {them} again (and give {them} a "
+            "primary key if the application updates them)"]

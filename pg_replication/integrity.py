@@ -149,14 +149,15 @@ def _replaced_tables(conn, settings: JobSettings, loaded: LoadedState,
     if not settings.table_names:
         wanted |= {table_key(settings.schema_name, name)
                    for name in list_tables(conn, settings.schema_name)}
-    copied = {key.split(".", 1)[1]: key for key in wanted
-              if key in loaded.oids and key.startswith(settings.schema_name + ".")}
+    prefix = settings.schema_name + "."
+    copied = {key[len(prefix):]: key for key in wanted
+              if key in loaded.oids and key.startswith(prefix)}
     if not copied:
         return []
     with conn.cursor() as cur:
         cur.execute("SELECT c.relname, c.oid FROM pg_class c "
                     "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = %s AND c.relname = ANY (%s)",
+                    "WHERE n.nspname = %s AND c.relname = ANY (%s) AND c.relkind IN ('r', 'p')",
                     (settings.schema_name, list(copied)))
         now = {name: int(oid) for name, oid in cur.fetchall()}
     return sorted(key for name, key in copied.items()

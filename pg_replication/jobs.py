@@ -142,6 +142,8 @@ def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotRepor
         acquire_run_lock(lock, settings.slot_name)
         tables = select_tables(lock, settings.schema_name, settings.table_names)  # fail fast
         finish_pending_load(pipeline, lock, settings.slot_name)
+        # Before any slot or snapshot exists: a slow destination holds nothing open on the source.
+        recreate_tables_gone_from_destination(pipeline, tables)
         slot = get_slot(lock, settings.slot_name)
         slot_existed = slot is not None and slot.wal_status != "lost"  # a lost one is replaced
         source = init_replication(
@@ -149,7 +151,6 @@ def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotRepor
             credentials=settings.dsn, persist_snapshots=True, deletes=settings.deletes,
             max_wait_seconds=settings.snapshot_max_wait,
         )
-        recreate_tables_gone_from_destination(pipeline, tables)
         rows = _run_snapshot_source(source, pipeline)
         # Every table of one snapshot shares its hand-off: report the first one's.
         handoff = LoadedState.from_pipeline_state(pipeline.state).handoffs.get(

@@ -293,11 +293,13 @@ def _check_no_filters(conn, publications: List[str]) -> None:
     if found:
         publication, schema, table, column_list = found
         what = "a column list" if column_list else "a row filter"
+        pub_sql = sql.Identifier(publication).as_string(conn)
+        table_sql = sql.Identifier(schema, table).as_string(conn)
         raise SourceNotReadyError(
             f"publication {publication!r} has {what} for table {schema}.{table}, which the "
             "pipeline does not apply (the copy would hold what the stream leaves out): have an "
-            f"admin run BEGIN; ALTER PUBLICATION {publication} DROP TABLE {schema}.{table}; "
-            f"ALTER PUBLICATION {publication} ADD TABLE {schema}.{table}; COMMIT; then run "
+            f"admin run BEGIN; ALTER PUBLICATION {pub_sql} DROP TABLE {table_sql}; "
+            f"ALTER PUBLICATION {pub_sql} ADD TABLE {table_sql}; COMMIT; then run "
             f"{snapshot_command([table])}")
 
 

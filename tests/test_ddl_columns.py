@@ -267,3 +267,24 @@ def test_composite_type_attributes_changed_need_a_copy(source, duckdb_project, d
     duckdb_project.run("snapshot")
     run_sql(source, ddl, "INSERT INTO ship_to VALUES (3, NULL)")
     refused_then_fixed(source, duckdb_project, "ship_to", "composite type address had attributes")
+
+
+def test_values_added_to_an_empty_enum_are_carried(source, duckdb_project):
+    """An enum with no value yet was recorded as a composite, and its first ADD VALUE refused."""
+    run_sql(source, "CREATE TYPE state AS ENUM ()",
+            "CREATE TABLE jobs (id int PRIMARY KEY, s state)", "INSERT INTO jobs VALUES (1, NULL)")
+    duckdb_project.run("snapshot")
+    run_sql(source, "ALTER TYPE state ADD VALUE 'queued'")
+    run_sql(source, "INSERT INTO jobs VALUES (2, 'queued')")
+    duckdb_project.run("cdc")
+    assert_table_matches(source, duckdb_project, "jobs")
+
+
+def test_enum_value_renamed_inside_a_range_needs_a_copy(source, duckdb_project):
+    run_sql(source, "CREATE TYPE tier AS ENUM ('free', 'pro', 'team')",
+            "CREATE TYPE tier_range AS RANGE (subtype = tier)",
+            "CREATE TABLE plans (id int PRIMARY KEY, span tier_range)",
+            "INSERT INTO plans VALUES (1, tier_range('free', 'pro'))")
+    duckdb_project.run("snapshot")
+    run_sql(source, "ALTER TYPE tier RENAME VALUE 'pro' TO 'professional'")
+    refused_then_fixed(source, duckdb_project, "plans", "enum type tier had value 'pro'")

@@ -109,11 +109,20 @@ def test_statistics_reset_since_the_copy_is_refused(source, duckdb_project, rese
     run_sql(source, reset, "UPDATE s SET v = 'after the reset'")
     publish_statistics(source)
     line = one_error_line(duckdb_project.run("cdc", expect=EXIT_NO_COPY))
-    assert "statistics were reset since the copy of s" in line, line
+    assert "s: the server's statistics were reset since the copy" in line, line
     assert "run `snapshot --tables s`" in line, line
     duckdb_project.run("snapshot", "--tables", "s")
     duckdb_project.run("cdc")
     assert_table_matches(source, duckdb_project, "s")
+
+
+def test_a_server_that_counts_nothing_is_refused(source, duckdb_project):
+    run_sql(source, "CREATE TABLE s (id int, v text)", "INSERT INTO s VALUES (1, 'a')")
+    duckdb_project.run("snapshot")
+    database = source.get_dsn_parameters()["dbname"]
+    run_sql(source, f'ALTER DATABASE "{database}" SET track_counts = off')  # new sessions
+    line = one_error_line(duckdb_project.run("cdc", expect=EXIT_NO_COPY))
+    assert "s: the server counts no changes (track_counts = off)" in line, line
 
 
 @pytest.fixture
@@ -146,7 +155,7 @@ def test_a_crash_of_the_server_that_discards_the_counts_is_refused(own_cluster, 
     own_cluster.pg_ctl("stop", "-m", "immediate")
     own_cluster.pg_ctl("start")
     line = one_error_line(project.run("cdc", expect=EXIT_NO_COPY))
-    assert "statistics were reset since the copy of kl" in line, line
+    assert "kl: the server's statistics were reset since the copy" in line, line
 
 
 def test_only_the_tables_copied_again_are_cleared(source, duckdb_project):

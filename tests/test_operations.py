@@ -196,7 +196,7 @@ def test_credentials_for_another_database_fail_status_verify_and_cdc(source, pro
 def test_demo_runs_end_to_end():
     result = subprocess.run([sys.executable, str(REPO / "demo.py")], capture_output=True,
                             text=True, timeout=300, cwd=REPO)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "DIFFERENT" not in result.stdout
     assert result.stdout.count("equal") >= 5
     assert "cdc: 15 changes" in result.stdout

@@ -292,8 +292,8 @@ def test_publication_column_list_or_row_filter_is_refused_with_the_fix(source, d
     run_sql(source, "CREATE TABLE t (id int PRIMARY KEY, v text, secret text)",
             "INSERT INTO t VALUES (1, 'a', 's'), (100, 'b', 's')",
             f"CREATE PUBLICATION {pub} FOR TABLE t (id, v) WITH (publish_via_partition_root = true)")
-    fix = (f"BEGIN; ALTER PUBLICATION {pub} DROP TABLE public.t; ALTER PUBLICATION {pub} ADD "
-           "TABLE public.t; COMMIT; then run `snapshot --tables t`")
+    fix = (f'BEGIN; ALTER PUBLICATION "{pub}" DROP TABLE "public"."t"; ALTER PUBLICATION '
+           f'"{pub}" ADD TABLE "public"."t"; COMMIT; then run `snapshot --tables t`')
     line = one_error_line(duckdb_project.run("snapshot", expect=4))
     assert "has a column list for table public.t" in line and fix in line, line
     run_sql(source, f"ALTER PUBLICATION {pub} SET TABLE t")
