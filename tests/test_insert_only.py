@@ -8,7 +8,7 @@ rows of such a table, and the destination kept the old rows for good.
 import psycopg2
 import pytest
 
-from sandbox.pg_server import PostgresCluster
+from tests.test_crash import own_cluster  # noqa: F401 - a server of the module's own, to crash
 from tests.test_table_shapes import INSERT_ONLY, PUBLISHED_SHAPES
 from tests.tools import (EXIT_NO_COPY, Project, assert_table_matches, one_error_line, publish_statistics,
                          run_sql)
@@ -123,16 +123,6 @@ def test_a_server_that_counts_nothing_is_refused(source, duckdb_project):
     run_sql(source, f'ALTER DATABASE "{database}" SET track_counts = off')  # new sessions
     line = one_error_line(duckdb_project.run("cdc", expect=EXIT_NO_COPY))
     assert "s: the server counts no changes (track_counts = off)" in line, line
-
-
-@pytest.fixture
-def own_cluster():
-    """A server of this test's own, to crash."""
-    cluster = PostgresCluster().start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def test_a_crash_of_the_server_that_discards_the_counts_is_refused(own_cluster, tmp_path):
