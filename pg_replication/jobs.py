@@ -211,7 +211,6 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
         stop_lsn = run_stop_position(lock)
         shapes, expected_truncates = _refuse_uncarried_schema_changes(lock, settings, loaded,
                                                                       report, leaves)
-        _refuse_updated_insert_only_tables(lock, settings, loaded)
         report.not_replicated, report.not_replicable = _not_replicated(lock, settings)
         # The bound counts from here: the checks above can take seconds on a remote destination.
         deadline = time.monotonic() + max_seconds if max_seconds else None
@@ -367,26 +366,20 @@ def _refuse_without_copies(conn, settings: JobSettings, pipeline: dlt.Pipeline,
 def _refuse_uncarried_schema_changes(conn, settings: JobSettings, loaded: LoadedState,
                                      report: "CdcReport", leaves: Leaves
                                      ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, int]]:
-    """Raises when a table changed in a way the stream cannot carry (ddl.py); otherwise returns
+    """Raises when a table changed in a way the stream cannot carry (ddl.py), or one that takes
+    only inserts had rows updated or deleted (insert_only.py); otherwise returns
     the shapes to record with the load and the TRUNCATEs the stream must carry by the stop
     (table_key -> xid), and notes what changed in the report."""
-    problems, checks = check_schema_changes(conn, settings.schema_name, loaded,
-                                            required_tables(conn, settings), leaves)
+    required = required_tables(conn, settings)
+    problems, checks = check_schema_changes(conn, settings.schema_name, loaded, required, leaves)
+    # A table taking only inserts that was updated since its copy (insert_only.py).
+    problems += insert_only_problems(conn, loaded, required, settings.schema_name)
     if problems:
         raise CopyMissingError(problems[0])
     report.schema_changes = schema_change_notes(checks, settings.schema_name)
     expected = {key: check.expected_truncate for key, check in checks.items()
                 if check.expected_truncate is not None}
     return {key: check.shape for key, check in checks.items()}, expected
-
-
-def _refuse_updated_insert_only_tables(conn, settings: JobSettings, loaded: LoadedState) -> None:
-    """Raises when a table the stream carries only inserts of had rows updated or deleted since
-    its copy (insert_only.py): its destination table no longer equals the source."""
-    problems = insert_only_problems(conn, loaded, required_tables(conn, settings),
-                                    settings.schema_name)
-    if problems:
-        raise CopyMissingError(problems[0])
 
 
 def _refuse_partition_truncates(settings: JobSettings, shapes: Dict[str, Dict[str, Any]],
