@@ -13,9 +13,10 @@ import dlt
 from dlt.common.configuration import configspec
 from dlt.common.configuration.specs import BaseConfiguration
 
-from .changes import BATCH_BYTES, LOAD_BYTES, Position, SegmentResult
-from .helpers import SOURCE_NAME, init_replication, replication_resource
-from .schema import DeleteMode, MergeStrategy
+from .changes import BATCH_BYTES, LOAD_BYTES, SegmentResult
+from .helpers import init_replication, replication_resource
+from .state import SOURCE_NAME, Position
+from .hints import DeleteMode, MergeStrategy
 
 __all__ = ["pg_replication", "init_replication", "replication_resource", "Position",
            "SegmentResult"]

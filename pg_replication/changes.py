@@ -28,16 +28,18 @@ import pyarrow as pa
 
 from .catalog import TableInfo, table_key
 from .ddl import ColumnMap
+from .handoff import NEVER, NO_COPY
 from .exceptions import CopyMissingError, DecodeError, snapshot_command
 from .protocol import (
     UNCHANGED_TOAST, Begin, Commit, Delete, Insert, LogicalMessage, Message, Origin, PartialTuple,
     Relation,
     StreamAbort, StreamCommit, StreamStart, StreamStop, Truncate, TupleValue, TypeInfo, Update,
 )
-from .schema import (
+from .hints import (
     COMMIT_TS_COLUMN, DELETED_AT_COLUMN, DELETED_COLUMN, LSN_COLUMN, META_ARROW_TYPES, DeleteMode,
     ExistingColumn, MergeStrategy, output_column_names, table_hints,
 )
+from .state import Position
 from .types import (ColumnKind, PgTypeRow, raw_values_to_arrow, refuse_inexact_keys,
                     resolve_kind)
 
@@ -48,7 +50,6 @@ FetchCurrent = Callable[[TableInfo, List[str], List[Key], List[str]], Dict[Key, 
 # or NO_COPY: the table has no copy in the destination, and a change of it stops the run; or
 # NEVER: not a table of the pipeline (another schema), its changes are skipped.
 AppliesFrom = Callable[[str, str], int]
-NO_COPY = 1 << 64
 # Rows whose unchanged TOASTed values are read back at once: the first part, and at most.
 FIRST_FILL_ROWS = 8
 MAX_FILL_ROWS = 50_000
@@ -62,29 +63,6 @@ LOAD_BYTES = 16 << 20
 # this many rows per table, which it then writes out: narrow rows reach that count long before
 # `load_bytes`, wide rows (a few KB each and up) do not.
 ROW_GROUP_ROWS = 122_880
-NEVER = 1 << 65  # the table is not the pipeline's: its changes are skipped, whatever their LSN
-
-
-@dataclass
-class Position:
-    """How far the destination holds the slot's changes. Kept in dlt state.
-
-    Every transaction whose commit LSN is below `lsn` is loaded; of the transaction committing at
-    `partial_commit_lsn` (if any), the first `partial_changes` changes are loaded too.
-    """
-
-    lsn: int = 0
-    partial_commit_lsn: Optional[int] = None
-    partial_changes: int = 0
-
-    def to_state(self) -> Dict[str, Any]:
-        return {"lsn": self.lsn, "partial_commit_lsn": self.partial_commit_lsn,
-                "partial_changes": self.partial_changes}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "Position":
-        return cls(int(state.get("lsn") or 0), state.get("partial_commit_lsn"),
-                   int(state.get("partial_changes") or 0))
 
 
 @dataclass

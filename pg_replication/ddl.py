@@ -45,7 +45,7 @@ from psycopg2 import sql
 
 from .catalog import table_key
 from .dlt_compat import destination_identifier
-from .schema import RESERVED_COLUMNS, type_signature
+from .hints import RESERVED_COLUMNS, type_signature
 from .types import PgTypeRow, resolve_kind
 
 @dataclass

@@ -15,7 +15,7 @@ from dlt.destinations.job_client_impl import SqlJobClientBase
 
 from .exceptions import LoadError, ReplicationError
 from .failures import destination_failed, essential_line
-from .schema import LOAD_ID_COLUMN
+from .hints import LOAD_ID_COLUMN
 
 
 def _destination_read(read: Callable) -> Callable:

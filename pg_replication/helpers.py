@@ -16,18 +16,18 @@ from dlt.extract.source import DltSource
 
 from .catalog import (TableInfo, column_kinds, describe_tables, fetch_current_values,
                       list_tables, load_type_catalog, table_key, unreplicable_tables)
-from .changes import (BATCH_BYTES, LOAD_BYTES, NEVER, NO_COPY, BatchLimits, ChangeCollector, Position, SegmentResult, TableBatch,
-                      read_changes)
+from .changes import (BATCH_BYTES, LOAD_BYTES, BatchLimits, ChangeCollector, SegmentResult,
+                      TableBatch, read_changes)
 from .connect import connect, to_dsn
 from .ddl import ColumnMap, read_catalog, read_leaves, shape_of
 from .dlt_compat import destination_identifier
 from .exceptions import ConfigError, CopyMissingError, SlotError
-from .handoff import (SOURCE_NAME, HandoffRule, LoadedState, record_copy, record_shapes,
-                      record_truncate,
-                      start_snapshot)
+from .handoff import NEVER, NO_COPY, HandoffRule
+from .state import (SOURCE_NAME, LoadedState, Position, record_copy, record_shapes,
+                    record_truncate, save_position, start_snapshot)
 from .insert_only import insert_only_problems, updated_or_deleted_rows
 from .integrity import check_schema_changes
-from .schema import (DELETED_AT_COLUMN, DELETED_COLUMN, LOAD_ID_COLUMN, META_ARROW_TYPES,
+from .hints import (DELETED_AT_COLUMN, DELETED_COLUMN, LOAD_ID_COLUMN, META_ARROW_TYPES,
                      RESERVED_COLUMNS, DeleteMode, ExistingColumn, MergeStrategy,
                      name_collisions, output_column_names, snapshot_hints, table_hints)
 from .slots import (advance_slot, check_partition_root_publishing, check_server, check_slot_usable, copy_slot_name, create_slot,
@@ -37,13 +37,6 @@ from .slots import (advance_slot, check_partition_root_publishing, check_server,
                     validate_slot_name)
 from .snapshot import begin_snapshot_transaction, read_table, release_freed_memory
 from .stream import ReplicationStream, emit_heartbeat
-
-STATE_KEY = "position"
-
-
-def _save_position(position: Position) -> None:
-    dlt.current.source_state()[STATE_KEY] = position.to_state()
-
 
 def select_tables(conn, schema_name: str, table_names: Optional[Sequence[str]]) -> Dict[str, TableInfo]:
     """The tables to replicate: those named, or every table of the schema; UNLOGGED and foreign
@@ -377,7 +370,7 @@ def replication_resource(
                                  max_changes, max_seconds, include_columns, columns,
                                  stop_requested or (lambda: False), stop_lsn, handoffs,
                                  _ShapeCheck(loaded, schema_name, table_shapes))
-        _save_position(segment.position)
+        save_position(dlt.current.source_state(), segment.position)
         release_freed_memory()  # before the destination loads, in this process for DuckDB
 
     return dlt.resource(changes, name="changes", write_disposition="merge")()

@@ -33,7 +33,8 @@ one, since the recorded sum only moves with a new copy.
 from typing import Any, Dict, Iterable, List
 
 from .exceptions import snapshot_command
-from .handoff import LoadedState, short_names
+from .handoff import short_names
+from .state import LoadedState
 
 # The sum over the relation itself, or over the leaves of a partitioned table. Cleared first: in
 # a transaction, statistics are otherwise read once and cached (stats_fetch_consistency).
@@ -58,7 +59,7 @@ SELECT (SELECT stats_reset FROM pg_stat_database WHERE datname = current_databas
        current_setting('track_counts')::bool
 """
 
-# The recorded count (handoff.WRITE_COUNT_KEY): rows, and the reset stamps they count since.
+# The recorded count (state.WRITE_COUNT_KEY): rows, and the reset stamps they count since.
 ROWS, SINCE = "rows", "stats_since"
 
 

@@ -29,7 +29,9 @@ import psycopg2
 from .catalog import describe_tables, list_tables, load_type_catalog
 from .ddl import Leaves, TableCheck, check_tables
 from .dlt_compat import destination_state, existing_destination_tables
-from .handoff import LoadedState, short_names, table_key, tables_without_copy
+from .catalog import table_key
+from .handoff import short_names, tables_without_copy
+from .state import LoadedState
 from .exceptions import SourceNotReadyError, snapshot_command
 from .insert_only import insert_only_problems
 from .failures import essential_line

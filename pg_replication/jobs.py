@@ -28,14 +28,16 @@ import dlt
 
 from . import pg_replication
 from .catalog import unreplicable_tables
-from .changes import LOAD_BYTES, Position, SegmentResult
+from .changes import LOAD_BYTES, SegmentResult
 from .connect import connect
 from .dlt_compat import (destination_state, recreate_tables_gone_from_destination,
                          repair_crashed_packages)
 from .exceptions import CopyMissingError, SlotError, mask_secrets, snapshot_command
 from .failures import essential_line, is_file_lock_conflict
 from .ddl import Leaves, read_leaves
-from .handoff import LoadedState, short_names, table_key
+from .catalog import table_key
+from .handoff import short_names
+from .state import LoadedState, Position
 from .helpers import addable_tables, init_replication, run_stop_position, select_tables
 from .insert_only import insert_only_problems
 from .integrity import (check_schema_changes, copy_problems, destination_lost,

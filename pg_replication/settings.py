@@ -7,7 +7,7 @@ import dlt
 
 from .changes import BATCH_BYTES
 from .connect import to_dsn
-from .schema import DeleteMode
+from .hints import DeleteMode
 
 DEFAULT_SLOT_NAME = "pg_replication_slot"
 DEFAULT_PUB_NAME = "pg_replication_pub"

@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 from psycopg2 import sql
 
 from .catalog import TableInfo
-from .schema import COMMIT_TS_COLUMN, DELETED_COLUMN, LSN_COLUMN, META_ARROW_TYPES
+from .hints import COMMIT_TS_COLUMN, DELETED_COLUMN, LSN_COLUMN, META_ARROW_TYPES
 from .types import ColumnKind, refuse_inexact_keys, text_to_arrow
 
 # Rows of one table reach dlt in batches of about this many bytes of CSV: small enough that the

@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Optional
 import dlt
 
 from .dlt_compat import destination_state
-from .handoff import LoadedState
+from .state import LoadedState
 from .protocol import int_to_lsn
 from .exceptions import SlotError
 from .slots import check_slot_usable, current_database, current_wal_lsn, get_slot

@@ -51,9 +51,13 @@ def name_collisions(names: Sequence[str], normalize: Callable[[str], str],
     return clashes
 
 
+def delete_marker(deletes: DeleteMode) -> str:
+    """The column that marks a delete: `_pg_deleted` (hard deletes), `_pg_deleted_at` (soft)."""
+    return DELETED_COLUMN if deletes == "hard" else DELETED_AT_COLUMN
+
+
 def meta_columns(deletes: DeleteMode) -> List[str]:
-    marker = DELETED_COLUMN if deletes == "hard" else DELETED_AT_COLUMN
-    return [LSN_COLUMN, COMMIT_TS_COLUMN, marker]
+    return [LSN_COLUMN, COMMIT_TS_COLUMN, delete_marker(deletes)]
 
 
 def table_hints(
