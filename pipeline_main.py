@@ -84,13 +84,14 @@ def handle_errors(command: Callable) -> Callable:
 
 def _job_settings(tables: Optional[str] = None, deletes: Optional[str] = None,
                   max_wait: Optional[float] = None):
-    from pg_replication.settings import load_settings
+    """`[sources.pg_replication]`, the options given taking precedence."""
+    from pg_replication.settings import resolve_settings
 
-    return load_settings(tables, deletes, max_wait)
+    return resolve_settings(table_names=tables, deletes=deletes, snapshot_max_wait=max_wait)
 
 
 def _pipeline(ctx: click.Context):
-    from pg_replication.jobs import make_pipeline
+    from pg_replication.destinations import make_pipeline
 
     progress = "log" if sys.stderr.isatty() else None
     return make_pipeline(ctx.obj["pipeline_name"], ctx.obj["destination"], ctx.obj["dataset"],
@@ -186,6 +187,7 @@ def cdc(ctx: click.Context, max_changes: Optional[int], max_seconds: Optional[fl
     Example (cron, every 5 minutes):
         */5 * * * * cd /opt/pipeline && .venv/bin/python pipeline_main.py cdc
     """
+    from pg_replication.bounds import RunBounds
     from pg_replication.jobs import follow_cdc, recorded_run, run_cdc
 
     settings = _job_settings(deletes=deletes)
@@ -197,7 +199,8 @@ def cdc(ctx: click.Context, max_changes: Optional[int], max_seconds: Optional[fl
         follow_cdc(settings, pipeline, interval, stop, lambda report: click.echo(report.summary()))
         return
     with recorded_run(pipeline, "cdc") as record:
-        report = run_cdc(settings, pipeline, max_changes, max_seconds)
+        report = run_cdc(settings, pipeline,
+                         RunBounds(max_changes=max_changes, max_seconds=max_seconds))
         record["summary"] = report.summary()
     click.echo(report.summary())
 

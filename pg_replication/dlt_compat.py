@@ -96,6 +96,59 @@ def destination_identifier(name: str) -> str:
     return NamingConvention().normalize_identifier(name)
 
 
+def make_source(name: str, resources: List[Any]) -> Any:
+    """A dlt source named `name` holding `resources`, built without `@dlt.source`: no
+    configuration is injected, and it shares the state and schema of that name."""
+    from dlt.extract.source import DltSource
+
+    return DltSource(dlt.Schema(name), name, resources)
+
+
+def current_pipeline() -> Optional[dlt.Pipeline]:
+    """The pipeline running this extract; None outside one (the library used on its own)."""
+    try:
+        return dlt.current.pipeline()
+    except Exception:  # noqa: BLE001 - no pipeline context
+        return None
+
+
+def current_load_id() -> str:
+    """The load id of the package being extracted (appended rows carry it, see hints.py)."""
+    return dlt.current.load_package_state()["load_id"]
+
+
+def state_version(state: Dict[str, Any]) -> int:
+    """dlt's version counter of a pipeline state (local, or as the destination stored it)."""
+    return int(state.get("_state_version", 0) or 0)
+
+
+# -- destination internals ---------------------------------------------------------------------
+
+def databricks_staging_volumes(pipeline: dlt.Pipeline) -> List[str]:
+    """The Unity Catalog volumes a Databricks load stages its files in."""
+    with pipeline.destination_client() as client:
+        config = client.config
+        if config.staging_volume_name:
+            return [config.staging_volume_name]
+        # dlt's default volumes: snapshot (replace) loads stage in the dataset's, merge loads
+        # in the staging dataset's.
+        catalog = config.credentials.catalog
+        return [f"{catalog}.{schema}._dlt_staging_load_volume" for schema in
+                (pipeline.dataset_name, client.sql_client.staging_dataset_name)]
+
+
+def destination_sql(pipeline: dlt.Pipeline, statement: str) -> Any:
+    """Runs one statement on an SQL destination and returns its rows."""
+    with pipeline.destination_client() as client:
+        return client.sql_client.execute_sql(statement)
+
+
+def filesystem_dataset_root(pipeline: dlt.Pipeline) -> str:
+    """The local directory of a filesystem destination's dataset."""
+    with pipeline.destination_client() as client:
+        return client.dataset_path.replace("file://", "")
+
+
 # -- packages a killed run left ----------------------------------------------------------------
 
 def repair_crashed_packages(pipeline: dlt.Pipeline) -> None:

@@ -130,3 +130,44 @@ def variant_name(name: str, column: Dict[str, Any]) -> str:
     if column.get("data_type") == "decimal":
         parts += [str(column.get("precision")), str(column.get("scale"))]
     return f"{name}__v_{'_'.join(parts)}"
+
+
+# -- handing Arrow tables to dlt -----------------------------------------------------------------
+
+def with_column_hints(hints: Dict[str, Any],
+                      columns: Optional[Dict[str, Dict[str, Any]]]) -> Dict[str, Any]:
+    """The hints with a user's extra column hints for this table (`columns` per table)."""
+    extra = (columns or {}).get(hints["table_name"])
+    if not extra:
+        return hints
+    merged = {name: dict(column) for name, column in hints["columns"].items()}
+    for name, column in extra.items():
+        merged.setdefault(name, {"name": name}).update(column)
+    return dict(hints, columns=merged)
+
+
+def mark_batch(data: pa.Table, hints: Dict[str, Any], with_hints: bool) -> Any:
+    """An Arrow table for dlt: routed to its table, with the table's hints when they are new."""
+    import dlt
+
+    if not with_hints:
+        return dlt.mark.with_table_name(data, hints["table_name"])
+    return dlt.mark.with_hints(data, dlt.mark.make_hints(**hints), create_table_variant=True)
+
+
+def existing_destination_column() -> ExistingColumn:
+    """Looks up a column in the schema the current extract updates (for type-change variants)."""
+    import dlt
+
+    try:
+        schema = dlt.current.source_schema()
+    except Exception:  # noqa: BLE001 - outside an extract nothing exists yet
+        return lambda table, column: None
+
+    def lookup(table: str, column: str) -> Optional[Dict[str, Any]]:
+        found = schema.tables.get(schema.naming.normalize_table_identifier(table))
+        if not found:
+            return None
+        return found.get("columns", {}).get(schema.naming.normalize_identifier(column))
+
+    return lookup

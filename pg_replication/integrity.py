@@ -35,7 +35,7 @@ from .state import LoadedState
 from .exceptions import SourceNotReadyError, snapshot_command
 from .insert_only import insert_only_problems
 from .failures import essential_line
-from .settings import JobSettings
+from .settings import PgReplicationConfiguration as Settings
 from .slots import (INSERT_ONLY_SUFFIX, check_partition_root_publishing, ensure_publications,
                     existing_publications, get_slot, publication_tables)
 
@@ -78,7 +78,7 @@ def loaded_state(pipeline: dlt.Pipeline, remote: Optional[Dict[str, Any]]) -> Lo
     return LoadedState.from_pipeline_state(local)
 
 
-def required_tables(conn, settings: JobSettings) -> List[str]:
+def required_tables(conn, settings: Settings) -> List[str]:
     """table_keys the stream applies changes to: the published tables of the configured schema,
     and the configured tables."""
     keys = {table_key(schema, name)
@@ -89,7 +89,7 @@ def required_tables(conn, settings: JobSettings) -> List[str]:
     return sorted(keys)
 
 
-def tables_not_replicated(conn, settings: JobSettings) -> List[str]:
+def tables_not_replicated(conn, settings: Settings) -> List[str]:
     """Tables of the schema not published (created since the snapshot, or left out of it), when
     every table of the schema is wanted (no `table_names`): not an error, since a new table may
     be scratch space, but said on every run and in `status`."""
@@ -100,7 +100,7 @@ def tables_not_replicated(conn, settings: JobSettings) -> List[str]:
             if table_key(settings.schema_name, name) not in required]
 
 
-def copy_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline,
+def copy_problems(conn, settings: Settings, pipeline: dlt.Pipeline,
                   loaded: LoadedState) -> List[str]:
     """Problem lines, each with the command that fixes it; [] when every copy is in place."""
     if not loaded.anything_loaded:
@@ -141,7 +141,7 @@ def copy_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline,
     return problems
 
 
-def _replaced_tables(conn, settings: JobSettings, loaded: LoadedState,
+def _replaced_tables(conn, settings: Settings, loaded: LoadedState,
                      required: List[str]) -> List[str]:
     """Copied table_keys whose name now belongs to another table (another OID): its changes
     would be merged into the copy of the one that had the name. Checked for the required
@@ -170,7 +170,7 @@ def _has_local_state(pipeline: dlt.Pipeline) -> bool:
     return LoadedState.from_pipeline_state(pipeline.state).anything_loaded
 
 
-def _behind_the_slot(conn, settings: JobSettings, loaded: LoadedState,
+def _behind_the_slot(conn, settings: Settings, loaded: LoadedState,
                      required: List[str]) -> List[str]:
     """Copied tables the stream would have to bring from before the slot's confirmed position.
 
@@ -189,7 +189,7 @@ def _behind_the_slot(conn, settings: JobSettings, loaded: LoadedState,
                   and max(loaded.handoffs[key], loaded.position.lsn) < confirmed)
 
 
-def release_tables_without_identity(conn, settings: JobSettings) -> Optional[str]:
+def release_tables_without_identity(conn, settings: Settings) -> Optional[str]:
     """Moves the tables that lost their row identity (primary key dropped, made deferrable,
     REPLICA IDENTITY NOTHING) out of the publication of updates and deletes, and returns the
     problem line, or None.
@@ -254,7 +254,7 @@ def schema_change_notes(checks: Dict[str, TableCheck], schema: str) -> List[str]
             if checks[key].notes]
 
 
-def integrity_problems(conn, settings: JobSettings, pipeline: dlt.Pipeline) -> List[str]:
+def integrity_problems(conn, settings: Settings, pipeline: dlt.Pipeline) -> List[str]:
     """Every problem, for `status` and `verify` (which load nothing)."""
     try:  # before anything reads the publication: without it, it lists partitions
         check_partition_root_publishing(conn, settings.pub_name)

@@ -15,8 +15,6 @@ then confirms that slot up to the current WAL position, so it retains no WAL whi
 waits for its snapshot, and refuses with "run `snapshot`".
 """
 
-import json
-import os
 import sys
 import threading
 import time
@@ -26,31 +24,31 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import dlt
 
-from . import pg_replication
-from .catalog import unreplicable_tables
-from .changes import LOAD_BYTES, SegmentResult
+from .bounds import RunBounds
+from .catalog import table_key, unreplicable_tables
+from .changes import SegmentResult
 from .connect import connect
-from .dlt_compat import (destination_state, recreate_tables_gone_from_destination,
+from .copies import addable_tables, copy_source, prepare_copy, select_tables
+from .ddl import Leaves, read_leaves
+from .destinations import apply_table_format, is_local_duckdb
+from .dlt_compat import (destination_state, make_source, recreate_tables_gone_from_destination,
                          repair_crashed_packages)
 from .exceptions import CopyMissingError, SlotError, mask_secrets, snapshot_command
 from .failures import essential_line, is_file_lock_conflict
-from .ddl import Leaves, read_leaves
-from .catalog import table_key
 from .handoff import short_names
-from .state import LoadedState, Position
-from .helpers import addable_tables, init_replication, run_stop_position, select_tables
 from .insert_only import insert_only_problems
 from .integrity import (check_schema_changes, copy_problems, destination_lost,
                         integrity_problems, loaded_state, release_tables_without_identity,
                         remember_loaded_state, required_tables, schema_change_notes,
                         tables_not_replicated)
 from .protocol import int_to_lsn
-from .settings import JobSettings
-from .verify import Check, pending_packages, run_checks
-from .status import StatusReport, collect_status, read_run_record, record_run
+from .segments import changes_resource, run_stop_position
+from .settings import PgReplicationConfiguration as Settings
 from .slots import (acquire_run_lock, advance_slot, check_partition_root_publishing,
-                    check_server, check_slot_usable, current_database, get_slot, run_lock_holder,
-                    validate_slot_name)
+                    check_server, check_slot_usable, current_database, get_slot, run_lock_holder)
+from .state import SOURCE_NAME, LoadedState, Position
+from .status import StatusReport, collect_status, read_run_record, record_run
+from .verify import Check, pending_packages, run_checks
 
 
 @dataclass
@@ -100,15 +98,6 @@ class CdcReport:
                 f"{self.seconds:.2f}s{ddl}")
 
 
-def merge_strategy_for(pipeline: dlt.Pipeline) -> str:
-    """delete-insert deduplicates in SQL; Delta tables (filesystem) only take upsert."""
-    return "upsert" if pipeline.destination.destination_name == "filesystem" else "delete-insert"
-
-
-def table_format_for(pipeline: dlt.Pipeline) -> Optional[str]:
-    return "delta" if pipeline.destination.destination_name == "filesystem" else None
-
-
 def stored_position(pipeline: dlt.Pipeline) -> Position:
     """The stream position in the local pipeline state."""
     return LoadedState.from_pipeline_state(pipeline.state).position
@@ -127,17 +116,9 @@ def finish_pending_load(pipeline: dlt.Pipeline, conn, slot_name: str) -> bool:
     return True
 
 
-def _apply_table_format(source, pipeline: dlt.Pipeline) -> None:
-    table_format = table_format_for(pipeline)
-    if table_format:
-        for resource in source.resources.values():
-            resource.apply_hints(table_format=table_format)
-
-
-def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotReport:
+def run_snapshot(settings: Settings, pipeline: dlt.Pipeline) -> SnapshotReport:
     """Creates publication and slot if needed and copies the tables as of the slot's start."""
     started = time.monotonic()
-    validate_slot_name(settings.slot_name)
     lock = connect(settings.dsn)
     try:
         check_server(lock)
@@ -146,28 +127,22 @@ def run_snapshot(settings: JobSettings, pipeline: dlt.Pipeline) -> SnapshotRepor
         finish_pending_load(pipeline, lock, settings.slot_name)
         # Before any slot or snapshot exists: a slow destination holds nothing open on the source.
         recreate_tables_gone_from_destination(pipeline, tables)
-        slot = get_slot(lock, settings.slot_name)
-        slot_existed = slot is not None and slot.wal_status != "lost"  # a lost one is replaced
-        source = init_replication(
-            settings.slot_name, settings.pub_name, settings.schema_name, settings.table_names,
-            credentials=settings.dsn, persist_snapshots=True, deletes=settings.deletes,
-            max_wait_seconds=settings.snapshot_max_wait,
-        )
-        rows = _run_snapshot_source(source, pipeline)
+        plan = prepare_copy(lock, settings=settings, tables=tables)
+        rows = _run_snapshot_source(copy_source(settings=settings, plan=plan), pipeline)
         # Every table of one snapshot shares its hand-off: report the first one's.
         handoff = LoadedState.from_pipeline_state(pipeline.state).handoffs.get(
             table_key(settings.schema_name, next(iter(tables))))
         keyless = sorted(name for name, table in tables.items() if not table.merge_key)
         skipped = [name for name in unreplicable_tables(lock, settings.schema_name)
                    if not settings.table_names or name in settings.table_names]
-        return SnapshotReport(rows, handoff, not slot_existed, time.monotonic() - started,
+        return SnapshotReport(rows, handoff, plan.new_stream, time.monotonic() - started,
                               keyless, skipped)
     finally:
         lock.close()
 
 
 def _run_snapshot_source(source, pipeline: dlt.Pipeline) -> Dict[str, int]:
-    _apply_table_format(source, pipeline)
+    apply_table_format(source, pipeline)
     pipeline.run(source, loader_file_format="parquet")
     remember_loaded_state(pipeline)
     trace = pipeline.last_trace
@@ -180,53 +155,28 @@ def _run_snapshot_source(source, pipeline: dlt.Pipeline) -> Dict[str, int]:
     return counts
 
 
-def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional[int] = None,
-            max_seconds: Optional[float] = None,
-            stop_requested: Callable[[], bool] = lambda: False) -> CdcReport:
+def run_cdc(settings: Settings, pipeline: dlt.Pipeline,
+            bounds: RunBounds = RunBounds()) -> CdcReport:
     """Loads the changes since the stored position and confirms the slot after each load.
 
-    `stop_requested` returning True ends reading at the next commit; what was read is still
-    loaded and confirmed.
+    A stop requested in `bounds` ends reading at the next commit; what was read is still loaded
+    and confirmed.
     """
     started = time.monotonic()
-    validate_slot_name(settings.slot_name)
     report = CdcReport()
     lock = connect(settings.dsn)
     try:
-        check_server(lock)
-        acquire_run_lock(lock, settings.slot_name)
-        # First: without publish_via_partition_root the publication lists partitions, not tables.
-        check_partition_root_publishing(lock, settings.pub_name)
-        released = release_tables_without_identity(lock, settings)
-        if released:
-            raise CopyMissingError(released)
-        remote = destination_state(pipeline)
-        lost = destination_lost(pipeline, remote)
-        if lost:
-            raise CopyMissingError(lost)
-        report.pending_loaded = finish_pending_load(pipeline, lock, settings.slot_name)
-        loaded = loaded_state(pipeline, remote)
-        _refuse_without_copies(lock, settings, pipeline, loaded)
-        # Read before the stop is taken: a TRUNCATE that changed them is before the stop.
-        leaves = read_leaves(lock, list(loaded.oids.values()))
-        # Taken before the catalog is checked: every DDL the run reads up to is in that check.
-        stop_lsn = run_stop_position(lock)
-        shapes, expected_truncates = _refuse_uncarried_schema_changes(lock, settings, loaded,
-                                                                      report, leaves)
-        report.not_replicated, report.not_replicable = _not_replicated(lock, settings)
-        # The bound counts from here: the checks above can take seconds on a remote destination.
-        deadline = time.monotonic() + max_seconds if max_seconds else None
+        shapes, expected_truncates, stop_lsn = _checked_start(lock, settings, pipeline, report)
+        # The bounds count from here: the checks above can take seconds on a remote destination.
+        bounds = bounds.started(stop_lsn)
         while True:
-            remaining_seconds = max(deadline - time.monotonic(), 0.001) if deadline else None
-            remaining_changes = max_changes - report.total if max_changes else None
-            segment = _load_segment(settings, pipeline, remaining_changes, remaining_seconds,
-                                    stop_requested, stop_lsn, shapes)
+            segment = _load_segment(lock, settings, pipeline, bounds.after(report.total), shapes)
             report.loads += 1
             if segment.confirm_lsn:
                 advance_slot(lock, settings.slot_name, segment.confirm_lsn)
                 report.confirmed_lsn = segment.confirm_lsn
             _add_counts(report, segment)
-            if not segment.more or stop_requested():
+            if not segment.more or bounds.stop_was_requested():
                 break
         if report.confirmed_lsn is not None and report.confirmed_lsn >= stop_lsn:
             _refuse_partition_truncates(settings, shapes, expected_truncates)
@@ -236,7 +186,36 @@ def run_cdc(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional
     return report
 
 
-def follow_cdc(settings: JobSettings, pipeline: dlt.Pipeline, interval: float,
+def _checked_start(lock, settings: Settings, pipeline: dlt.Pipeline, report: CdcReport
+                   ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, int], int]:
+    """The checks before a cdc run reads (once: the blocks below assume them), in the order of
+    the module docstring; returns the shapes to record, the TRUNCATEs expected by the stop, and
+    the stop position."""
+    check_server(lock)
+    acquire_run_lock(lock, settings.slot_name)
+    # First: without publish_via_partition_root the publication lists partitions, not tables.
+    check_partition_root_publishing(lock, settings.pub_name)
+    released = release_tables_without_identity(lock, settings)
+    if released:
+        raise CopyMissingError(released)
+    remote = destination_state(pipeline)
+    lost = destination_lost(pipeline, remote)
+    if lost:
+        raise CopyMissingError(lost)
+    report.pending_loaded = finish_pending_load(pipeline, lock, settings.slot_name)
+    loaded = loaded_state(pipeline, remote)
+    _refuse_without_copies(lock, settings, pipeline, loaded)
+    # Read before the stop is taken: a TRUNCATE that changed them is before the stop.
+    leaves = read_leaves(lock, list(loaded.oids.values()))
+    # Taken before the catalog is checked: every DDL the run reads up to is in that check.
+    stop_lsn = run_stop_position(lock)
+    shapes, expected_truncates = _refuse_uncarried_schema_changes(lock, settings, loaded,
+                                                                  report, leaves)
+    report.not_replicated, report.not_replicable = _not_replicated(lock, settings)
+    return shapes, expected_truncates, stop_lsn
+
+
+def follow_cdc(settings: Settings, pipeline: dlt.Pipeline, interval: float,
                stop: threading.Event, on_report: Callable[[CdcReport], None]) -> None:
     """Runs cdc again and again, `interval` seconds apart, until `stop` is set (SIGTERM).
 
@@ -248,7 +227,7 @@ def follow_cdc(settings: JobSettings, pipeline: dlt.Pipeline, interval: float,
         try:
             with recorded_run(pipeline, "cdc", retried=lambda e: is_file_lock_conflict(e)
                               and conflicts < FOLLOW_LOCK_RETRIES) as record:
-                report = run_cdc(settings, pipeline, stop_requested=stop.is_set)
+                report = run_cdc(settings, pipeline, RunBounds(stop_requested=stop.is_set))
                 record["summary"] = report.summary()
         except Exception as e:
             # Another process opened the DuckDB file (a query, `verify`): nothing was confirmed,
@@ -269,7 +248,7 @@ FOLLOW_LOCK_RETRIES = 30  # consecutive DuckDB file-lock conflicts `cdc --follow
 FOLLOW_LOCK_WAIT = 2.0  # seconds between them
 
 
-def run_status(settings: JobSettings, pipeline: dlt.Pipeline,
+def run_status(settings: Settings, pipeline: dlt.Pipeline,
                max_lag_mb: Optional[float]) -> StatusReport:
     conn = connect(settings.dsn)
     try:
@@ -281,7 +260,7 @@ def run_status(settings: JobSettings, pipeline: dlt.Pipeline,
             report.pending_packages = len(pending_packages(pipeline))
         # The running job holds DuckDB's file: opening it, even to read, would fail here and
         # make the job's next load fail. Other destinations take concurrent readers.
-        report.destination_checked = not (report.running_pid and _local_duckdb(pipeline))
+        report.destination_checked = not (report.running_pid and is_local_duckdb(pipeline))
         if report.destination_checked:
             problems = _destination_problems(conn, settings, pipeline)
             report.destination_checked = problems is not None
@@ -292,7 +271,7 @@ def run_status(settings: JobSettings, pipeline: dlt.Pipeline,
         conn.close()
 
 
-def _not_replicated(conn, settings: JobSettings) -> Tuple[List[str], List[str]]:
+def _not_replicated(conn, settings: Settings) -> Tuple[List[str], List[str]]:
     """Tables of the schema outside the publication: those a snapshot can add, and why the
     others cannot be (name collisions)."""
     names = tables_not_replicated(conn, settings)
@@ -301,11 +280,7 @@ def _not_replicated(conn, settings: JobSettings) -> Tuple[List[str], List[str]]:
     return addable_tables(conn, settings.schema_name, settings.pub_name, names)
 
 
-def _local_duckdb(pipeline: dlt.Pipeline) -> bool:
-    return pipeline.destination.destination_name == "duckdb"
-
-
-def _destination_problems(conn, settings: JobSettings,
+def _destination_problems(conn, settings: Settings,
                           pipeline: dlt.Pipeline) -> Optional[List[str]]:
     """The problems `status` reports; None when a run (just started) has the DuckDB file."""
     try:
@@ -316,7 +291,7 @@ def _destination_problems(conn, settings: JobSettings,
         return [mask_secrets(essential_line(e))]
 
 
-def run_verify(settings: JobSettings, pipeline: dlt.Pipeline) -> List[Check]:
+def run_verify(settings: Settings, pipeline: dlt.Pipeline) -> List[Check]:
     conn = connect(settings.dsn)
     try:
         return run_checks(conn, settings.slot_name, pipeline,
@@ -341,7 +316,7 @@ def recorded_run(pipeline: dlt.Pipeline, command: str,
     record_run(pipeline.working_dir, command, "succeeded", record["summary"])
 
 
-def _refuse_without_copies(conn, settings: JobSettings, pipeline: dlt.Pipeline,
+def _refuse_without_copies(conn, settings: Settings, pipeline: dlt.Pipeline,
                            loaded: LoadedState) -> None:
     """Raises unless the slot is usable and every table the stream applies to has its copy."""
     slot = get_slot(conn, settings.slot_name)
@@ -365,7 +340,7 @@ def _refuse_without_copies(conn, settings: JobSettings, pipeline: dlt.Pipeline,
     raise CopyMissingError(problems[0])
 
 
-def _refuse_uncarried_schema_changes(conn, settings: JobSettings, loaded: LoadedState,
+def _refuse_uncarried_schema_changes(conn, settings: Settings, loaded: LoadedState,
                                      report: "CdcReport", leaves: Leaves
                                      ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, int]]:
     """Raises when a table changed in a way the stream cannot carry (ddl.py), or one that takes
@@ -384,7 +359,7 @@ def _refuse_uncarried_schema_changes(conn, settings: JobSettings, loaded: Loaded
     return {key: check.shape for key, check in checks.items()}, expected
 
 
-def _refuse_partition_truncates(settings: JobSettings, shapes: Dict[str, Dict[str, Any]],
+def _refuse_partition_truncates(settings: Settings, shapes: Dict[str, Dict[str, Any]],
                                 expected: Dict[str, int]) -> None:
     """Raises when every partition of a table got new storage in one transaction before the stop
     and the stream, read up to the stop, carried no TRUNCATE of the table in it: its partitions
@@ -401,21 +376,14 @@ def _refuse_partition_truncates(settings: JobSettings, shapes: Dict[str, Dict[st
             " again")
 
 
-def _load_segment(settings: JobSettings, pipeline: dlt.Pipeline, max_changes: Optional[int],
-                  max_seconds: Optional[float], stop_requested: Callable[[], bool],
-                  stop_lsn: int, shapes: Dict[str, Dict[str, Any]]) -> SegmentResult:
+def _load_segment(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds,
+                  shapes: Dict[str, Dict[str, Any]]) -> SegmentResult:
+    """Reads one segment on the run's checked connection and loads it."""
     segment = SegmentResult(Position())
-    source = pg_replication(
-        credentials=settings.dsn, slot_name=settings.slot_name, pub_name=settings.pub_name,
-        schema_name=settings.schema_name, target_batch_size=settings.target_batch_size,
-        target_batch_bytes=settings.target_batch_bytes,
-        target_load_bytes=load_bytes_for(pipeline, settings.target_load_bytes),
-        flush_slot=False, deletes=settings.deletes, merge_strategy=merge_strategy_for(pipeline),
-        max_changes=max_changes, max_seconds=max_seconds, result=segment,
-        stop_requested=stop_requested, stop_lsn=stop_lsn, require_copies=True,
-        table_shapes=shapes,
-    )
-    _apply_table_format(source, pipeline)
+    resource = changes_resource(settings=settings, bounds=bounds, result=segment, conn=lock,
+                                require_copies=True, table_shapes=shapes)
+    source = make_source(SOURCE_NAME, [resource])
+    apply_table_format(source, pipeline)
     pipeline.run(source, loader_file_format="parquet")
     remember_loaded_state(pipeline)
     return segment
@@ -429,88 +397,3 @@ def _add_counts(report: CdcReport, segment: SegmentResult) -> None:
         report.last_lsn = segment.last_lsn
 
 
-def make_pipeline(pipeline_name: str, destination: str, dataset_name: str,
-                  progress: Optional[str] = None) -> dlt.Pipeline:
-    for key, value in WRITER_SETTINGS.items():
-        os.environ.setdefault(key, value)
-    if destination == "duckdb":
-        for key, value in DUCKDB_LOAD_SETTINGS.items():
-            os.environ.setdefault(key, value)
-    options = {"progress": progress} if progress else {}
-    return dlt.pipeline(pipeline_name=pipeline_name, destination=make_destination(destination),
-                        dataset_name=dataset_name, **options)
-
-
-WRITER_SETTINGS = {
-    # Batches of one table may gain columns mid-run (ADD COLUMN): let dlt's writer null-fill.
-    "DATA_WRITER__ARROW_CONCAT_PROMOTE_OPTIONS": "default",
-    # Write each Arrow table as it comes (our batches are already bounded by rows and bytes):
-    # dlt's default buffers 5,000 rows, which for rows of 190 KB is ~1 GB in memory and one
-    # parquet row group as large.
-    "DATA_WRITER__BUFFER_MAX_ITEMS": "1",
-}
-DUCKDB_LOAD_SETTINGS = {
-    # DuckDB inserts each file in one transaction and keeps it in memory until the commit when it
-    # has fewer rows than a row group: files of wide rows are kept small (8 MB compressed, about
-    # 15,000 narrow rows).
-    "DATA_WRITER__FILE_MAX_BYTES": str(8 << 20),
-    # One load job at a time: DuckDB runs in this process, and parallel inserts of wide rows
-    # each took memory of their own (measured: 3,000 rows of 190 KB peaked at 690 MB with dlt's
-    # 20 workers, 450 MB with one; post-load memory grew load after load instead of staying flat).
-    "LOAD__WORKERS": "1",
-}
-# Loads into a warehouse (Databricks) are merged there, not in this process: fewer, larger loads.
-WAREHOUSE_LOAD_BYTES = 1 << 30
-
-
-def load_bytes_for(pipeline: dlt.Pipeline, configured: Optional[int]) -> int:
-    """`target_load_bytes`, else the default for where the merge runs: DuckDB and Delta merge
-    in this process (changes.LOAD_BYTES), a warehouse merges remotely."""
-    if configured:
-        return configured
-    in_process = pipeline.destination.destination_name in ("duckdb", "filesystem")
-    return LOAD_BYTES if in_process else WAREHOUSE_LOAD_BYTES
-
-
-DATABRICKS_RETRY_LIMITS = {"_retry_stop_after_attempts_count": 3,
-                           "_retry_stop_after_attempts_duration": 60, "_retry_delay_max": 10}
-
-
-# DuckDB runs inside this process and by default may use 80% of the machine's memory as its cache;
-# a replication job on a shared host gets a fixed budget instead (DuckDB spills to disk beyond it).
-# Without vacuum tasks: a checkpoint that compacts a row group holding wide values reads it whole
-# and fails the budget (measured: after ~10 merges of 150 rows of 190 KB into 3,000 such rows);
-# without them the file stayed as small (22 vs 26 MB narrow, 695 vs 304 MB wide, 60 merges).
-# One thread: each DuckDB thread keeps buffers of its own while merging wide rows (measured, 3,000
-# rows of 190 KB: peak RSS 375-393 MB with 2 threads, 343 MB with one), and with one load job at a
-# time a second thread bought nothing (1 M-change merge 2.13 s vs 2.29 s, snapshot insert 1.82 s
-# vs 1.99 s on 2 cores).
-DUCKDB_DEFAULT_SETTINGS = {"memory_limit": "192MB", "max_vacuum_tasks": 0, "threads": 1}
-
-
-def make_destination(name: str) -> Any:
-    """dlt's destination by name; Databricks removes staged files unless configured to keep them
-    (dlt's own default keeps every parquet file in the volume forever); DuckDB gets a memory
-    budget unless configured."""
-    if name == "duckdb":
-        if dlt.config.get("destination.duckdb.credentials.global_config") is None:
-            os.environ.setdefault("DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG",
-                                  json.dumps(DUCKDB_DEFAULT_SETTINGS))
-        return name
-    if name != "databricks":
-        return name
-    if dlt.secrets.get("destination.databricks.credentials.connection_parameters") is None:
-        # The SQL connector retries an unreachable workspace for 15 minutes by default; a cron
-        # job should fail within about a minute and let the next run try again.
-        os.environ["DESTINATION__DATABRICKS__CREDENTIALS__CONNECTION_PARAMETERS"] = json.dumps(
-            DATABRICKS_RETRY_LIMITS)
-    keep = dlt.config.get("destination.databricks.keep_staged_files")
-    return dlt.destinations.databricks(keep_staged_files=_as_bool(keep, default=False))
-
-
-def _as_bool(value: Any, default: bool) -> bool:
-    if value is None:
-        return default
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)

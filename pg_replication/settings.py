@@ -1,86 +1,92 @@
-"""Job settings from dlt configuration: `[sources.pg_replication]`, its env vars and defaults."""
+"""The pipeline's settings: one dlt configspec, `[sources.pg_replication]`, resolved by dlt for the
+CLI and the library alike, with one set of defaults.
 
-from dataclasses import dataclass
+dlt looks each key up as `sources.pg_replication.<key>` (TOML, or the environment variable
+`SOURCES__PG_REPLICATION__<KEY>`) and then, as it does for every source, in the enclosing
+sections. Source credentials fall back to `sources.sql_database.credentials`, so a project that
+already configured dlt's `sql_database` source needs nothing more.
+"""
+
 from typing import Any, List, Optional, Sequence
 
 import dlt
+from dlt.common.configuration import configspec, resolve_configuration
+from dlt.common.configuration.specs import BaseConfiguration
 
 from .changes import BATCH_BYTES
 from .connect import to_dsn
-from .hints import DeleteMode
+from .exceptions import ConfigError
+from .slots import validate_slot_name
+from .state import SOURCE_NAME
 
 DEFAULT_SLOT_NAME = "pg_replication_slot"
 DEFAULT_PUB_NAME = "pg_replication_pub"
 
 
-@dataclass
-class JobSettings:
-    dsn: str
-    slot_name: str
-    pub_name: str
+@configspec
+class PgReplicationConfiguration(BaseConfiguration):
+    """Everything `[sources.pg_replication]` configures; see the README's Configuration table.
+
+    The per-table arguments of the library (`include_columns`, `columns`) and the run bounds
+    (bounds.RunBounds) are passed in code: left to dlt's lookup, `columns` would pick up the
+    shell's COLUMNS variable (the terminal width).
+    """
+
+    credentials: Any = None  # a postgresql:// URL, libpq key=value pairs or dlt credentials
+    slot_name: str = DEFAULT_SLOT_NAME
+    pub_name: str = DEFAULT_PUB_NAME
     schema_name: str = "public"
-    table_names: Optional[List[str]] = None
-    deletes: DeleteMode = "hard"
-    target_batch_size: int = 50_000
+    table_names: Optional[Any] = None  # a list, or comma-separated; default every table
+    deletes: str = "hard"  # or "soft": deleted rows stay, with `_pg_deleted_at`
+    target_batch_size: int = 50_000  # rows buffered before they are handed to dlt
     target_batch_bytes: int = BATCH_BYTES
-    target_load_bytes: Optional[int] = None  # default: by destination (jobs.load_bytes_for)
-    snapshot_max_wait: Optional[float] = None  # seconds a snapshot may wait for open transactions
+    target_load_bytes: Optional[int] = None  # default: by destination (destinations.py)
+    merge_strategy: Optional[str] = None  # default: by destination (destinations.py)
+    snapshot_max_wait: Optional[float] = None  # seconds a snapshot may wait for transactions
+    flush_slot: bool = True  # the library: confirm the loaded position before reading
+
+    @property
+    def dsn(self) -> str:
+        """The source as a libpq URL."""
+        return to_dsn(self.credentials)
 
 
-def load_settings(tables: Optional[str] = None, deletes: Optional[str] = None,
-                  max_wait: Optional[float] = None) -> JobSettings:
-    """Settings from configuration; `tables` (comma-separated), `deletes` and `max_wait`
-    override it."""
-    return JobSettings(
-        dsn=to_dsn(source_credentials()),
-        slot_name=_config("slot_name", DEFAULT_SLOT_NAME),
-        pub_name=_config("pub_name", DEFAULT_PUB_NAME),
-        schema_name=_config("schema_name", "public"),
-        table_names=split_names(tables) or _names(_config("table_names")),
-        deletes=deletes or _config("deletes", "hard"),
-        target_batch_size=int(_config("target_batch_size", 50_000)),
-        target_batch_bytes=int(_config("target_batch_bytes", BATCH_BYTES)),
-        target_load_bytes=_optional_int(_config("target_load_bytes")),
-        snapshot_max_wait=max_wait if max_wait is not None else _optional_float(
-            _config("snapshot_max_wait")),
-    )
+def resolve_settings(**given: Any) -> PgReplicationConfiguration:
+    """The settings from configuration, `given` (keys of PgReplicationConfiguration; None means
+    "not given") taking precedence; checked once, here.
+
+    Raises:
+        ConfigError: no credentials, an invalid slot name or `deletes` value.
+    """
+    explicit = {key: value for key, value in given.items() if value is not None}
+    settings = resolve_configuration(PgReplicationConfiguration(),
+                                     sections=("sources", SOURCE_NAME), explicit_value=explicit)
+    return checked(settings)
 
 
-def _optional_int(value: Any) -> Optional[int]:
-    return None if value in (None, "") else int(value)
+def checked(settings: PgReplicationConfiguration) -> PgReplicationConfiguration:
+    if settings.credentials in (None, ""):
+        settings.credentials = _sql_database_credentials()
+    settings.credentials = settings.dsn  # ConfigError when missing or not a PostgreSQL source
+    settings.table_names = table_list(settings.table_names)
+    validate_slot_name(settings.slot_name)
+    if settings.deletes not in ("hard", "soft"):
+        raise ConfigError(f"invalid deletes {settings.deletes!r}: use \"hard\" or \"soft\"")
+    return settings
 
 
-def _optional_float(value: Any) -> Optional[float]:
-    return None if value in (None, "") else float(value)
+def _sql_database_credentials() -> Any:
+    value = dlt.secrets.get("sources.sql_database.credentials")
+    if isinstance(value, dict):  # a TOML table of connection fields
+        from dlt.common.configuration.specs import ConnectionStringCredentials
+
+        return ConnectionStringCredentials(value).to_native_representation()
+    return value
 
 
-def source_credentials() -> Any:
-    """`sources.pg_replication.credentials`, else `sources.sql_database.credentials`."""
-    for key in ("sources.pg_replication.credentials", "sources.sql_database.credentials"):
-        value = dlt.secrets.get(key)
-        if value:
-            if isinstance(value, dict):
-                from dlt.common.configuration.specs import ConnectionStringCredentials
-
-                value = ConnectionStringCredentials(value).to_native_representation()
-            return value
-    return None
-
-
-def _config(key: str, default: Any = None) -> Any:
-    value = dlt.config.get(f"sources.pg_replication.{key}")
-    return default if value is None else value
-
-
-def split_names(option: Optional[str]) -> Optional[List[str]]:
-    if not option:
-        return None
-    return [name.strip() for name in option.split(",") if name.strip()]
-
-
-def _names(value: Optional[Sequence[str]]) -> Optional[List[str]]:
+def table_list(value: Optional[Any]) -> Optional[List[str]]:
+    """Table names from a list or a comma-separated string (`--tables a,b`); None for none."""
     if value is None or value == "":
         return None
-    if isinstance(value, str):
-        return split_names(value)
-    return list(value)
+    names: Sequence[str] = value.split(",") if isinstance(value, str) else value
+    return [name.strip() for name in names if name.strip()] or None

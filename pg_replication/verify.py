@@ -12,6 +12,7 @@ from typing import Any, Callable, List, Optional
 
 import dlt
 
+from .destinations import destination_name, staged_leftovers
 from .dlt_compat import destination_state
 from .state import LoadedState
 from .protocol import int_to_lsn
@@ -86,55 +87,11 @@ def check_staged_files(pipeline: dlt.Pipeline) -> Check:
     pending = pending_packages(pipeline)
     if pending:
         return Check(name, False, f"{len(pending)} load package(s) not loaded yet: run `cdc`")
-    destination = pipeline.destination.destination_name
-    if destination == "databricks":
-        return _check_databricks_volume(pipeline)
-    if destination == "filesystem":
-        return _check_filesystem(pipeline)
+    found = staged_leftovers(pipeline)
+    if found is not None:
+        return Check(name, *found)
+    destination = destination_name(pipeline)
     return Check(name, None, f"not applicable to {destination}")
-
-
-def _check_databricks_volume(pipeline: dlt.Pipeline) -> Check:
-    with pipeline.destination_client() as client:
-        config = client.config
-        if config.staging_volume_name:
-            volumes = [config.staging_volume_name]
-        else:
-            # dlt's default volumes: snapshot (replace) loads stage in the dataset's, merge loads
-            # in the staging dataset's.
-            catalog = config.credentials.catalog
-            volumes = [f"{catalog}.{schema}._dlt_staging_load_volume" for schema in
-                       (pipeline.dataset_name, client.sql_client.staging_dataset_name)]
-        leftovers = {volume: _list_volume(client.sql_client, volume) for volume in volumes}
-    left = {volume: count for volume, count in leftovers.items() if count}
-    if left:
-        return Check("staged files", False, "; ".join(
-            f"{count} file(s) left in volume {volume}" for volume, count in left.items()))
-    return Check("staged files", True, f"no staged files in {', '.join(volumes)}")
-
-
-def _list_volume(sql_client: Any, volume: str) -> int:
-    """Entries in a Unity Catalog volume; 0 when the volume does not exist (nothing staged)."""
-    path = "/Volumes/" + "/".join(volume.split("."))
-    try:
-        rows = sql_client.execute_sql(f"LIST '{path}'") or []
-    except Exception as e:
-        if "not exist" in str(e).lower() or "not found" in str(e).lower():
-            return 0
-        raise
-    return len(rows)
-
-
-def _check_filesystem(pipeline: dlt.Pipeline) -> Check:
-    with pipeline.destination_client() as client:
-        root = Path(client.dataset_path.replace("file://", ""))
-    if not root.exists():
-        return Check("staged files", True, "nothing staged")
-    strays = [p.name for p in root.iterdir()
-              if p.is_file() and p.name != "init"]
-    if strays:
-        return Check("staged files", False, f"unexpected files in {root}: {', '.join(strays[:5])}")
-    return Check("staged files", True, f"no leftover load files in {root}")
 
 
 def check_copies(integrity_problems: Callable[[], List[str]]) -> Check:

@@ -48,7 +48,7 @@ from dlt.destinations.impl.databricks.databricks import (DatabricksClient, Datab
 
 import pg_replication
 from pg_replication import init_replication
-from pg_replication.jobs import merge_strategy_for, table_format_for
+from pg_replication.destinations import merge_strategy_for, table_format_for
 from tests.conftest import _with_database
 from tests.test_type_parity import ALL_TYPES, VALUES
 from tests.tools import REPO
@@ -612,7 +612,7 @@ def _offline_getaddrinfo(host, *args, **kwargs):
 
 socket.getaddrinfo = _offline_getaddrinfo
 import pipeline_main
-from pg_replication.jobs import merge_strategy_for, table_format_for
+from pg_replication.destinations import merge_strategy_for, table_format_for
 
 # the CLI's own path: group options and defaults, environment preparation, pipeline factory
 ctx = pipeline_main.cli.make_context("pipeline_main", ["--pipeline-name", "dbx_cli_contract",

@@ -5,7 +5,7 @@ import os
 import duckdb
 import pytest
 
-from pg_replication.jobs import DUCKDB_DEFAULT_SETTINGS, make_pipeline
+from pg_replication.destinations import DUCKDB_DEFAULT_SETTINGS, make_pipeline
 
 GLOBAL_CONFIG = "DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG"
 

@@ -1,0 +1,234 @@
+"""The initial copy, as building blocks: which tables, the publication and slot they need, and a
+dlt source that copies them inside an exported snapshot with an exact hand-off (handoff.py).
+
+The callers (sources.init_replication for the library, jobs.run_snapshot for the CLI) have
+checked the settings and the server and hold a connection; the blocks here assume both.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import dlt
+import pyarrow as pa
+
+from .catalog import (TableInfo, column_kinds, describe_tables, list_tables, load_type_catalog,
+                      unreplicable_tables)
+from .connect import connect
+from .ddl import read_catalog, read_leaves, shape_of
+from .dlt_compat import destination_identifier, make_source
+from .exceptions import ConfigError
+from .hints import (META_ARROW_TYPES, RESERVED_COLUMNS, delete_marker, existing_destination_column,
+                    mark_batch, name_collisions, output_column_names, snapshot_hints, table_hints,
+                    with_column_hints)
+from .insert_only import updated_or_deleted_rows
+from .settings import PgReplicationConfiguration
+from .slots import (check_partition_root_publishing, check_slot_usable, copy_slot_name,
+                    create_slot, create_slot_with_snapshot, current_database, drop_publications,
+                    drop_slot, ensure_publications, existing_publications, get_slot,
+                    publication_tables)
+from .snapshot import begin_snapshot_transaction, read_table
+from .state import SOURCE_NAME, record_copy, start_snapshot
+
+ColumnsByTable = Optional[Dict[str, Sequence[str]]]
+HintsByTable = Optional[Dict[str, Dict[str, Any]]]
+
+
+def select_tables(conn, schema_name: str,
+                  table_names: Optional[Sequence[str]]) -> Dict[str, TableInfo]:
+    """The tables to replicate: those named, or every table of the schema; UNLOGGED and foreign
+    tables are left out (`unreplicable_tables`, which the CLI names in a warning)."""
+    names = list(table_names) if table_names else list_tables(conn, schema_name)
+    skipped = set(unreplicable_tables(conn, schema_name))
+    names = [name for name in names if name not in skipped]
+    if not names:
+        raise ConfigError(f"no tables to replicate in schema {schema_name!r}")
+    return describe_tables(conn, schema_name, names)
+
+
+def refuse_colliding_names(tables, replicated: Sequence[str] = ()) -> None:
+    """Raises ConfigError when two source tables (of `tables` and the `replicated` names), or two
+    columns of one table, would land under one destination name after dlt's snake_case (they
+    would be silently merged), or a column takes a name the pipeline adds (`_pg_lsn`, ...)."""
+    tables = list(tables)
+    names = sorted({t.name for t in tables} | set(replicated))
+    for first, second in name_collisions(names, destination_identifier):
+        raise ConfigError(
+            f"tables {first!r} and {second!r} would both land in destination table "
+            f"{destination_identifier(second)!r}: replicate one of them (`--tables`) or rename it")
+    for table in tables:
+        clashes = name_collisions([c.name for c in table.columns], destination_identifier,
+                                  RESERVED_COLUMNS)
+        for first, second in clashes:
+            what = ("a column the pipeline adds" if first in RESERVED_COLUMNS
+                    else f"column {first!r}")
+            raise ConfigError(
+                f"table {table.name!r}: column {second!r} would land in destination column "
+                f"{destination_identifier(second)!r}, the same as {what}: rename it, or leave "
+                "the table out (`--tables`)")
+
+
+def addable_tables(conn, schema_name: str, pub_name: str,
+                   names: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Of tables not replicated yet, those `snapshot --tables` can add, and one line for each of
+    the others saying why not (its name, or a column's, collides after snake_case)."""
+    accepted = published_names(conn, schema_name, pub_name)
+    addable, refused = [], []
+    for name, table in sorted(describe_tables(conn, schema_name, list(names)).items()):
+        try:
+            refuse_colliding_names([table], accepted)
+        except ConfigError as e:
+            refused.append(str(e))
+            continue
+        addable.append(name)
+        accepted.append(name)
+    return addable, refused
+
+
+def published_names(conn, schema_name: str, pub_name: str) -> List[str]:
+    """The tables of the schema in the pipeline's publications."""
+    return sorted({name for pub in existing_publications(conn, pub_name)
+                   for schema, name in publication_tables(conn, pub) if schema == schema_name})
+
+
+@dataclass
+class CopyPlan:
+    """What a copy needs once the publication and the slot are ready."""
+
+    tables: List[TableInfo]
+    types: Dict[int, Any]  # pg_type rows (catalog.load_type_catalog)
+    new_stream: bool  # the slot is created with the copy: a new stream starts at its hand-off
+    # Insert-only tables: rows updated or deleted before the copy, by OID (insert_only.py).
+    write_counts: Dict[int, Dict[str, Any]] = field(default_factory=dict)
+
+
+def prepare_copy(conn, *, settings: PgReplicationConfiguration, tables: Dict[str, TableInfo],
+                 reset: bool = False, create_slot_now: bool = False) -> CopyPlan:
+    """Publishes `tables` and checks the slot (dropping it first with `reset`, or when it was
+    invalidated and a copy follows). With `create_slot_now` a missing slot is created here (no
+    copy follows); otherwise the copy creates it with its exported snapshot."""
+    refuse_colliding_names(tables.values(), published_names(conn, settings.schema_name,
+                                                            settings.pub_name))
+    check_partition_root_publishing(conn, settings.pub_name)
+    if reset:
+        drop_slot(conn, settings.slot_name)
+        drop_publications(conn, settings.pub_name)
+    ensure_publications(conn, settings.pub_name, list(tables.values()))
+    slot = get_slot(conn, settings.slot_name)
+    if slot is not None and slot.wal_status == "lost" and not create_slot_now:
+        drop_slot(conn, settings.slot_name)  # a new copy starts over: a new slot goes with it
+        slot = None
+    if slot is not None:
+        check_slot_usable(slot, settings.slot_name, current_database(conn))
+    elif create_slot_now:
+        create_slot(conn, settings.slot_name)
+    # Read before the slot's consistent point: every UPDATE or DELETE after it counts.
+    write_counts = updated_or_deleted_rows(
+        conn, [table.oid for table in tables.values() if not table.merge_key])
+    return CopyPlan(list(tables.values()), load_type_catalog(conn), slot is None, write_counts)
+
+
+def copy_source(*, settings: PgReplicationConfiguration, plan: CopyPlan,
+                include_columns: ColumnsByTable = None, columns: HintsByTable = None) -> Any:
+    """A `pg_replication` source whose one resource copies the planned tables inside a snapshot
+    exported at a slot's consistent point, and records their hand-off (handoff.py) in the source
+    state, with the rows updated or deleted before it of the insert-only ones."""
+    reader, handoff_lsn = _open_snapshot_reader(settings.dsn, settings.slot_name,
+                                                plan.new_stream, settings.snapshot_max_wait)
+    copy = _Copy(reader, plan, handoff_lsn, settings, include_columns, columns)
+    # Each table carries its own `replace` hint. The resource itself must not be `replace`: dlt
+    # would then also truncate every other table this resource loaded before (a later
+    # `snapshot --tables b` would empty table a).
+    def snapshot_rows() -> Iterator[Any]:
+        yield from copy.rows()
+
+    resource = dlt.resource(snapshot_rows, name="snapshot", write_disposition="append")
+    return make_source(SOURCE_NAME, [resource()])
+
+
+def _open_snapshot_reader(dsn: str, slot_name: str, new_stream: bool,
+                          max_wait: Optional[float] = None):
+    """A connection inside an exported snapshot, and that snapshot's hand-off LSN.
+
+    With `new_stream` the pipeline's slot is created here and exports it; otherwise a temporary
+    slot does. The snapshot is imported before the exporting connection closes (which also drops a
+    temporary slot): the importing transaction keeps it alive.
+    """
+    reader = connect(dsn)
+    try:
+        exporter, handoff_lsn, snapshot_name = create_slot_with_snapshot(
+            dsn, slot_name if new_stream else copy_slot_name(slot_name), temporary=not new_stream,
+            max_wait=max_wait)
+        try:
+            begin_snapshot_transaction(reader, snapshot_name)
+        finally:
+            exporter.close()
+        return reader, handoff_lsn
+    except Exception:
+        reader.close()
+        raise
+
+
+class _Copy:
+    """The copy of the planned tables on `reader`'s snapshot, one table after the other."""
+
+    def __init__(self, reader, plan: CopyPlan, handoff_lsn: int,
+                 settings: PgReplicationConfiguration, include_columns: ColumnsByTable,
+                 columns: HintsByTable) -> None:
+        self.reader, self.plan, self.handoff_lsn = reader, plan, handoff_lsn
+        self.settings, self.include_columns, self.columns = settings, include_columns, columns
+
+    def rows(self) -> Iterator[Any]:
+        try:
+            state = dlt.current.source_state()
+            start_snapshot(state, self.settings.slot_name, self.handoff_lsn, self.plan.new_stream)
+            oids = [table.oid for table in self.plan.tables]
+            # The catalog as of the hand-off: cdc compares later catalogs with it (ddl.py).
+            shapes, leaves = read_catalog(self.reader, oids), read_leaves(self.reader, oids)
+            for table in self.plan.tables:
+                yield from self._table_rows(table)
+                shape = shape_of(shapes[table.oid], leaves) if table.oid in shapes else None
+                record_copy(state, table.schema, table.name, table.oid, self.handoff_lsn, shape,
+                            self.plan.write_counts.get(table.oid))
+        finally:
+            self.reader.close()
+
+    def _table_rows(self, table: TableInfo) -> Iterator[Any]:
+        kinds = column_kinds(table, self.plan.types)
+        names = _included(table.name, _copied_columns(table), self.include_columns)
+        outputs = output_column_names(table.name, [(n, kinds[n]) for n in names],
+                                      existing_destination_column())
+        renames = dict(zip(names, outputs))
+        hints = table_hints(table.name, [(renames[n], kinds[n]) for n in names],
+                            [renames.get(k, k) for k in table.merge_key], self.settings.deletes)
+        hints = snapshot_hints(with_column_hints(hints, self.columns))
+        marker = delete_marker(self.settings.deletes)
+        first = True
+        for data in read_table(self.reader, table, kinds, self.handoff_lsn, marker):
+            data = data.rename_columns([renames.get(n, n) for n in data.column_names])
+            data = data.select([n for n in data.column_names if n in hints["columns"]])
+            yield mark_batch(data, hints, first)
+            first = False
+        if first:  # empty table: still replace what the destination holds
+            output_kinds = {renames.get(n, n): kind for n, kind in kinds.items()}
+            yield mark_batch(_empty_like(hints, output_kinds), hints, True)
+
+
+def _copied_columns(table: TableInfo) -> List[str]:
+    """A table without a key leaves out its generated columns: the change stream cannot read
+    them back by key (changes.ChangeCollector.on_relation)."""
+    return [c.name for c in table.columns if table.merge_key or not c.generated]
+
+
+def _included(table_name: str, names: List[str], include_columns: ColumnsByTable) -> List[str]:
+    if not include_columns or table_name not in include_columns:
+        return names
+    wanted = set(include_columns[table_name])
+    return [n for n in names if n in wanted]
+
+
+def _empty_like(hints: Dict[str, Any], kinds) -> pa.Table:
+    fields = []
+    for name in hints["columns"]:
+        arrow_type = kinds[name].arrow_type if name in kinds else META_ARROW_TYPES[name]
+        fields.append(pa.field(name, arrow_type))
+    return pa.schema(fields).empty_table()

@@ -1,0 +1,263 @@
+"""The change stream, as building blocks: a dlt resource that reads one segment of the slot (one
+dlt load) and stores the new position in the source state, which dlt commits with the load.
+
+Progress lives in the dlt source state of the source named `pg_replication` (state.py), shared
+with the snapshot. The slot itself is confirmed only after a load succeeded: `jobs.run_cdc` does it
+right after loading; the library's `flush_slot` confirms, before reading, the stored position of a
+pipeline that has no pending load.
+
+The job layer (jobs.run_cdc) hands its connection down, having checked the settings, the server
+and the slot once; the library's resource opens and checks its own when it starts.
+"""
+
+import contextlib
+import functools
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import dlt
+import pyarrow as pa
+
+from .bounds import RunBounds
+from .catalog import TableInfo, describe_tables, fetch_current_values, load_type_catalog, table_key
+from .changes import BatchLimits, ChangeCollector, SegmentResult, TableBatch, read_changes
+from .connect import connect
+from .ddl import ColumnMap
+from .destinations import load_bytes_for, merge_strategy_for
+from .dlt_compat import current_load_id, current_pipeline
+from .exceptions import CopyMissingError, SlotError
+from .handoff import NEVER, NO_COPY, HandoffRule
+from .hints import LOAD_ID_COLUMN, existing_destination_column, mark_batch, with_column_hints
+from .insert_only import insert_only_problems
+from .integrity import check_schema_changes
+from .settings import PgReplicationConfiguration
+from .slots import (advance_slot, check_slot_usable, current_database, current_wal_lsn,
+                    existing_publications, get_slot, publication_relations, publication_tables)
+from .snapshot import release_freed_memory
+from .state import LoadedState, Position, record_shapes, record_truncate, save_position
+from .stream import ReplicationStream, emit_heartbeat
+
+Shapes = Dict[str, Dict[str, Any]]
+
+
+def changes_resource(*, settings: PgReplicationConfiguration, bounds: RunBounds = RunBounds(),
+                     result: Optional[SegmentResult] = None, conn=None, flush_slot: bool = False,
+                     require_copies: bool = False, table_shapes: Optional[Shapes] = None,
+                     include_columns: Optional[Dict[str, Sequence[str]]] = None,
+                     columns: Optional[Dict[str, Dict[str, Any]]] = None) -> Any:
+    """The changes in the slot since the stored position, as one dlt resource (see
+    sources.replication_resource for the arguments). With `conn`, the caller holds a connection
+    and has checked the slot; otherwise the resource connects and checks when it starts."""
+
+    def changes() -> Iterator[Any]:
+        segment = result if result is not None else SegmentResult(Position())
+        state = dlt.current.source_state()
+        loaded = LoadedState.from_source_state(state)
+        segment.position = loaded.position
+        reader = _SegmentReader(settings, bounds.started(), segment, loaded,
+                                HandoffRule(loaded.handoffs, require_copies, loaded.oids),
+                                ShapeCheck(loaded, settings.schema_name, table_shapes),
+                                include_columns, columns)
+        with _checked_connection(conn, settings) as connection:
+            pipeline = current_pipeline()
+            if flush_slot and pipeline is not None and not pipeline.has_pending_data:
+                advance_slot(connection, settings.slot_name, loaded.position.lsn)
+            yield from reader.read(connection)
+        save_position(state, segment.position)
+        release_freed_memory()  # before the destination loads, in this process for DuckDB
+
+    return dlt.resource(changes, name="changes", write_disposition="merge")()
+
+
+@contextlib.contextmanager
+def _checked_connection(conn, settings: PgReplicationConfiguration) -> Iterator[Any]:
+    """`conn` when the caller holds one; otherwise a new connection to a usable slot."""
+    if conn is not None:
+        yield conn
+        return
+    own = connect(settings.dsn)
+    try:
+        slot = get_slot(own, settings.slot_name)
+        if slot is None:
+            raise SlotError(f"slot {settings.slot_name!r} does not exist; run `snapshot` to "
+                            "create it")
+        check_slot_usable(slot, settings.slot_name, current_database(own))
+        yield own
+    finally:
+        own.close()
+
+
+class _SegmentReader:
+    """One segment: from the stored position up to the stop (or a bound), into `segment`."""
+
+    def __init__(self, settings: PgReplicationConfiguration, bounds: RunBounds,
+                 segment: SegmentResult, loaded: LoadedState, handoffs: HandoffRule,
+                 shape_check: "ShapeCheck", include_columns, columns) -> None:
+        self.settings, self.bounds, self.segment = settings, bounds, segment
+        self.loaded, self.handoffs, self.shape_check = loaded, handoffs, shape_check
+        self.include_columns, self.columns = include_columns, columns
+        pipeline = current_pipeline()
+        self.merge_strategy = merge_strategy_for(pipeline, settings.merge_strategy)
+        self.limits = BatchLimits(settings.target_batch_size, settings.target_batch_bytes,
+                                  load_bytes_for(pipeline, settings.target_load_bytes))
+
+    def read(self, conn) -> Iterator[Any]:
+        publications = existing_publications(conn, self.settings.pub_name)
+        published = _published_tables(conn, self.settings.schema_name, publications)
+        stop_lsn = self.bounds.stop_lsn or run_stop_position(conn)
+        column_maps = self.shape_check.column_maps(conn)  # after the stop is fixed (ddl.py)
+        slot = get_slot(conn, self.settings.slot_name)
+        streamed, deferred_until = _publications_to_stream(
+            conn, publications, self.handoffs, (slot.confirmed_flush_lsn if slot else 0) or 0)
+        if deferred_until is not None and deferred_until <= stop_lsn:
+            stop_lsn = deferred_until
+        reached = True  # nothing to decode before stop_lsn
+        if streamed:
+            collector = self._collector(conn, published, column_maps)
+            yield from self._stream(collector, streamed, stop_lsn)
+            reached = self._streamed_to(stop_lsn, deferred_until)
+        self._finish(stop_lsn, deferred_until, reached)
+
+    def _collector(self, conn, published: Dict[str, TableInfo],
+                   column_maps: Dict[str, ColumnMap]) -> ChangeCollector:
+        return ChangeCollector(published, load_type_catalog(conn),
+                               functools.partial(fetch_current_values, conn),
+                               self.settings.deletes, self.merge_strategy,
+                               existing_destination_column(),
+                               _in_schema(self.settings.schema_name, self.handoffs.applies_from),
+                               column_maps, self.handoffs.copied_before,
+                               self.limits.buffer_bytes)
+
+    def _stream(self, collector: ChangeCollector, streamed: List[str],
+                stop_lsn: int) -> Iterator[Any]:
+        segment, bounds = self.segment, self.bounds
+        with ReplicationStream(self.settings.dsn, self.settings.slot_name, streamed, stop_lsn,
+                               bounds.deadline, bounds.stop_was_requested) as stream:
+            sent_hints: Dict[str, int] = {}
+            for batch in read_changes(stream.messages(), collector, self.loaded.position,
+                                      stop_lsn, segment, self.limits, bounds.max_changes,
+                                      bounds.should_stop, lambda: stream.received_bytes):
+                if batch.xid is not None:
+                    self.shape_check.carried_truncate(
+                        table_key(self.settings.schema_name, batch.table_name), batch.xid)
+                yield _batch_item(batch, sent_hints, self.include_columns, self.columns)
+            if segment.exhausted and not segment.more:
+                segment.confirm_lsn = max(segment.confirm_lsn, stream.wal_end)
+
+    def _streamed_to(self, stop_lsn: int, deferred_until: Optional[int]) -> bool:
+        """Whether the stream was read up to the stop."""
+        segment = self.segment
+        if deferred_until is not None:
+            # A deferred publication's changes were not decoded: confirm no further than the
+            # stop (or the end of the last transaction taken).
+            segment.confirm_lsn = min(segment.confirm_lsn, max(stop_lsn, segment.position.lsn))
+        return not segment.more and segment.confirm_lsn >= stop_lsn
+
+    def _finish(self, stop_lsn: int, deferred_until: Optional[int], reached: bool) -> None:
+        segment = self.segment
+        if reached:
+            segment.confirm_lsn = max(segment.confirm_lsn, stop_lsn)
+            # A publication waited for this position: read on with it.
+            segment.more = stop_lsn == deferred_until
+        if segment.position.partial_commit_lsn is None:
+            # Everything before confirm_lsn is read (loaded, or not ours): store that as the
+            # position too, so the destination's state and the confirmed slot agree.
+            segment.position = Position(max(segment.position.lsn, segment.confirm_lsn))
+
+
+class ShapeCheck:
+    """The table shapes a segment records and reads with (ddl.py): those a check before the run
+    accepted (`cdc`), or, for the library, the result of a check made here."""
+
+    def __init__(self, loaded: LoadedState, schema_name: str,
+                 checked: Optional[Shapes]) -> None:
+        self.loaded, self.schema_name, self.checked = loaded, schema_name, checked
+
+    def column_maps(self, conn) -> Dict[str, ColumnMap]:
+        """Records the shapes in the source state and returns each table's ColumnMap.
+
+        Raises:
+            CopyMissingError: (checking here) a table changed in a way the stream cannot carry,
+                or one that takes only inserts was updated (insert_only.py).
+        """
+        shapes = self.checked
+        if shapes is None:
+            problems, checks = check_schema_changes(conn, self.schema_name, self.loaded)
+            problems += insert_only_problems(conn, self.loaded, self.loaded.handoffs,
+                                             self.schema_name)
+            if problems:
+                raise CopyMissingError(problems[0])
+            shapes = {key: check.shape for key, check in checks.items()}
+        state = dlt.current.source_state()
+        record_shapes(state, shapes)
+        recorded = LoadedState.from_source_state(state).shapes
+        return {key: ColumnMap.from_shape(shape) for key, shape in recorded.items()}
+
+    def carried_truncate(self, key: str, xid: int) -> None:
+        """Records a TRUNCATE the stream carried, in the state loaded with it and in the shapes
+        the run's later segments record."""
+        record_truncate(dlt.current.source_state(), key, xid)
+        if self.checked is not None and key in self.checked:
+            carried = self.checked[key].setdefault("truncated_by", [])
+            if xid not in carried:
+                carried.append(xid)
+
+
+def _publications_to_stream(conn, publications: List[str], handoffs: HandoffRule,
+                            start_lsn: int) -> Tuple[List[str], Optional[int]]:
+    """The publications to decode from `start_lsn`, and the position from which the others are
+    needed (or None).
+
+    A publication is decoded from the earliest hand-off of its tables on; before that none of its
+    changes would be applied. This matters for a publication created while the stream was
+    running (the `_insert_only` one, when the first table without a key comes later): pgoutput
+    fails on any change from before a named publication existed. So it is left out until the
+    stream reaches that position; the segment stops there, and the next one includes it.
+    """
+    needed_from = {}
+    for name in publications:
+        needed_from[name] = min((handoffs.earliest_needed(oid, schema, table)
+                                 for oid, schema, table in publication_relations(conn, name)),
+                                default=NO_COPY)
+    streamed = [name for name in publications if needed_from[name] <= start_lsn]
+    later = [needed_from[name] for name in publications if needed_from[name] > start_lsn
+             and needed_from[name] < NO_COPY]
+    return streamed, (min(later) if later else None)
+
+
+def _in_schema(schema_name: str, applies_from):
+    """A publication an admin made may cover tables of other schemas (`audit.orders` beside
+    `public.orders`): their changes are never applied, so never written into a table of the
+    configured schema that has the same name."""
+
+    def rule(schema: str, name: str) -> int:
+        return applies_from(schema, name) if schema == schema_name else NEVER
+
+    return rule
+
+
+def run_stop_position(conn) -> int:
+    """Where a run stops reading: a heartbeat written now (so an idle slot has a position to
+    reach), or the WAL insert position when the role may not write one."""
+    return emit_heartbeat(conn) or current_wal_lsn(conn)
+
+
+def _published_tables(conn, schema_name: str, publications: List[str]) -> Dict[str, TableInfo]:
+    names = sorted({name for pub in publications for schema, name in publication_tables(conn, pub)
+                    if schema == schema_name})
+    return describe_tables(conn, schema_name, names) if names else {}
+
+
+def _batch_item(batch: TableBatch, sent_hints: Dict[str, int], include_columns, columns) -> Any:
+    data, hints = batch.data, batch.hints
+    if include_columns and batch.table_name in include_columns:
+        keep = set(include_columns[batch.table_name]) | set(hints.get("primary_key") or [])
+        keep |= {n for n in data.column_names if n.startswith("_pg_")}
+        data = data.select([n for n in data.column_names if n in keep])
+        hints = dict(hints, columns={k: v for k, v in hints["columns"].items() if k in keep})
+    hints = with_column_hints(hints, columns)
+    if hints.get("write_disposition") == "append":
+        load_id = current_load_id()
+        data = data.append_column(LOAD_ID_COLUMN, pa.array([load_id] * data.num_rows, pa.string()))
+    fresh = sent_hints.get(batch.table_name) != id(batch.hints) or batch.replace
+    sent_hints[batch.table_name] = id(batch.hints)
+    return mark_batch(data, hints, fresh)

@@ -1,0 +1,199 @@
+"""The public entry points, for dlt users: `pg_replication()` (a dlt source),
+`init_replication(...)` and `replication_resource(...)`.
+
+Each resolves the settings once (settings.PgReplicationConfiguration, `[sources.pg_replication]`),
+checks the server, then hands the settings, a connection and the run bounds to the building blocks
+(copies.py for the initial copy, segments.py for the change stream). The CLI's jobs (jobs.py) use
+the same blocks.
+"""
+
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import dlt
+
+from .bounds import RunBounds
+from .changes import SegmentResult
+from .connect import connect
+from .copies import copy_source, prepare_copy, select_tables
+from .hints import DeleteMode, MergeStrategy
+from .segments import changes_resource
+from .settings import PgReplicationConfiguration, resolve_settings
+from .slots import check_server
+from .state import SOURCE_NAME
+
+ColumnsByTable = Optional[Dict[str, Sequence[str]]]
+HintsByTable = Optional[Dict[str, Dict[str, Any]]]
+
+
+@dlt.source(name=SOURCE_NAME, section=SOURCE_NAME, spec=PgReplicationConfiguration)
+def pg_replication(
+    credentials: Any = dlt.secrets.value,
+    slot_name: str = dlt.config.value,
+    pub_name: str = dlt.config.value,
+    schema_name: str = dlt.config.value,
+    include_columns: ColumnsByTable = None,
+    columns: HintsByTable = None,
+    target_batch_size: int = dlt.config.value,
+    target_batch_bytes: int = dlt.config.value,
+    target_load_bytes: Optional[int] = dlt.config.value,
+    flush_slot: bool = dlt.config.value,
+    deletes: DeleteMode = dlt.config.value,
+    merge_strategy: Optional[MergeStrategy] = dlt.config.value,
+    max_changes: Optional[int] = None,
+    max_seconds: Optional[float] = None,
+    result: Optional[SegmentResult] = None,
+    stop_requested: Optional[Callable[[], bool]] = None,
+    stop_lsn: Optional[int] = None,
+    require_copies: bool = False,
+    table_shapes: Optional[Dict[str, Dict[str, Any]]] = None,
+) -> Any:
+    """The changes in the replication slot since the last load, merged into one table per source
+    table. Settings not given come from `[sources.pg_replication]`; see `replication_resource`
+    for the arguments."""
+    return replication_resource(
+        credentials=credentials, slot_name=slot_name, pub_name=pub_name, schema_name=schema_name,
+        include_columns=include_columns, columns=columns, target_batch_size=target_batch_size,
+        target_batch_bytes=target_batch_bytes, target_load_bytes=target_load_bytes,
+        flush_slot=flush_slot, deletes=deletes, merge_strategy=merge_strategy,
+        max_changes=max_changes, max_seconds=max_seconds, result=result,
+        stop_requested=stop_requested, stop_lsn=stop_lsn, require_copies=require_copies,
+        table_shapes=table_shapes)
+
+
+def init_replication(
+    slot_name: Optional[str] = None,
+    pub_name: Optional[str] = None,
+    schema_name: Optional[str] = None,
+    table_names: Optional[Sequence[str]] = None,
+    credentials: Any = None,
+    persist_snapshots: bool = False,
+    include_columns: ColumnsByTable = None,
+    columns: HintsByTable = None,
+    reset: bool = False,
+    deletes: Optional[DeleteMode] = None,
+    max_wait_seconds: Optional[float] = None,
+) -> Optional[Any]:
+    """Creates the publication and the replication slot; optionally returns the initial copy.
+
+    Every copy has an exact hand-off (see handoff.py): it is read inside a snapshot exported at a
+    logical slot's consistent point, and the change stream applies a copied table's changes only
+    from transactions that commit at or after that point. Every transaction lands exactly once, in
+    the copy or through the stream, for tables with or without a key.
+
+    - No slot yet (or an invalidated one): the slot is created here and its own exported snapshot
+      is the copy's; its consistent point starts the stream, and hand-offs of an earlier stream are
+      dropped (tables not copied again must be).
+    - The slot exists (a rerun after a failed snapshot, a refresh or a table added later): a
+      TEMPORARY slot is created only to export the snapshot; the slot keeps its position. The copied
+      tables get the new hand-off, other tables keep theirs.
+
+    The hand-offs are stored in the source state with the copy, so they reach the destination in
+    the same load. Arguments not given come from `[sources.pg_replication]`.
+
+    Args:
+        slot_name (str): Replication slot (lower-case letters, digits, underscores).
+        pub_name (str): Publication; tables without a row identity go to `<pub_name>_insert_only`.
+        schema_name (str): Source schema.
+        table_names (Optional[Sequence[str]]): Tables to replicate; default every table of the schema.
+        credentials: libpq URL or dlt credentials of the source.
+        persist_snapshots (bool): Return a dlt source with the initial copy of the tables.
+        include_columns (Optional[Dict[str, Sequence[str]]]): Per table, the columns to copy.
+        columns (Optional[Dict[str, Dict[str, Any]]]): Per table, extra dlt column hints.
+        reset (bool): Drop the slot and publications first (starts over: needs a new snapshot).
+        deletes (DeleteMode): "hard" or "soft" (sets the delete marker column of the tables).
+        max_wait_seconds (Optional[float]): Give up (SourceNotReadyError) when creating the slot
+            for the copy waits longer than this for open transactions; default: wait.
+
+    Returns:
+        Optional[DltSource]: The snapshot source when `persist_snapshots`, else None.
+    """
+    settings = resolve_settings(
+        slot_name=slot_name, pub_name=pub_name, schema_name=schema_name, table_names=table_names,
+        credentials=credentials, deletes=deletes, snapshot_max_wait=max_wait_seconds)
+    conn = connect(settings.dsn)
+    try:
+        check_server(conn)
+        tables = select_tables(conn, settings.schema_name, settings.table_names)
+        plan = prepare_copy(conn, settings=settings, tables=tables, reset=reset,
+                            create_slot_now=not persist_snapshots)
+    finally:
+        conn.close()
+    if not persist_snapshots:
+        return None
+    return copy_source(settings=settings, plan=plan, include_columns=include_columns,
+                       columns=columns)
+
+
+def replication_resource(
+    slot_name: Optional[str] = None,
+    pub_name: Optional[str] = None,
+    credentials: Any = None,
+    schema_name: Optional[str] = None,
+    include_columns: ColumnsByTable = None,
+    columns: HintsByTable = None,
+    target_batch_size: Optional[int] = None,
+    target_batch_bytes: Optional[int] = None,
+    target_load_bytes: Optional[int] = None,
+    flush_slot: Optional[bool] = None,
+    deletes: Optional[DeleteMode] = None,
+    merge_strategy: Optional[MergeStrategy] = None,
+    max_changes: Optional[int] = None,
+    max_seconds: Optional[float] = None,
+    result: Optional[SegmentResult] = None,
+    stop_requested: Optional[Callable[[], bool]] = None,
+    stop_lsn: Optional[int] = None,
+    require_copies: bool = False,
+    table_shapes: Optional[Dict[str, Dict[str, Any]]] = None,
+) -> Any:
+    """A dlt resource with the changes in the slot since the stored position, one table each.
+
+    Reads up to the server's WAL position at the start (or a bound), in Arrow batches of
+    `target_batch_size` rows, and stores the new position in the source state, which dlt commits
+    with the load. The slot itself is confirmed only after a load succeeded: `jobs.run_cdc` does it
+    right after loading; with `flush_slot` the resource also confirms, before reading, the stored
+    position of a pipeline that has no pending load.
+
+    Must run inside a source named `pg_replication` (see `pg_replication()`), which holds the state.
+    Arguments not given come from `[sources.pg_replication]`.
+
+    Args:
+        slot_name (str): The pgoutput slot.
+        pub_name (str): The publication (and `<pub_name>_insert_only` when it exists).
+        credentials: libpq URL or dlt credentials of the source.
+        schema_name (str): Schema of the published tables.
+        include_columns (Optional[Dict[str, Sequence[str]]]): Per table, the columns to load.
+        columns (Optional[Dict[str, Dict[str, Any]]]): Per table, extra dlt column hints.
+        target_batch_size (int): Rows buffered before they are handed to dlt; bounds memory.
+        target_batch_bytes (int): Bytes (of the stream, of unchanged TOASTed values read back)
+            buffered before they are handed to dlt: bounds memory when rows are wide.
+        target_load_bytes (int): Arrow bytes one load takes; the resource ends there, in the
+            middle of a transaction if need be, and the next run (or segment) goes on from
+            there. Bounds what the destination merges at once. Default: by destination.
+        flush_slot (bool): Confirm the already-loaded position to the slot before reading.
+        deletes (DeleteMode): "hard" deletes rows, "soft" keeps them with `_pg_deleted_at`.
+        merge_strategy (MergeStrategy): "delete-insert" (SQL destinations), "upsert" (Delta);
+            default: by destination.
+        max_changes (Optional[int]): Stop at the first commit after this many changes.
+        max_seconds (Optional[float]): Stop at the first commit after this many seconds.
+        result (Optional[SegmentResult]): Receives counts, positions and whether more is waiting.
+        stop_requested (Optional[Callable[[], bool]]): True stops reading at the next commit.
+        stop_lsn (Optional[int]): Read up to here; default the server's WAL position now.
+        require_copies (bool): A copied table gets its changes from its hand-off on
+            (handoff.py). A table that was never copied gets every change in the slot, or, with
+            True, a change of it stops the run with CopyMissingError (the CLI: applying it would
+            leave a partial table).
+        table_shapes (Optional[Dict[str, Dict[str, Any]]]): Per table_key, the catalog shape a
+            check before this run accepted (ddl.check_tables); stored with the load, and renamed
+            columns keep their destination columns. Default: the shapes in the state.
+    """
+    settings = resolve_settings(
+        slot_name=slot_name, pub_name=pub_name, credentials=credentials, schema_name=schema_name,
+        target_batch_size=target_batch_size, target_batch_bytes=target_batch_bytes,
+        target_load_bytes=target_load_bytes, flush_slot=flush_slot, deletes=deletes,
+        merge_strategy=merge_strategy)
+    bounds = RunBounds(max_changes=max_changes, max_seconds=max_seconds, stop_lsn=stop_lsn,
+                       stop_requested=stop_requested)
+    return changes_resource(settings=settings, bounds=bounds, result=result,
+                            flush_slot=settings.flush_slot, require_copies=require_copies,
+                            table_shapes=table_shapes, include_columns=include_columns,
+                            columns=columns)
