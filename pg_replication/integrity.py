@@ -26,16 +26,15 @@ from typing import Any, Dict, List, Optional, Tuple
 import dlt
 import psycopg2
 
-from .catalog import describe_tables, list_tables, load_type_catalog
+from .catalog import describe_tables, list_tables, load_type_catalog, table_key
 from .ddl import Leaves, TableCheck, check_tables
-from .dlt_compat import destination_state, existing_destination_tables
-from .catalog import table_key
-from .handoff import short_names, tables_without_copy
-from .state import LoadedState
+from .dlt_compat import destination_state, existing_destination_tables, state_version
 from .exceptions import SourceNotReadyError, snapshot_command
-from .insert_only import insert_only_problems
 from .failures import essential_line
+from .handoff import short_names, tables_without_copy
+from .insert_only import insert_only_problems
 from .settings import PgReplicationConfiguration as Settings
+from .state import LoadedState
 from .slots import (INSERT_ONLY_SUFFIX, check_partition_root_publishing, ensure_publications,
                     existing_publications, get_slot, publication_tables)
 
@@ -46,7 +45,7 @@ LOADED_RECORD_FILE = "last_loaded_state.json"
 def remember_loaded_state(pipeline: dlt.Pipeline) -> None:
     """Called after every successful load: the destination now holds this state version."""
     path = Path(pipeline.working_dir) / LOADED_RECORD_FILE
-    path.write_text(json.dumps({"state_version": pipeline.state.get("_state_version", 0)}))
+    path.write_text(json.dumps({"state_version": state_version(pipeline.state)}))
 
 
 def _remembered_version(pipeline: dlt.Pipeline) -> int:
@@ -62,10 +61,10 @@ def destination_lost(pipeline: dlt.Pipeline, remote: Optional[Dict[str, Any]]) -
     remembered = _remembered_version(pipeline)
     if not remembered:
         return None
-    if remote is not None and remote.get("_state_version", 0) >= remembered:
+    if remote is not None and state_version(remote) >= remembered:
         return None
     found = "no pipeline state" if remote is None else (
-        f"state version {remote.get('_state_version')}, older than {remembered}")
+        f"state version {state_version(remote)}, older than {remembered}")
     return (f"the destination no longer holds what this pipeline loaded ({found}: a deleted "
             "database file, a dropped schema or table?): run `snapshot` to copy the tables again")
 
@@ -73,7 +72,7 @@ def destination_lost(pipeline: dlt.Pipeline, remote: Optional[Dict[str, Any]]) -
 def loaded_state(pipeline: dlt.Pipeline, remote: Optional[Dict[str, Any]]) -> LoadedState:
     """What the destination holds: its own state, unless the local one is newer (pending loads)."""
     local = pipeline.state
-    if remote is not None and remote.get("_state_version", 0) >= local.get("_state_version", 0):
+    if remote is not None and state_version(remote) >= state_version(local):
         return LoadedState.from_pipeline_state(remote)
     return LoadedState.from_pipeline_state(local)
 

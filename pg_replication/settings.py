@@ -39,9 +39,14 @@ class PgReplicationConfiguration(BaseConfiguration):
     table_names: Optional[Any] = None  # a list, or comma-separated; default every table
     deletes: str = "hard"  # or "soft": deleted rows stay, with `_pg_deleted_at`
     target_batch_size: int = 50_000  # rows buffered before they are handed to dlt
+    # Bytes (of the stream, of unchanged TOASTed values read back) buffered before they are
+    # handed to dlt: bounds memory when rows are wide.
     target_batch_bytes: int = BATCH_BYTES
+    # Arrow bytes one load takes: the segment ends there, in the middle of a transaction if need
+    # be, and the next one goes on; bounds what the destination merges at once.
     target_load_bytes: Optional[int] = None  # default: by destination (destinations.py)
-    merge_strategy: Optional[str] = None  # default: by destination (destinations.py)
+    # "delete-insert" (SQL destinations) or "upsert" (Delta); default: by destination.
+    merge_strategy: Optional[str] = None
     snapshot_max_wait: Optional[float] = None  # seconds a snapshot may wait for transactions
     flush_slot: bool = True  # the library: confirm the loaded position before reading
 

@@ -75,32 +75,19 @@ def init_replication(
 ) -> Optional[Any]:
     """Creates the publication and the replication slot; optionally returns the initial copy.
 
-    Every copy has an exact hand-off (see handoff.py): it is read inside a snapshot exported at a
-    logical slot's consistent point, and the change stream applies a copied table's changes only
-    from transactions that commit at or after that point. Every transaction lands exactly once, in
-    the copy or through the stream, for tables with or without a key.
-
-    - No slot yet (or an invalidated one): the slot is created here and its own exported snapshot
-      is the copy's; its consistent point starts the stream, and hand-offs of an earlier stream are
-      dropped (tables not copied again must be).
-    - The slot exists (a rerun after a failed snapshot, a refresh or a table added later): a
-      TEMPORARY slot is created only to export the snapshot; the slot keeps its position. The copied
-      tables get the new hand-off, other tables keep theirs.
-
-    The hand-offs are stored in the source state with the copy, so they reach the destination in
-    the same load. Arguments not given come from `[sources.pg_replication]`.
+    Every copy has an exact hand-off (handoff.py): it is read inside a snapshot exported at a
+    logical slot's consistent point, and the stream applies a copied table's changes only from
+    transactions that commit at or after it. Without a slot (or with an invalidated one) the slot
+    is created with the copy and a new stream starts; otherwise a TEMPORARY slot exports the
+    snapshot and the slot keeps its position. Arguments not given come from configuration.
 
     Args:
-        slot_name (str): Replication slot (lower-case letters, digits, underscores).
-        pub_name (str): Publication; tables without a row identity go to `<pub_name>_insert_only`.
-        schema_name (str): Source schema.
-        table_names (Optional[Sequence[str]]): Tables to replicate; default every table of the schema.
-        credentials: libpq URL or dlt credentials of the source.
+        slot_name, pub_name, schema_name, table_names, credentials, deletes: the settings
+            (settings.PgReplicationConfiguration).
         persist_snapshots (bool): Return a dlt source with the initial copy of the tables.
         include_columns (Optional[Dict[str, Sequence[str]]]): Per table, the columns to copy.
         columns (Optional[Dict[str, Dict[str, Any]]]): Per table, extra dlt column hints.
         reset (bool): Drop the slot and publications first (starts over: needs a new snapshot).
-        deletes (DeleteMode): "hard" or "soft" (sets the delete marker column of the tables).
         max_wait_seconds (Optional[float]): Give up (SourceNotReadyError) when creating the slot
             for the copy waits longer than this for open transactions; default: wait.
 
@@ -147,44 +134,22 @@ def replication_resource(
 ) -> Any:
     """A dlt resource with the changes in the slot since the stored position, one table each.
 
-    Reads up to the server's WAL position at the start (or a bound), in Arrow batches of
-    `target_batch_size` rows, and stores the new position in the source state, which dlt commits
-    with the load. The slot itself is confirmed only after a load succeeded: `jobs.run_cdc` does it
-    right after loading; with `flush_slot` the resource also confirms, before reading, the stored
-    position of a pipeline that has no pending load.
-
-    Must run inside a source named `pg_replication` (see `pg_replication()`), which holds the state.
-    Arguments not given come from `[sources.pg_replication]`.
+    Reads up to the server's WAL position at the start (or a bound) and stores the new position
+    in the source state, which dlt commits with the load (segments.py). Must run inside a source
+    named `pg_replication` (see `pg_replication()`), which holds the state.
 
     Args:
-        slot_name (str): The pgoutput slot.
-        pub_name (str): The publication (and `<pub_name>_insert_only` when it exists).
-        credentials: libpq URL or dlt credentials of the source.
-        schema_name (str): Schema of the published tables.
+        slot_name, pub_name, credentials, schema_name, target_batch_size, target_batch_bytes,
+            target_load_bytes, flush_slot, deletes, merge_strategy: the settings
+            (settings.PgReplicationConfiguration); those not given come from configuration.
         include_columns (Optional[Dict[str, Sequence[str]]]): Per table, the columns to load.
         columns (Optional[Dict[str, Dict[str, Any]]]): Per table, extra dlt column hints.
-        target_batch_size (int): Rows buffered before they are handed to dlt; bounds memory.
-        target_batch_bytes (int): Bytes (of the stream, of unchanged TOASTed values read back)
-            buffered before they are handed to dlt: bounds memory when rows are wide.
-        target_load_bytes (int): Arrow bytes one load takes; the resource ends there, in the
-            middle of a transaction if need be, and the next run (or segment) goes on from
-            there. Bounds what the destination merges at once. Default: by destination.
-        flush_slot (bool): Confirm the already-loaded position to the slot before reading.
-        deletes (DeleteMode): "hard" deletes rows, "soft" keeps them with `_pg_deleted_at`.
-        merge_strategy (MergeStrategy): "delete-insert" (SQL destinations), "upsert" (Delta);
-            default: by destination.
-        max_changes (Optional[int]): Stop at the first commit after this many changes.
-        max_seconds (Optional[float]): Stop at the first commit after this many seconds.
+        max_changes, max_seconds, stop_requested, stop_lsn: the run bounds (bounds.RunBounds).
         result (Optional[SegmentResult]): Receives counts, positions and whether more is waiting.
-        stop_requested (Optional[Callable[[], bool]]): True stops reading at the next commit.
-        stop_lsn (Optional[int]): Read up to here; default the server's WAL position now.
-        require_copies (bool): A copied table gets its changes from its hand-off on
-            (handoff.py). A table that was never copied gets every change in the slot, or, with
-            True, a change of it stops the run with CopyMissingError (the CLI: applying it would
-            leave a partial table).
+        require_copies (bool): A table never copied gets every change in the slot, or, with
+            True (the CLI), a change of it stops the run with CopyMissingError.
         table_shapes (Optional[Dict[str, Dict[str, Any]]]): Per table_key, the catalog shape a
-            check before this run accepted (ddl.check_tables); stored with the load, and renamed
-            columns keep their destination columns. Default: the shapes in the state.
+            check before this run accepted (ddl.py); default: checked here.
     """
     settings = resolve_settings(
         slot_name=slot_name, pub_name=pub_name, credentials=credentials, schema_name=schema_name,

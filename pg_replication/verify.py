@@ -7,8 +7,7 @@
 """
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Callable, List, Optional
 
 import dlt
 
