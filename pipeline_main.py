@@ -16,29 +16,13 @@ from typing import Any, Callable, Optional
 
 import click
 
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0  success
-  1  unexpected error (run with --debug for the traceback)
-  2  configuration error (credentials, table names, slot name, config file)
-  3  cannot connect to the source database
-  4  source not ready for logical replication (wal_level, slots, privileges)
-  5  the slot is in use by another run
-  6  slot missing, invalidated or unusable
-  7  the destination failed to load; the slot was not advanced
-  8  a replication message could not be decoded
-  9  status/verify: a check failed (lag above --max-lag-mb, last run failed, ...)
- 10  a table's copy is missing from the destination (never loaded, or lost), or a schema
-     change needs a new copy: run the snapshot the message names
-"""
-
 DEFAULT_DESTINATION = "databricks"
 DEFAULT_DATASET = "bronze_postgres_raw"
 DEFAULT_PIPELINE = "postgres_prod_to_databricks"
 
 
 class CliError(click.ClickException):
-    """One line on stderr and an exit code of its own."""
+    """One line on stderr and an exit code of its own (a pg_replication.exceptions.ExitCode)."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
@@ -53,7 +37,9 @@ def _prepare_environment(env_file: Optional[str]) -> None:
 
     if env_file:
         if not Path(env_file).is_file():
-            raise CliError(f"env file not found: {env_file}", 2)
+            from pg_replication.exceptions import ExitCode
+
+            raise CliError(f"env file not found: {env_file}", ExitCode.CONFIG)
         load_dotenv(env_file, override=False)
     elif Path(".env").is_file():
         load_dotenv(".env", override=False)
@@ -98,7 +84,20 @@ def _pipeline(ctx: click.Context):
                          progress)
 
 
-@click.group(epilog=EXIT_CODES_HELP)
+class _CliGroup(click.Group):
+    """The command group, whose `--help` ends with the exit codes."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Imported only when the help is shown, like every import of pg_replication in this
+        # file: the package loads dlt, which a command should load only once
+        # _prepare_environment has set dlt's variables (and a command's --help does without).
+        from pg_replication.exceptions import exit_codes_help
+
+        self.epilog = exit_codes_help()
+        super().format_epilog(ctx, formatter)
+
+
+@click.group(cls=_CliGroup)
 @click.option("--destination", envvar="PIPELINE_DESTINATION", default=DEFAULT_DESTINATION,
               show_default=True, help="dlt destination name (duckdb for a local run).")
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True,
@@ -217,14 +216,15 @@ def status(ctx: click.Context, as_json: bool, max_lag_mb: Optional[float]) -> No
     Exits 6 when the slot is missing, invalidated or not this database's, 9 when the lag exceeds --max-lag-mb or the
     last run failed, 0 otherwise.
     """
+    from pg_replication.exceptions import ExitCode
     from pg_replication.jobs import run_status
 
     report = run_status(_job_settings(), _pipeline(ctx), max_lag_mb)
     click.echo(report.to_json() if as_json else report.to_text())
     if not report.slot_exists or report.wal_status == "lost" or not report.slot_usable:
-        ctx.exit(6)
+        ctx.exit(ExitCode.SLOT)
     if report.problems:
-        ctx.exit(9)
+        ctx.exit(ExitCode.CHECK_FAILED)
 
 
 @cli.command()
@@ -236,13 +236,14 @@ def verify(ctx: click.Context) -> None:
     One line per check (✓ passed, ✗ failed, - not applicable); exits 0 only when every applicable
     check passes, 9 otherwise.
     """
+    from pg_replication.exceptions import ExitCode
     from pg_replication.jobs import run_verify
 
     checks = run_verify(_job_settings(), _pipeline(ctx))
     for check in checks:
         click.echo(check.line())
     if any(check.passed is False for check in checks):
-        ctx.exit(9)
+        ctx.exit(ExitCode.CHECK_FAILED)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from .exceptions import ConfigError, SourceConnectionError, SourceNotReadyError, mask_secrets
+from .failures import text_lines
 
 # Text output must be identical in the snapshot (COPY) and in CDC (pgoutput), and parseable by
 # types.text_to_arrow: ISO dates, UTC offsets, hex bytea, shortest exact floats.
@@ -45,13 +46,9 @@ def to_dsn(credentials: Any) -> str:
     raise ConfigError("source credentials must be a postgresql:// URL or libpq key=value pairs")
 
 
-def sqlalchemy_url(dsn: str) -> str:
-    """The same connection for SQLAlchemy with psycopg2 (SQLAlchemy 2.1 defaults to psycopg 3)."""
-    return "postgresql+psycopg2://" + dsn.split("://", 1)[1] if "://" in dsn else dsn
-
-
-def connect(dsn: str, replication: bool = False, autocommit: bool = True):
-    """Opens a connection (a logical replication one when `replication`) with the session settings.
+def connect(dsn: str, replication: bool = False):
+    """Opens a connection with the session settings: a logical replication one when
+    `replication`, else one in autocommit mode.
 
     Raises:
         SourceConnectionError: The server cannot be reached or refuses the login; the message has
@@ -72,7 +69,7 @@ def connect(dsn: str, replication: bool = False, autocommit: bool = True):
             ) from None
         raise SourceConnectionError("cannot connect to the source database: " + message) from None
     if not replication:
-        conn.autocommit = autocommit
+        conn.autocommit = True
     return conn
 
 
@@ -81,7 +78,7 @@ def describe_pg_error(error: Exception, dsn: Optional[str] = None) -> str:
     diag = getattr(error, "diag", None)
     text = getattr(diag, "message_primary", None) if diag is not None else None
     if not text:
-        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        lines = text_lines(str(error))
         text = lines[0] if lines else type(error).__name__
         for prefix in ("FATAL:", "ERROR:"):
             if text.startswith(prefix):

@@ -245,3 +245,42 @@ def _delete_load_rows(pipeline: dlt.Pipeline, table_name: str, load_id: str,
     with pipeline.sql_client() as client:
         client.execute_sql(f"DELETE FROM {client.make_qualified_table_name(table_name)} "
                            f"WHERE {predicate}")
+
+
+# -- exception classes (failures.py recognises errors by these types) ---------------------------
+# Appended as one block, apart from the imports at the top, so that it merges with other edits of
+# this module. dlt does not export these classes from `dlt`; their paths are those of dlt 1.31
+# (tests/test_dlt_compat.py checks that each still exists).
+
+import tomlkit.exceptions  # noqa: E402 - see the block's comment
+from dlt.common.configuration.exceptions import (  # noqa: E402
+    ConfigFieldMissingException, ConfigValueCannotBeCoercedException)
+from dlt.common.configuration.providers.toml import TomlProviderReadException  # noqa: E402
+from dlt.common.destination.exceptions import (  # noqa: E402
+    DestinationException, InvalidDestinationReference, UnknownDestinationModule)
+from dlt.pipeline.exceptions import PipelineStepFailed  # noqa: E402
+
+# What `pipeline.run()` and its steps raise around the real failure (`.exception`), naming the
+# step that failed (`.step`: "sync", "extract", "normalize", "load"...).
+PIPELINE_STEP_FAILED = PipelineStepFailed
+
+# A config.toml or secrets.toml dlt could not parse; `.full_paths` names the file.
+CONFIG_FILE_UNREADABLE = TomlProviderReadException
+
+# tomlkit's own errors (dlt's TOML provider parses with it), should one escape dlt unwrapped.
+TOML_ERRORS = (tomlkit.exceptions.TOMLKitError,)
+
+# A configuration value that is missing or cannot be turned into its type.
+CONFIG_VALUE_ERRORS = (ConfigFieldMissingException, ConfigValueCannotBeCoercedException)
+
+# --destination names no destination dlt knows. (Both also derive from DESTINATION_ERRORS: test
+# these first.)
+DESTINATION_NAME_ERRORS = (UnknownDestinationModule, InvalidDestinationReference)
+
+# The base of what dlt's destination layer raises: its SQL clients, load jobs, state reads,
+# schema updates (terminal and transient alike).
+DESTINATION_ERRORS = (DestinationException,)
+
+# Every dlt (and tomlkit) exception class named above, for the test that pins them.
+EXCEPTION_CLASSES = (PIPELINE_STEP_FAILED, CONFIG_FILE_UNREADABLE, *TOML_ERRORS,
+                     *CONFIG_VALUE_ERRORS, *DESTINATION_NAME_ERRORS, *DESTINATION_ERRORS)

@@ -1,72 +1,83 @@
-"""Turns any exception a run can raise into one readable line and an exit code."""
+"""Turns any exception a run can raise into one readable line and an exit code.
+
+Failures of the libraries below a run (dlt, psycopg2, tomlkit) are recognised by their type and
+reported as the ReplicationError they stand for; the exit code is that class's `exit_code`.
+"""
 
 import re
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
-from .exceptions import (ConfigError, CopyMissingError, DecodeError, LoadError, ReplicationError,
-                         SlotError, SlotInUseError, SourceConnectionError, SourceNotReadyError,
-                         mask_secrets)
+import psycopg2
 
-EXIT_CODES = {
-    ConfigError: 2,
-    SourceConnectionError: 3,
-    SourceNotReadyError: 4,
-    SlotInUseError: 5,
-    SlotError: 6,
-    LoadError: 7,
-    DecodeError: 8,
-    CopyMissingError: 10,
-}
-EXIT_UNEXPECTED = 1
-EXIT_CHECK_FAILED = 9
+from .exceptions import (ConfigError, ExitCode, LoadError, ReplicationError,
+                         SourceConnectionError, mask_secrets)
 
-# Errors from these packages come from the destination (dlt syncs with it before extracting).
-_DESTINATION_MODULES = {"databricks", "urllib3", "requests", "duckdb", "deltalake", "thrift"}
-_TOML_ERRORS = {"TomlDecodeError", "TOMLKitError", "ParseError", "UnexpectedCharError",
-                "EmptyKeyError", "UnexpectedEofError", "InvalidCharInStringError"}
+# dlt_compat imports this module (for the text of its LoadError), so the dlt exception classes it
+# names are imported where they are used, not here.
 
 
-def describe_failure(error: BaseException) -> Tuple[str, int]:
+def describe_failure(error: BaseException) -> Tuple[str, ExitCode]:
     """(one line without secrets, exit code) for an exception raised by a job."""
     inner, step = _unwrap(error)
-    if isinstance(inner, ReplicationError):
-        for cls in type(inner).__mro__:
-            if cls in EXIT_CODES:
-                return mask_secrets(str(inner)), EXIT_CODES[cls]
-    if type(inner).__module__.startswith("psycopg2") and type(inner).__name__ in (
-            "OperationalError", "InterfaceError"):
-        return (mask_secrets(f"lost the connection to the source database: {essential_line(inner)}"),
-                EXIT_CODES[SourceConnectionError])
-    config_text = _config_error_text(inner)
+    if isinstance(inner, ReplicationError) and inner.exit_code is not ExitCode.UNEXPECTED:
+        return mask_secrets(str(inner)), inner.exit_code
+    known = _as_replication_error(inner, step)
+    if known is None:
+        return mask_secrets(f"{type(inner).__name__}: {essential_line(inner)}"), ExitCode.UNEXPECTED
+    return mask_secrets(str(known)), known.exit_code
+
+
+def _as_replication_error(error: BaseException, step: Optional[str]
+                          ) -> Optional[ReplicationError]:
+    """The ReplicationError a library's exception stands for, or None when it is unexpected."""
+    # Exactly these classes: libpq's lost or refused connections. psycopg2.errors' SQLSTATE
+    # classes derive from OperationalError too (deadlock, disk full...) but are no lost connection.
+    if type(error) in (psycopg2.OperationalError, psycopg2.InterfaceError):
+        return SourceConnectionError(
+            f"lost the connection to the source database: {essential_line(error)}")
+    config_text = _config_error_text(error)
     if config_text:
-        return mask_secrets(config_text), EXIT_CODES[ConfigError]
-    line = essential_line(inner)
-    if step in ("sync", "load", "normalize") or _from_destination(inner):
+        return ConfigError(config_text)
+    # dlt talks to the destination in these steps ("sync" reads its state before extracting).
+    if step in ("sync", "load", "normalize") or _from_destination(error):
         during = {"sync": "connect", None: "load"}.get(step, step)
-        return mask_secrets(destination_failed(during, line)), EXIT_CODES[LoadError]
-    return mask_secrets(f"{type(inner).__name__}: {line}"), EXIT_UNEXPECTED
+        return LoadError(destination_failed(during, essential_line(error)))
+    return None
 
 
 def destination_failed(during: str, line: str) -> str:
+    """The message of a LoadError: what failed, and that running the command again is safe."""
     return (f"the destination failed during {during}: {line}; the slot was not advanced: run the "
             "command again once the destination works")
 
 
 def _from_destination(error: BaseException) -> bool:
-    """Raised by a destination's client library or by dlt's destination layer (the reads of the
-    destination's state before a run)."""
-    module = type(error).__module__
-    return module.split(".")[0] in _DESTINATION_MODULES or module.startswith(
-        ("dlt.destinations", "dlt.common.destination"))
+    """Raised by dlt's destination layer or by a destination's client library."""
+    from .dlt_compat import DESTINATION_ERRORS
+
+    return isinstance(error, DESTINATION_ERRORS) or _from_destination_client_library(error)
+
+
+# The client libraries of the destinations (databricks-sql-connector, duckdb, deltalake, and the
+# HTTP and Thrift layers under them) have no common base class: they are told by their module.
+_DESTINATION_CLIENT_PACKAGES = {"databricks", "urllib3", "requests", "duckdb", "deltalake",
+                                "thrift"}
+
+
+def _from_destination_client_library(error: BaseException) -> bool:
+    """Raised by a destination's client library (which dlt lets through, e.g. while it reads the
+    destination's state before a run); the only check by module name."""
+    return type(error).__module__.split(".")[0] in _DESTINATION_CLIENT_PACKAGES
 
 
 def _unwrap(error: BaseException) -> Tuple[BaseException, Optional[str]]:
     """Looks through dlt's PipelineStepFailed (and exception chains) for the real cause."""
+    from .dlt_compat import PIPELINE_STEP_FAILED
+
     inner, step = error, None
     for _ in range(10):
-        if type(inner).__name__ == "PipelineStepFailed":
-            step = getattr(inner, "step", None)
-            inner = getattr(inner, "exception", inner)
+        if isinstance(inner, PIPELINE_STEP_FAILED):
+            step, inner = inner.step, inner.exception
             continue
         cause = inner.__cause__ or inner.__context__
         if not isinstance(inner, ReplicationError) and isinstance(cause, ReplicationError):
@@ -85,9 +96,14 @@ def is_file_lock_conflict(error: BaseException) -> bool:
     return False
 
 
+def text_lines(text: str) -> List[str]:
+    """The lines of an error's text that say something: stripped, blank ones left out."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def essential_line(error: BaseException) -> str:
     """The line of an exception's text that says what went wrong (not a traceback header)."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    lines = text_lines(str(error))
     if not lines:
         return type(error).__name__
     if any("Traceback (most recent call last)" in line for line in lines):
@@ -105,17 +121,20 @@ def essential_line(error: BaseException) -> str:
 
 
 def _config_error_text(error: BaseException) -> Optional[str]:
-    name = type(error).__name__
-    if name in _TOML_ERRORS:
+    """The message of the ConfigError a dlt configuration or TOML error stands for, or None."""
+    from .dlt_compat import (CONFIG_FILE_UNREADABLE, CONFIG_VALUE_ERRORS,
+                             DESTINATION_NAME_ERRORS, TOML_ERRORS)
+
+    if isinstance(error, TOML_ERRORS):
         return f"malformed configuration file (.dlt/config.toml or secrets.toml): {error}"
-    if name == "TomlProviderReadException":
+    if isinstance(error, CONFIG_FILE_UNREADABLE):
         # dlt's text: "A problem encountered when loading <file> from paths [...]:\n<reason>"
-        lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
-        reason = lines[0] if lines else essential_line(error)
-        paths = getattr(error, "full_paths", None) or [getattr(error, "file_name", "")]
-        return f"malformed configuration file {paths[0]}: {reason}"
-    if name in ("ConfigFieldMissingException", "ConfigValueCannotBeCoercedException"):
+        reasons = text_lines(str(error))[1:]
+        reason = reasons[0] if reasons else essential_line(error)
+        path = (error.full_paths or [error.file_name])[0]
+        return f"malformed configuration file {path}: {reason}"
+    if isinstance(error, CONFIG_VALUE_ERRORS):
         return f"missing or invalid configuration: {essential_line(error)}"
-    if name in ("UnknownDestinationModule", "InvalidDestinationReference"):
+    if isinstance(error, DESTINATION_NAME_ERRORS):
         return f"unknown destination: {essential_line(error)}"
     return None

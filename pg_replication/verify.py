@@ -16,6 +16,7 @@ from .dlt_compat import destination_state
 from .state import LoadedState
 from .protocol import int_to_lsn
 from .exceptions import SlotError
+from .failures import essential_line
 from .slots import check_slot_usable, current_database, current_wal_lsn, get_slot
 
 
@@ -57,8 +58,8 @@ def check_state(conn, slot_name: str, pipeline: dlt.Pipeline) -> Check:
     try:
         position = destination_position(pipeline)
     except Exception as e:  # missing dataset or table: the destination says so in its own words
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return Check(name, False, f"cannot read the pipeline state in the destination: {first}")
+        return Check(name, False, "cannot read the pipeline state in the destination: "
+                                  f"{essential_line(e)}")
     if position is None:
         return Check(name, False, "no replication position stored in the destination "
                                   "(run `snapshot`, then `cdc`)")
@@ -98,8 +99,7 @@ def check_copies(integrity_problems: Callable[[], List[str]]) -> Check:
     try:
         problems = integrity_problems()
     except Exception as e:  # an unreachable destination fails the check, in its own words
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return Check(name, False, f"cannot read the destination: {first}")
+        return Check(name, False, f"cannot read the destination: {essential_line(e)}")
     if problems:
         return Check(name, False, problems[0])
     return Check(name, True, "the destination holds the copy of every published table")
