@@ -12,33 +12,34 @@ from enum import IntEnum
 from typing import Iterable
 
 
-class ExitCode(IntEnum):
-    """The CLI's exit codes: the one definition `--help`, the error classes and the commands use.
+# The one definition of the CLI's exit codes: number, name, and the meaning `--help` shows
+# (exit_codes_help); the error classes below and the commands use the names.
+_EXIT_CODE_TABLE = """
+ 0 SUCCESS            success
+ 1 UNEXPECTED         unexpected error (run with --debug for the traceback)
+ 2 CONFIG             configuration error (credentials, table names, slot name, config file)
+ 3 SOURCE_CONNECTION  cannot connect to the source database
+ 4 SOURCE_NOT_READY   source not ready for logical replication (wal_level, slots, privileges)
+ 5 SLOT_IN_USE        the slot is in use by another run
+ 6 SLOT               slot missing, invalidated or unusable
+ 7 LOAD               the destination failed to load; the slot was not advanced
+ 8 DECODE             a replication message could not be decoded
+ 9 CHECK_FAILED       status/verify: a check failed (lag above --max-lag-mb, last run failed, ...)
+10 COPY_MISSING       a table's copy is missing from the destination (never loaded, or lost), or a schema change needs a new copy: run the snapshot the message names
+"""
+_EXIT_CODE_ROWS = [line.split(maxsplit=2) for line in _EXIT_CODE_TABLE.strip().splitlines()]
+_MEANINGS = {name: meaning for _, name, meaning in _EXIT_CODE_ROWS}
 
-    Each member carries its meaning, the line `--help` shows for it (`exit_codes_help`)."""
 
-    meaning: str
+class _ExitCodeMeaning(IntEnum):
+    @property
+    def meaning(self) -> str:
+        """The line `--help` shows for this code."""
+        return _MEANINGS[self.name]
 
-    def __new__(cls, value: int, meaning: str) -> "ExitCode":
-        member = int.__new__(cls, value)
-        member._value_ = value
-        member.meaning = meaning
-        return member
 
-    SUCCESS = 0, "success"
-    UNEXPECTED = 1, "unexpected error (run with --debug for the traceback)"
-    CONFIG = 2, "configuration error (credentials, table names, slot name, config file)"
-    SOURCE_CONNECTION = 3, "cannot connect to the source database"
-    SOURCE_NOT_READY = 4, ("source not ready for logical replication (wal_level, slots, "
-                           "privileges)")
-    SLOT_IN_USE = 5, "the slot is in use by another run"
-    SLOT = 6, "slot missing, invalidated or unusable"
-    LOAD = 7, "the destination failed to load; the slot was not advanced"
-    DECODE = 8, "a replication message could not be decoded"
-    CHECK_FAILED = 9, ("status/verify: a check failed (lag above --max-lag-mb, last run failed, "
-                       "...)")
-    COPY_MISSING = 10, ("a table's copy is missing from the destination (never loaded, or lost), "
-                        "or a schema change needs a new copy: run the snapshot the message names")
+ExitCode = _ExitCodeMeaning("ExitCode", [(name, int(number)) for number, name, _ in _EXIT_CODE_ROWS],
+                            module=__name__)
 
 
 def exit_codes_help() -> str:

@@ -63,6 +63,9 @@ def resolve_settings(**given: Any) -> PgReplicationConfiguration:
     Raises:
         ConfigError: no credentials, an invalid slot name or `deletes` value.
     """
+    unknown = sorted(set(given) - set(PgReplicationConfiguration.get_resolvable_fields()))
+    if unknown:
+        raise TypeError(f"unknown setting(s) {', '.join(unknown)}: see PgReplicationConfiguration")
     explicit = {key: value for key, value in given.items() if value is not None}
     settings = resolve_configuration(PgReplicationConfiguration(),
                                      sections=("sources", SOURCE_NAME), explicit_value=explicit)

@@ -7,7 +7,7 @@ checks the server, then hands the settings, a connection and the run bounds to t
 the same blocks.
 """
 
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import dlt
 
@@ -39,25 +39,18 @@ def pg_replication(
     flush_slot: bool = dlt.config.value,
     deletes: DeleteMode = dlt.config.value,
     merge_strategy: Optional[MergeStrategy] = dlt.config.value,
-    max_changes: Optional[int] = None,
-    max_seconds: Optional[float] = None,
-    result: Optional[SegmentResult] = None,
-    stop_requested: Optional[Callable[[], bool]] = None,
-    stop_lsn: Optional[int] = None,
-    require_copies: bool = False,
-    table_shapes: Optional[Dict[str, Dict[str, Any]]] = None,
+    bounds: Optional[RunBounds] = None,
+    **stream_options: Any,
 ) -> Any:
     """The changes in the replication slot since the last load, merged into one table per source
-    table. Settings not given come from `[sources.pg_replication]`; see `replication_resource`
-    for the arguments."""
+    table. The settings are dlt's to resolve (`[sources.pg_replication]`); `bounds` limits the
+    run; `stream_options` are `replication_resource`'s (`result`, `require_copies`...)."""
     return replication_resource(
-        credentials=credentials, slot_name=slot_name, pub_name=pub_name, schema_name=schema_name,
+        slot_name, pub_name, credentials, schema_name=schema_name,
         include_columns=include_columns, columns=columns, target_batch_size=target_batch_size,
         target_batch_bytes=target_batch_bytes, target_load_bytes=target_load_bytes,
-        flush_slot=flush_slot, deletes=deletes, merge_strategy=merge_strategy,
-        max_changes=max_changes, max_seconds=max_seconds, result=result,
-        stop_requested=stop_requested, stop_lsn=stop_lsn, require_copies=require_copies,
-        table_shapes=table_shapes)
+        flush_slot=flush_slot, deletes=deletes, merge_strategy=merge_strategy, bounds=bounds,
+        **stream_options)
 
 
 def init_replication(
@@ -115,22 +108,14 @@ def replication_resource(
     slot_name: Optional[str] = None,
     pub_name: Optional[str] = None,
     credentials: Any = None,
-    schema_name: Optional[str] = None,
+    *,
     include_columns: ColumnsByTable = None,
     columns: HintsByTable = None,
-    target_batch_size: Optional[int] = None,
-    target_batch_bytes: Optional[int] = None,
-    target_load_bytes: Optional[int] = None,
-    flush_slot: Optional[bool] = None,
-    deletes: Optional[DeleteMode] = None,
-    merge_strategy: Optional[MergeStrategy] = None,
-    max_changes: Optional[int] = None,
-    max_seconds: Optional[float] = None,
+    bounds: Optional[RunBounds] = None,
     result: Optional[SegmentResult] = None,
-    stop_requested: Optional[Callable[[], bool]] = None,
-    stop_lsn: Optional[int] = None,
     require_copies: bool = False,
     table_shapes: Optional[Dict[str, Dict[str, Any]]] = None,
+    **settings: Any,
 ) -> Any:
     """A dlt resource with the changes in the slot since the stored position, one table each.
 
@@ -139,26 +124,22 @@ def replication_resource(
     named `pg_replication` (see `pg_replication()`), which holds the state.
 
     Args:
-        slot_name, pub_name, credentials, schema_name, target_batch_size, target_batch_bytes,
-            target_load_bytes, flush_slot, deletes, merge_strategy: the settings
-            (settings.PgReplicationConfiguration); those not given come from configuration.
+        slot_name, pub_name, credentials, **settings: any key of the settings
+            (settings.PgReplicationConfiguration: schema_name, target_batch_size, deletes...);
+            those not given (or None) come from configuration.
         include_columns (Optional[Dict[str, Sequence[str]]]): Per table, the columns to load.
         columns (Optional[Dict[str, Dict[str, Any]]]): Per table, extra dlt column hints.
-        max_changes, max_seconds, stop_requested, stop_lsn: the run bounds (bounds.RunBounds).
+        bounds (Optional[RunBounds]): Where the run stops reading (max_changes, max_seconds,
+            stop_lsn, stop_requested); default: the server's WAL position when it starts.
         result (Optional[SegmentResult]): Receives counts, positions and whether more is waiting.
         require_copies (bool): A table never copied gets every change in the slot, or, with
             True (the CLI), a change of it stops the run with CopyMissingError.
         table_shapes (Optional[Dict[str, Dict[str, Any]]]): Per table_key, the catalog shape a
             check before this run accepted (ddl.py); default: checked here.
     """
-    settings = resolve_settings(
-        slot_name=slot_name, pub_name=pub_name, credentials=credentials, schema_name=schema_name,
-        target_batch_size=target_batch_size, target_batch_bytes=target_batch_bytes,
-        target_load_bytes=target_load_bytes, flush_slot=flush_slot, deletes=deletes,
-        merge_strategy=merge_strategy)
-    bounds = RunBounds(max_changes=max_changes, max_seconds=max_seconds, stop_lsn=stop_lsn,
-                       stop_requested=stop_requested)
-    return changes_resource(settings=settings, bounds=bounds, result=result,
-                            flush_slot=settings.flush_slot, require_copies=require_copies,
+    resolved = resolve_settings(slot_name=slot_name, pub_name=pub_name,
+                                credentials=credentials, **settings)
+    return changes_resource(settings=resolved, bounds=bounds or RunBounds(), result=result,
+                            flush_slot=resolved.flush_slot, require_copies=require_copies,
                             table_shapes=table_shapes, include_columns=include_columns,
                             columns=columns)
