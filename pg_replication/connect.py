@@ -8,7 +8,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from .exceptions import ConfigError, SourceConnectionError, SourceNotReadyError, mask_secrets
-from .failures import text_lines
+from .exceptions import text_lines
 
 # Text output must be identical in the snapshot (COPY) and in CDC (pgoutput), and parseable by
 # types.text_to_arrow: ISO dates, UTC offsets, hex bytea, shortest exact floats.

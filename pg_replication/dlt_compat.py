@@ -1,7 +1,14 @@
-"""What the pipeline needs from dlt below its public pipeline API: reads of the destination, and
-repairs of the load packages a killed run leaves.
+"""Every use of a dlt internal (below dlt's public pipeline, source and configuration API):
 
-Kept in one place so that a dlt upgrade that changes them breaks here, loudly, and nowhere else.
+- reads of the destination (its stored state, which tables exist) and the recreation of tables
+  dropped by hand;
+- a source built without `@dlt.source`, the running pipeline and load id of an extract;
+- the destination client's settings (Databricks staging volumes, the filesystem dataset path);
+- repairs of the load packages a killed run leaves;
+- the dlt exception classes failures.py recognises.
+
+Kept in one place so that a dlt upgrade that changes them breaks here, loudly, and nowhere else;
+tests/test_dlt_compat.py pins each of them to dlt 1.31.0. May import: exceptions, hints.
 """
 
 import functools
@@ -11,10 +18,16 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set
 
 import dlt
+import tomlkit.exceptions
+from dlt.common.configuration.exceptions import (ConfigFieldMissingException,
+                                                 ConfigValueCannotBeCoercedException)
+from dlt.common.configuration.providers.toml import TomlProviderReadException
+from dlt.common.destination.exceptions import (DestinationException, InvalidDestinationReference,
+                                               UnknownDestinationModule)
+from dlt.pipeline.exceptions import PipelineStepFailed
 from dlt.destinations.job_client_impl import SqlJobClientBase
 
-from .exceptions import LoadError, ReplicationError
-from .failures import destination_failed, essential_line
+from .exceptions import LoadError, ReplicationError, essential_line
 from .hints import LOAD_ID_COLUMN
 
 
@@ -28,7 +41,7 @@ def _destination_read(read: Callable) -> Callable:
         except ReplicationError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure of the destination is exit 7
-            raise LoadError(destination_failed("connect", essential_line(e))) from e
+            raise LoadError.during("connect", essential_line(e)) from e
 
     return wrapper
 
@@ -248,17 +261,9 @@ def _delete_load_rows(pipeline: dlt.Pipeline, table_name: str, load_id: str,
 
 
 # -- exception classes (failures.py recognises errors by these types) ---------------------------
-# Appended as one block, apart from the imports at the top, so that it merges with other edits of
-# this module. dlt does not export these classes from `dlt`; their paths are those of dlt 1.31
+# dlt does not export these classes from `dlt`; their paths are those of dlt 1.31
 # (tests/test_dlt_compat.py checks that each still exists).
 
-import tomlkit.exceptions  # noqa: E402 - see the block's comment
-from dlt.common.configuration.exceptions import (  # noqa: E402
-    ConfigFieldMissingException, ConfigValueCannotBeCoercedException)
-from dlt.common.configuration.providers.toml import TomlProviderReadException  # noqa: E402
-from dlt.common.destination.exceptions import (  # noqa: E402
-    DestinationException, InvalidDestinationReference, UnknownDestinationModule)
-from dlt.pipeline.exceptions import PipelineStepFailed  # noqa: E402
 
 # What `pipeline.run()` and its steps raise around the real failure (`.exception`), naming the
 # step that failed (`.step`: "sync", "extract", "normalize", "load"...).

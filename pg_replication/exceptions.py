@@ -9,7 +9,7 @@ import re
 import shlex
 import textwrap
 from enum import IntEnum
-from typing import Iterable
+from typing import Iterable, List
 
 
 # The one definition of the CLI's exit codes: number, name, and the meaning `--help` shows
@@ -115,6 +115,12 @@ class LoadError(ReplicationError):
 
     exit_code = ExitCode.LOAD
 
+    @classmethod
+    def during(cls, step: str, line: str) -> "LoadError":
+        """What failed, and that running the command again is safe."""
+        return cls(f"the destination failed during {step}: {line}; the slot was not advanced: "
+                   "run the command again once the destination works")
+
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)")
 _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
@@ -130,3 +136,27 @@ def mask_secrets(text: str, secrets: tuple = ()) -> str:
         if secret and len(str(secret)) >= 3:
             text = text.replace(str(secret), "***")
     return text
+
+
+def text_lines(text: str) -> List[str]:
+    """The lines of an error's text that say something: stripped, blank ones left out."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def essential_line(error: BaseException) -> str:
+    """The line of an exception's text that says what went wrong (not a traceback header)."""
+    lines = text_lines(str(error))
+    if not lines:
+        return type(error).__name__
+    if any("Traceback (most recent call last)" in line for line in lines):
+        # The last line that names an error says what happened; lines after it are advice
+        # (DuckDB's "Possible solutions: ...", "See also https://...").
+        said = [line for line in lines if re.search(r"(Error|Exception)\b.*:", line)
+                and not line.startswith("File ")]
+        line = (said or lines)[-1]
+    else:
+        line = lines[0]
+    if "out of memory" in line.lower() and "memory_limit" not in line:
+        line += (" (out of memory: for the local DuckDB raise `memory_limit` in "
+                 "destination.duckdb.credentials.global_config; see the README's Performance)")
+    return line

@@ -4,16 +4,16 @@ Failures of the libraries below a run (dlt, psycopg2, tomlkit) are recognised by
 reported as the ReplicationError they stand for; the exit code is that class's `exit_code`.
 """
 
-import re
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import psycopg2
 
+from .dlt_compat import (CONFIG_FILE_UNREADABLE, CONFIG_VALUE_ERRORS, DESTINATION_ERRORS,
+                         DESTINATION_NAME_ERRORS, PIPELINE_STEP_FAILED, TOML_ERRORS)
 from .exceptions import (ConfigError, ExitCode, LoadError, ReplicationError,
-                         SourceConnectionError, mask_secrets)
+                         SourceConnectionError, essential_line, mask_secrets, text_lines)
 
-# dlt_compat imports this module (for the text of its LoadError), so the dlt exception classes it
-# names are imported where they are used, not here.
+__all__ = ["describe_failure", "essential_line", "is_file_lock_conflict"]
 
 
 def describe_failure(error: BaseException) -> Tuple[str, ExitCode]:
@@ -41,20 +41,12 @@ def _as_replication_error(error: BaseException, step: Optional[str]
     # dlt talks to the destination in these steps ("sync" reads its state before extracting).
     if step in ("sync", "load", "normalize") or _from_destination(error):
         during = {"sync": "connect", None: "load"}.get(step, step)
-        return LoadError(destination_failed(during, essential_line(error)))
+        return LoadError.during(during, essential_line(error))
     return None
-
-
-def destination_failed(during: str, line: str) -> str:
-    """The message of a LoadError: what failed, and that running the command again is safe."""
-    return (f"the destination failed during {during}: {line}; the slot was not advanced: run the "
-            "command again once the destination works")
 
 
 def _from_destination(error: BaseException) -> bool:
     """Raised by dlt's destination layer or by a destination's client library."""
-    from .dlt_compat import DESTINATION_ERRORS
-
     return isinstance(error, DESTINATION_ERRORS) or _from_destination_client_library(error)
 
 
@@ -72,8 +64,6 @@ def _from_destination_client_library(error: BaseException) -> bool:
 
 def _unwrap(error: BaseException) -> Tuple[BaseException, Optional[str]]:
     """Looks through dlt's PipelineStepFailed (and exception chains) for the real cause."""
-    from .dlt_compat import PIPELINE_STEP_FAILED
-
     inner, step = error, None
     for _ in range(10):
         if isinstance(inner, PIPELINE_STEP_FAILED):
@@ -96,35 +86,8 @@ def is_file_lock_conflict(error: BaseException) -> bool:
     return False
 
 
-def text_lines(text: str) -> List[str]:
-    """The lines of an error's text that say something: stripped, blank ones left out."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def essential_line(error: BaseException) -> str:
-    """The line of an exception's text that says what went wrong (not a traceback header)."""
-    lines = text_lines(str(error))
-    if not lines:
-        return type(error).__name__
-    if any("Traceback (most recent call last)" in line for line in lines):
-        # The last line that names an error says what happened; lines after it are advice
-        # (DuckDB's "Possible solutions: ...", "See also https://...").
-        said = [line for line in lines if re.search(r"(Error|Exception)\b.*:", line)
-                and not line.startswith("File ")]
-        line = (said or lines)[-1]
-    else:
-        line = lines[0]
-    if "out of memory" in line.lower() and "memory_limit" not in line:
-        line += (" (out of memory: for the local DuckDB raise `memory_limit` in "
-                 "destination.duckdb.credentials.global_config; see the README's Performance)")
-    return line
-
-
 def _config_error_text(error: BaseException) -> Optional[str]:
     """The message of the ConfigError a dlt configuration or TOML error stands for, or None."""
-    from .dlt_compat import (CONFIG_FILE_UNREADABLE, CONFIG_VALUE_ERRORS,
-                             DESTINATION_NAME_ERRORS, TOML_ERRORS)
-
     if isinstance(error, TOML_ERRORS):
         return f"malformed configuration file (.dlt/config.toml or secrets.toml): {error}"
     if isinstance(error, CONFIG_FILE_UNREADABLE):
