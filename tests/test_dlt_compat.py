@@ -3,6 +3,7 @@ from (written against dlt 1.31.0, requirements.txt). A dlt upgrade that moves or
 fails here, by name. No database needed."""
 
 import importlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -68,3 +69,73 @@ def test_toml_read_error_text_and_paths():
     assert message == ("malformed configuration file /p/.dlt/config.toml: Unexpected character "
                        "at line 2")
     assert code == 2
+
+
+# -- the other internals dlt_compat uses ---------------------------------------------------------
+
+def test_dlt_is_the_version_dlt_compat_was_written_against():
+    """An upgrade must be a decision: review dlt_compat.py, then move this pin with
+    requirements.txt."""
+    import dlt
+
+    pinned = [line.split("==")[1].strip() for line in
+              (Path(__file__).resolve().parents[1] / "requirements.txt").read_text().splitlines()
+              if line.startswith("dlt[") or line.startswith("dlt==")]
+    assert pinned and dlt.__version__ == pinned[0]
+
+
+# (module, attribute path) of every dlt internal dlt_compat touches.
+DLT_INTERNALS = [
+    ("dlt.extract.source", "DltSource"),
+    ("dlt.pipeline.state_sync", "load_pipeline_state_from_destination"),
+    ("dlt.destinations.exceptions", "DestinationUndefinedEntity"),
+    ("dlt.destinations.job_client_impl", "SqlJobClientBase.update_stored_schema"),
+    ("dlt.destinations.job_client_impl", "SqlJobClientBase.get_storage_tables"),
+    ("dlt.destinations.job_client_impl", "SqlJobClientBase.is_storage_initialized"),
+    ("dlt.common.normalizers.naming.snake_case", "NamingConvention.normalize_identifier"),
+    ("dlt.common.libs.deltalake", "get_delta_tables"),
+    ("dlt.pipeline.pipeline", "Pipeline._get_normalize_storage"),
+    ("dlt.pipeline.pipeline", "Pipeline._get_load_storage"),
+    ("dlt.common.storages.load_package", "PackageStorage.load_pending_transition"),
+    ("dlt.common.storages.load_package", "PackageStorage.clear_pending_transition"),
+    ("dlt.common.storages.load_package", "PackageStorage.list_packages"),
+    ("dlt.common.storages.load_package", "PackageStorage.delete_package"),
+    ("dlt.common.storages.load_package", "PackageStorage.load_schema"),
+]
+
+
+@pytest.mark.parametrize("module, path", DLT_INTERNALS, ids=[p for _, p in DLT_INTERNALS])
+def test_dlt_internal_exists(module, path):
+    found = importlib.import_module(module)
+    for part in path.split("."):
+        found = getattr(found, part, None)
+        assert found is not None, f"{module}.{path} is gone"
+
+
+def test_destination_client_settings_dlt_compat_reads():
+    """Databricks: `staging_volume_name` and the credentials' `catalog`; the staging dataset's
+    name; filesystem: `dataset_path`."""
+    from dlt.destinations.impl.databricks.configuration import (DatabricksClientConfiguration,
+                                                                DatabricksCredentials)
+    from dlt.destinations.impl.filesystem.filesystem import FilesystemClient
+    from dlt.destinations.sql_client import SqlClientBase
+
+    assert "staging_volume_name" in DatabricksClientConfiguration.get_resolvable_fields()
+    assert "catalog" in DatabricksCredentials.get_resolvable_fields()
+    assert "staging_dataset_name" in SqlClientBase.__annotations__
+    assert isinstance(getattr(FilesystemClient, "dataset_path", None), property)
+
+
+def test_make_source_shares_the_state_of_its_name(tmp_path):
+    import dlt
+
+    from pg_replication.dlt_compat import make_source
+
+    def rows():
+        dlt.current.source_state()["seen"] = True
+        yield {"id": 1}
+
+    pipeline = dlt.pipeline("compat_source", pipelines_dir=str(tmp_path), destination="duckdb",
+                            dataset_name="compat")
+    pipeline.extract(make_source("pg_replication", [dlt.resource(rows, name="r")()]))
+    assert pipeline.state["sources"]["pg_replication"]["seen"] is True
