@@ -55,7 +55,6 @@ from .verify import Check, pending_packages, run_checks
 class SnapshotReport:
     rows: Dict[str, int]
     handoff_lsn: Optional[int]
-    slot_created: bool
     seconds: float
     keyless_tables: List[str] = field(default_factory=list)
     skipped_tables: List[str] = field(default_factory=list)  # UNLOGGED or foreign: no WAL
@@ -135,8 +134,7 @@ def run_snapshot(settings: Settings, pipeline: dlt.Pipeline) -> SnapshotReport:
         keyless = sorted(name for name, table in tables.items() if not table.merge_key)
         skipped = [name for name in unreplicable_tables(lock, settings.schema_name)
                    if not settings.table_names or name in settings.table_names]
-        return SnapshotReport(rows, handoff, plan.new_stream, time.monotonic() - started,
-                              keyless, skipped)
+        return SnapshotReport(rows, handoff, time.monotonic() - started, keyless, skipped)
     finally:
         lock.close()
 

@@ -18,7 +18,6 @@ _I8 = struct.Struct("!b")
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
-_I64 = struct.Struct("!q")
 _U64 = struct.Struct("!Q")
 _BEGIN = struct.Struct("!QqI")  # final LSN, commit timestamp, xid
 _COMMIT = struct.Struct("!bQQq")  # flags, commit LSN, end LSN, commit timestamp
@@ -199,9 +198,6 @@ class _Reader:
 
     def u64(self) -> int:
         return self._unpack(_U64)[0]
-
-    def i64(self) -> int:
-        return self._unpack(_I64)[0]
 
     def char(self) -> str:
         if self.pos >= len(self.buf):
