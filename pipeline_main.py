@@ -143,26 +143,12 @@ def snapshot(ctx: click.Context, tables: Optional[str], max_wait: Optional[float
     pipeline = _pipeline(ctx)
     with recorded_run(pipeline, "snapshot") as record:
         report = run_snapshot(_job_settings(tables, max_wait=max_wait), pipeline)
-        record["summary"] = f"{sum(report.rows.values())} rows in {len(report.rows)} tables"
-    for table, rows in sorted(report.rows.items()):
-        click.echo(f"{table}: {rows} rows")
-    for table in report.skipped_tables:
-        click.echo(f"warning: {table} is UNLOGGED or a foreign table: PostgreSQL writes no WAL "
-                   "for it, so it is not replicated", err=True)
-    for table in report.keyless_tables:
-        click.echo(f"warning: {table} has no primary key (or a deferrable one): only its "
-                   "inserts are replicated (append), and an UPDATE or DELETE of it stops cdc "
-                   "until it is copied again; to replicate them give it a primary key, REPLICA "
-                   "IDENTITY USING INDEX, or (with a deferrable key) REPLICA IDENTITY FULL",
-                   err=True)
-    total = sum(report.rows.values())
-    handoff = ""
-    if report.handoff_lsn:
-        from pg_replication.protocol import int_to_lsn
-
-        handoff = f", hand-off LSN {int_to_lsn(report.handoff_lsn)}"
-    click.echo(f"total: {total} rows in {len(report.rows)} tables{handoff}, "
-               f"{report.seconds:.2f}s")
+        record["summary"] = report.summary()
+    for line in report.table_lines():
+        click.echo(line)
+    for line in report.warnings():
+        click.echo(line, err=True)
+    click.echo(report.total_line())
 
 
 @cli.command()

@@ -59,6 +59,28 @@ class SnapshotReport:
     keyless_tables: List[str] = field(default_factory=list)
     skipped_tables: List[str] = field(default_factory=list)  # UNLOGGED or foreign: no WAL
 
+    def summary(self) -> str:
+        return f"{sum(self.rows.values())} rows in {len(self.rows)} tables"
+
+    def table_lines(self) -> List[str]:
+        return [f"{table}: {rows} rows" for table, rows in sorted(self.rows.items())]
+
+    def warnings(self) -> List[str]:
+        """What the tables left out, or replicated only in part, mean (for stderr)."""
+        skipped = [f"warning: {table} is UNLOGGED or a foreign table: PostgreSQL writes no WAL "
+                   "for it, so it is not replicated" for table in self.skipped_tables]
+        keyless = [f"warning: {table} has no primary key (or a deferrable one): only its "
+                   "inserts are replicated (append), and an UPDATE or DELETE of it stops cdc "
+                   "until it is copied again; to replicate them give it a primary key, REPLICA "
+                   "IDENTITY USING INDEX, or (with a deferrable key) REPLICA IDENTITY FULL"
+                   for table in self.keyless_tables]
+        return skipped + keyless
+
+    def total_line(self) -> str:
+        handoff = f", hand-off LSN {int_to_lsn(self.handoff_lsn)}" if self.handoff_lsn else ""
+        return (f"total: {sum(self.rows.values())} rows in {len(self.rows)} tables{handoff}, "
+                f"{self.seconds:.2f}s")
+
 
 @dataclass
 class CdcReport:
