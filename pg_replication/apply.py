@@ -109,16 +109,17 @@ class SegmentReader:
                  deadline_reached: Callable[[], bool], received_bytes: Callable[[], int]) -> None:
         self.collector = collector  # a changes.ChangeCollector: the row buffers
         self.position, self.stop_lsn, self.result = position, stop_lsn, result
-        self.limits, self.max_changes = limits, max_changes
-        self.deadline_reached, self.received_bytes = deadline_reached, received_bytes
+        self.max_changes, self.deadline_reached = max_changes, deadline_reached
         self.counts: Dict[int, int] = {}  # changes taken per relation id
         self.max_rows, self.load = limits.rows, _LoadSize(limits.load_bytes)
+        self.bytes_bound = _ByteBound(received_bytes, limits.buffer_bytes)
         self.check_repeats = collector.merge_strategy == "upsert"
         self.totals = collector.totals  # what the row buffers hold
         self.current: Optional[Begin] = None  # the open transaction
         self.commit_ts_us = 0  # its commit time
         self.skipping = False  # the open transaction is loaded already
         self.check_handoffs = False  # the transaction commits before some table's hand-off
+        # Changes of the open transaction so far; the first `already_loaded` are loaded already.
         self.ordinal = self.already_loaded = 0
         self.pending: Iterable[TableBatch] = ()
 
@@ -128,7 +129,6 @@ class SegmentReader:
         self.result.confirm_lsn = self.position.lsn
         try:
             with _fewer_gc_passes():
-                self.bytes_bound = _ByteBound(self.received_bytes, self.limits.buffer_bytes)
                 yield from self._read_segment(messages)
         finally:
             for relation_id, count in self.counts.items():

@@ -9,7 +9,8 @@ here (BATCH_BYTES, LOAD_BYTES, BatchLimits, SegmentResult, TableBatch, Position,
 
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
-from .apply import BATCH_BYTES, LOAD_BYTES, BatchLimits, SegmentReader, SegmentResult
+from .apply import (BATCH_BYTES, LOAD_BYTES, ROW_GROUP_ROWS, BatchLimits, SegmentReader,
+                    SegmentResult)
 from .arrow_batches import ArrowBuilder, TableBatch
 from .catalog import TableInfo
 from .ddl import ColumnMap
@@ -21,10 +22,11 @@ from .relation_buffer import (BufferTotals, Key, RelationBuffer, RelationShapes,
                               table_from_relation)
 from .state import Position
 from .toast import FIRST_FILL_ROWS, MAX_FILL_ROWS, FetchCurrent, ToastFiller
+from .types import PgTypeRow
 
-__all__ = ["BATCH_BYTES", "LOAD_BYTES", "FIRST_FILL_ROWS", "MAX_FILL_ROWS", "AppliesFrom",
-           "BatchLimits", "ChangeCollector", "FetchCurrent", "Key", "Position", "SegmentResult",
-           "TableBatch", "read_changes"]
+__all__ = ["BATCH_BYTES", "LOAD_BYTES", "ROW_GROUP_ROWS", "FIRST_FILL_ROWS", "MAX_FILL_ROWS",
+           "AppliesFrom", "BatchLimits", "ChangeCollector", "FetchCurrent", "Key", "Position",
+           "SegmentResult", "TableBatch", "read_changes"]
 
 # (schema, table) -> the commit LSN from which the table's changes apply (see handoff.HandoffRule),
 # or NO_COPY: the table has no copy in the destination, and a change of it stops the run; or
@@ -53,8 +55,9 @@ class ChangeCollector:
             any name (handoff.HandoffRule.copied_before).
     """
 
-    def __init__(self, tables: Mapping[str, TableInfo], types: Dict, fetch_current: FetchCurrent,
-                 deletes: DeleteMode = "hard", merge_strategy: MergeStrategy = "delete-insert",
+    def __init__(self, tables: Mapping[str, TableInfo], types: Dict[int, PgTypeRow],
+                 fetch_current: FetchCurrent, deletes: DeleteMode = "hard",
+                 merge_strategy: MergeStrategy = "delete-insert",
                  existing_column: Optional[ExistingColumn] = None,
                  applies_from: AppliesFrom = lambda schema, name: 0,
                  column_maps: Optional[Mapping[str, ColumnMap]] = None,
@@ -87,9 +90,9 @@ class ChangeCollector:
         flushed = self._flush_relation(previous) if previous is not None else iter(())
         table = self.tables_by_oid.get(relation.relation_id) or table_from_relation(relation)
         applies_from = self.applies_from(relation.namespace, relation.name)
+        state = self.shapes.buffer(relation, table, applies_from, self.totals)
         self.latest_handoff = max(self.latest_handoff, applies_from)
-        self.relations[relation.relation_id] = self.shapes.buffer(relation, table, applies_from,
-                                                                  self.totals)
+        self.relations[relation.relation_id] = state
         return flushed
 
     def in_copy(self, relation_id: int, commit_lsn: int) -> bool:
@@ -223,5 +226,6 @@ def read_changes(
     Yields:
         TableBatch: Arrow tables with their dlt hints.
     """
+    # Made when the first batch is pulled (this is a generator): the stream's bytes are read then.
     yield from SegmentReader(collector, position, stop_lsn, result, limits, max_changes,
                              deadline_reached, received_bytes).read(messages)
