@@ -1,0 +1,65 @@
+"""Buffered rows to Arrow: owns `TableBatch` and turns a relation's raw text rows into a
+`pa.Table` with the metadata columns (`_pg_lsn`, `_pg_commit_ts`, the delete marker), or into
+the empty table that carries a truncate."""
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+
+from .hints import (COMMIT_TS_COLUMN, DELETED_AT_COLUMN, LSN_COLUMN, META_ARROW_TYPES, DeleteMode,
+                    meta_columns)
+from .protocol import TupleValue
+from .relation_buffer import RelationBuffer
+from .types import raw_values_to_arrow, refuse_inexact_keys
+
+
+@dataclass
+class TableBatch:
+    table_name: str
+    hints: Dict[str, Any]
+    data: pa.Table
+    replace: bool = False  # the truncate of a table: load it as an empty replace
+    xid: Optional[int] = None  # a truncate's transaction (ddl._check_leaves)
+
+
+class ArrowBuilder:
+    """Turns buffered rows into Arrow tables; `deletes` chooses the delete marker column."""
+
+    def __init__(self, deletes: DeleteMode) -> None:
+        self.deletes = deletes
+        self.meta_names = meta_columns(deletes)
+
+    def batch(self, state: RelationBuffer, rows: List[List[TupleValue]],
+              meta: List[Tuple[int, int, bool]]) -> TableBatch:
+        """The rows (values as raw text) with their lsn, commit time and delete marker."""
+        columns = list(zip(*rows))
+        refuse_inexact_keys(state.table.name, [
+            (state.current_names[i] or state.relation.columns[i].name,
+             pa.array(columns[i], pa.string()), state.kinds[i]) for i in state.key_indexes])
+        arrays = [raw_values_to_arrow(columns[i], kind) for i, kind in enumerate(state.kinds)]
+        lsns, commit_ts, deleted = zip(*meta)
+        arrays.append(pa.array(lsns, META_ARROW_TYPES[LSN_COLUMN]))
+        arrays.append(pa.array(commit_ts, pa.int64()).cast(META_ARROW_TYPES[COMMIT_TS_COLUMN]))
+        arrays.append(self._delete_markers(commit_ts, deleted))
+        data = pa.Table.from_arrays(arrays, names=state.output_names + self.meta_names)
+        return TableBatch(state.relation.name, state.hints, data)
+
+    def _delete_markers(self, commit_ts: Sequence[int], deleted: Sequence[bool]) -> pa.Array:
+        """Hard deletes: True on deleted rows; soft deletes: when the row was deleted."""
+        if self.deletes == "hard":
+            return pa.array(deleted, pa.bool_())
+        return pa.array([ts if d else None for ts, d in zip(commit_ts, deleted)],
+                        pa.int64()).cast(META_ARROW_TYPES[DELETED_AT_COLUMN])
+
+    def truncate(self, state: RelationBuffer, xid: int) -> TableBatch:
+        """The truncate of the relation's table: an empty `replace` of it."""
+        hints = dict(state.hints, write_disposition="replace")
+        return TableBatch(state.relation.name, hints, self._empty_table(state), replace=True,
+                          xid=xid)
+
+    def _empty_table(self, state: RelationBuffer) -> pa.Table:
+        fields = [pa.field(name, kind.arrow_type)
+                  for name, kind in zip(state.output_names, state.kinds)]
+        fields += [pa.field(n, META_ARROW_TYPES[n]) for n in self.meta_names]
+        return pa.schema(fields).empty_table()
