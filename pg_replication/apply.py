@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from .arrow_batches import TableBatch
+from .bounds import RunBounds
 from .exceptions import DecodeError
 from .protocol import (Begin, Commit, Delete, Insert, LogicalMessage, Message, Origin, Relation,
                        StreamAbort, StreamCommit, StreamStart, StreamStop, Truncate, TypeInfo,
@@ -105,11 +106,11 @@ class SegmentReader:
     """Reads one segment: per-segment state, and one handler per pgoutput message kind."""
 
     def __init__(self, collector, position: Position, stop_lsn: int, result: SegmentResult,
-                 limits: BatchLimits, max_changes: Optional[int],
-                 deadline_reached: Callable[[], bool], received_bytes: Callable[[], int]) -> None:
+                 limits: BatchLimits, bounds: RunBounds,
+                 received_bytes: Callable[[], int]) -> None:
         self.collector = collector  # a changes.ChangeCollector: the row buffers
         self.position, self.stop_lsn, self.result = position, stop_lsn, result
-        self.max_changes, self.deadline_reached = max_changes, deadline_reached
+        self.bounds = bounds
         self.counts: Dict[int, int] = {}  # changes taken per relation id
         self.max_rows, self.load = limits.rows, _LoadSize(limits.load_bytes)
         self.bytes_bound = _ByteBound(received_bytes, limits.buffer_bytes)
@@ -175,8 +176,9 @@ class SegmentReader:
         if end_lsn > result.confirm_lsn:
             result.confirm_lsn = end_lsn
         self.current, self.skipping = None, False
-        if ((self.max_changes is not None and sum(self.counts.values()) >= self.max_changes)
-                or self.deadline_reached()):
+        max_changes = self.bounds.max_changes
+        if ((max_changes is not None and sum(self.counts.values()) >= max_changes)
+                or self.bounds.should_stop()):
             return Next.STOP
         return CONTINUE
 

@@ -12,6 +12,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 from .apply import (BATCH_BYTES, LOAD_BYTES, ROW_GROUP_ROWS, BatchLimits, SegmentReader,
                     SegmentResult)
 from .arrow_batches import ArrowBuilder, TableBatch
+from .bounds import RunBounds
 from .catalog import TableInfo
 from .ddl import ColumnMap
 from .exceptions import CopyMissingError, DecodeError, snapshot_command
@@ -204,8 +205,7 @@ def read_changes(
     stop_lsn: int,
     result: SegmentResult,
     limits: BatchLimits = BatchLimits(),
-    max_changes: Optional[int] = None,
-    deadline_reached: Callable[[], bool] = lambda: False,
+    bounds: RunBounds = RunBounds(),
     received_bytes: Callable[[], int] = lambda: 0,
 ) -> Iterator[TableBatch]:
     """Consumes one segment of the stream and yields its batches; fills `result` as it goes.
@@ -219,13 +219,13 @@ def read_changes(
         limits (BatchLimits): Rows and bytes buffered before Arrow tables are handed on (bytes
             of the stream, and of values read back), and bytes handed on before the segment ends
             (in the middle of a transaction if need be: the position records how far).
-        max_changes (Optional[int]): Stop at the first commit after this many changes.
-        deadline_reached: Stop at the next commit when it returns True.
+        bounds (RunBounds): Stop at the first commit after `max_changes` changes, the deadline
+            or a stop request (its `stop_lsn` is the caller's: the segment may stop earlier).
         received_bytes: The bytes the stream has received so far.
 
     Yields:
         TableBatch: Arrow tables with their dlt hints.
     """
     # Made when the first batch is pulled (this is a generator): the stream's bytes are read then.
-    yield from SegmentReader(collector, position, stop_lsn, result, limits, max_changes,
-                             deadline_reached, received_bytes).read(messages)
+    yield from SegmentReader(collector, position, stop_lsn, result, limits, bounds,
+                             received_bytes).read(messages)

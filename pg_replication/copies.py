@@ -215,7 +215,7 @@ class _Copy:
 
 def _copied_columns(table: TableInfo) -> List[str]:
     """A table without a key leaves out its generated columns: the change stream cannot read
-    them back by key (changes.ChangeCollector.on_relation)."""
+    them back by key (relation_buffer.RelationShapes)."""
     return [c.name for c in table.columns if table.merge_key or not c.generated]
 
 

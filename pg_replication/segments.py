@@ -134,8 +134,8 @@ class _SegmentReader:
                                bounds.deadline, bounds.stop_was_requested) as stream:
             sent_hints: Dict[str, int] = {}
             for batch in read_changes(stream.messages(), collector, self.loaded.position,
-                                      stop_lsn, segment, self.limits, bounds.max_changes,
-                                      bounds.should_stop, lambda: stream.received_bytes):
+                                      stop_lsn, segment, self.limits, bounds,
+                                      lambda: stream.received_bytes):
                 if batch.xid is not None:
                     self.shape_check.carried_truncate(
                         table_key(self.settings.schema_name, batch.table_name), batch.xid)
