@@ -7,7 +7,7 @@ sections. Source credentials fall back to `sources.sql_database.credentials`, so
 already configured dlt's `sql_database` source needs nothing more.
 """
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import dlt
 from dlt.common.configuration import configspec, resolve_configuration
@@ -32,7 +32,7 @@ class PgReplicationConfiguration(BaseConfiguration):
     shell's COLUMNS variable (the terminal width).
     """
 
-    credentials: Any = None  # a postgresql:// URL, libpq key=value pairs or dlt credentials
+    credentials: Optional[Any] = None  # a postgresql:// URL, libpq key=value pairs or dlt credentials
     slot_name: str = DEFAULT_SLOT_NAME
     pub_name: str = DEFAULT_PUB_NAME
     schema_name: str = "public"
@@ -74,8 +74,8 @@ def resolve_settings(**given: Any) -> PgReplicationConfiguration:
 
 def checked(settings: PgReplicationConfiguration) -> PgReplicationConfiguration:
     if settings.credentials in (None, ""):
-        settings.credentials = _sql_database_credentials()
-    settings.credentials = settings.dsn  # ConfigError when missing or not a PostgreSQL source
+        settings.credentials = dlt.secrets.get("sources.sql_database.credentials")
+    settings.credentials = to_dsn(_connection_string(settings.credentials))  # ConfigError if none
     settings.table_names = table_list(settings.table_names)
     validate_slot_name(settings.slot_name)
     if settings.deletes not in ("hard", "soft"):
@@ -83,12 +83,12 @@ def checked(settings: PgReplicationConfiguration) -> PgReplicationConfiguration:
     return settings
 
 
-def _sql_database_credentials() -> Any:
-    value = dlt.secrets.get("sources.sql_database.credentials")
-    if isinstance(value, dict):  # a TOML table of connection fields
+def _connection_string(value: Any) -> Any:
+    """A TOML table of connection fields (host, database, username...) as a connection string."""
+    if isinstance(value, Mapping):
         from dlt.common.configuration.specs import ConnectionStringCredentials
 
-        return ConnectionStringCredentials(value).to_native_representation()
+        return ConnectionStringCredentials(dict(value)).to_native_representation()
     return value
 
 
