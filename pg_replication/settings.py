@@ -24,15 +24,15 @@ DEFAULT_PUB_NAME = "pg_replication_pub"
 
 
 @configspec
-class PgReplicationConfiguration(BaseConfiguration):
-    """Everything `[sources.pg_replication]` configures; see the README's Configuration table.
+class StreamConfiguration(BaseConfiguration):
+    """The settings dlt looks up in `[sources.pg_replication]` and, as for any source, in the
+    enclosing sections; see the README's Configuration table.
 
     The per-table arguments of the library (`include_columns`, `columns`) and the run bounds
     (bounds.RunBounds) are passed in code: left to dlt's lookup, `columns` would pick up the
     shell's COLUMNS variable (the terminal width).
     """
 
-    credentials: Optional[Any] = None  # a postgresql:// URL, libpq key=value pairs or dlt credentials
     slot_name: str = DEFAULT_SLOT_NAME
     pub_name: str = DEFAULT_PUB_NAME
     schema_name: str = "public"
@@ -50,6 +50,17 @@ class PgReplicationConfiguration(BaseConfiguration):
     snapshot_max_wait: Optional[float] = None  # seconds a snapshot may wait for transactions
     flush_slot: bool = True  # the library: confirm the loaded position before reading
 
+
+
+@configspec
+class PgReplicationConfiguration(StreamConfiguration):
+    """All the settings: those of StreamConfiguration and the source's credentials, which are
+    read only from `sources.pg_replication.credentials`, else `sources.sql_database.credentials`
+    (never from a bare CREDENTIALS variable dlt's wider lookup would find: a stray one would point
+    the pipeline at another database)."""
+
+    credentials: Optional[Any] = None  # a postgresql:// URL, libpq key=value pairs or a table
+
     @property
     def dsn(self) -> str:
         """The source as a libpq URL."""
@@ -58,28 +69,53 @@ class PgReplicationConfiguration(BaseConfiguration):
 
 def resolve_settings(**given: Any) -> PgReplicationConfiguration:
     """The settings from configuration, `given` (keys of PgReplicationConfiguration; None means
-    "not given") taking precedence; checked once, here.
-
-    Raises:
-        ConfigError: no credentials, an invalid slot name or `deletes` value.
-    """
+    "not given") taking precedence; checked once, here (see `checked`)."""
     unknown = sorted(set(given) - set(PgReplicationConfiguration.get_resolvable_fields()))
     if unknown:
         raise TypeError(f"unknown setting(s) {', '.join(unknown)}: see PgReplicationConfiguration")
     explicit = {key: value for key, value in given.items() if value is not None}
+    if explicit.get("credentials") in (None, ""):
+        explicit["credentials"] = configured_credentials()  # "" (none) is not looked up further
     settings = resolve_configuration(PgReplicationConfiguration(),
                                      sections=("sources", SOURCE_NAME), explicit_value=explicit)
     return checked(settings)
 
 
-def checked(settings: PgReplicationConfiguration) -> PgReplicationConfiguration:
+def settings_of(**resolved: Any) -> PgReplicationConfiguration:
+    """Settings from values dlt has resolved already (the `pg_replication` source's arguments),
+    with the credentials from their exact keys when not given; checked (see `checked`)."""
+    settings = PgReplicationConfiguration()
+    for key, value in resolved.items():
+        if value is not None:
+            setattr(settings, key, value)
     if settings.credentials in (None, ""):
-        settings.credentials = dlt.secrets.get("sources.sql_database.credentials")
+        settings.credentials = configured_credentials()
+    return checked(settings)
+
+
+def configured_credentials() -> Any:
+    """The source credentials at their exact keys; "" when neither is set."""
+    for key in ("sources.pg_replication.credentials", "sources.sql_database.credentials"):
+        value = dlt.secrets.get(key)
+        if value not in (None, ""):
+            return _connection_string(value)
+    return ""
+
+
+def checked(settings: PgReplicationConfiguration) -> PgReplicationConfiguration:
+    """Completes and checks resolved settings in place (the one place settings are checked).
+
+    Raises:
+        ConfigError: no credentials, an invalid slot name, `deletes` or `merge_strategy`.
+    """
     settings.credentials = to_dsn(_connection_string(settings.credentials))  # ConfigError if none
     settings.table_names = table_list(settings.table_names)
     validate_slot_name(settings.slot_name)
     if settings.deletes not in ("hard", "soft"):
         raise ConfigError(f"invalid deletes {settings.deletes!r}: use \"hard\" or \"soft\"")
+    if settings.merge_strategy not in (None, "", "delete-insert", "upsert"):
+        raise ConfigError(f"invalid merge_strategy {settings.merge_strategy!r}: use "
+                          "\"delete-insert\" or \"upsert\" (default: by destination)")
     return settings
 
 

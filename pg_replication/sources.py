@@ -1,10 +1,10 @@
 """The public entry points, for dlt users: `pg_replication()` (a dlt source),
 `init_replication(...)` and `replication_resource(...)`.
 
-Each resolves the settings once (settings.PgReplicationConfiguration, `[sources.pg_replication]`),
-checks the server, then hands the settings, a connection and the run bounds to the building blocks
-(copies.py for the initial copy, segments.py for the change stream). The CLI's jobs (jobs.py) use
-the same blocks.
+Each resolves the settings once (settings.py, `[sources.pg_replication]`) and hands them, with the
+run bounds, to the building blocks: copies.py for the initial copy (`init_replication` connects
+and checks the server first), segments.py for the change stream (its resource connects and checks
+the slot when it starts). The CLI's jobs (jobs.py) use the same blocks.
 """
 
 from typing import Any, Dict, Optional, Sequence
@@ -17,7 +17,7 @@ from .connect import connect
 from .copies import copy_source, prepare_copy, select_tables
 from .hints import DeleteMode, MergeStrategy
 from .segments import changes_resource
-from .settings import PgReplicationConfiguration, resolve_settings
+from .settings import StreamConfiguration, resolve_settings, settings_of
 from .slots import check_server
 from .state import SOURCE_NAME
 
@@ -25,9 +25,9 @@ ColumnsByTable = Optional[Dict[str, Sequence[str]]]
 HintsByTable = Optional[Dict[str, Dict[str, Any]]]
 
 
-@dlt.source(name=SOURCE_NAME, section=SOURCE_NAME, spec=PgReplicationConfiguration)
+@dlt.source(name=SOURCE_NAME, section=SOURCE_NAME, spec=StreamConfiguration)
 def pg_replication(
-    credentials: Any = dlt.secrets.value,
+    credentials: Any = None,
     slot_name: str = dlt.config.value,
     pub_name: str = dlt.config.value,
     schema_name: str = dlt.config.value,
@@ -43,14 +43,17 @@ def pg_replication(
     **stream_options: Any,
 ) -> Any:
     """The changes in the replication slot since the last load, merged into one table per source
-    table. The settings are dlt's to resolve (`[sources.pg_replication]`); `bounds` limits the
-    run; `stream_options` are `replication_resource`'s (`result`, `require_copies`...)."""
-    return replication_resource(
-        slot_name, pub_name, credentials, schema_name=schema_name,
-        include_columns=include_columns, columns=columns, target_batch_size=target_batch_size,
-        target_batch_bytes=target_batch_bytes, target_load_bytes=target_load_bytes,
-        flush_slot=flush_slot, deletes=deletes, merge_strategy=merge_strategy, bounds=bounds,
-        **stream_options)
+    table. dlt resolves the settings (`[sources.pg_replication]`, settings.StreamConfiguration);
+    `bounds` limits the run; `stream_options` are `replication_resource`'s (`result`,
+    `require_copies`, `table_shapes`)."""
+    settings = settings_of(
+        credentials=credentials, slot_name=slot_name, pub_name=pub_name, schema_name=schema_name,
+        target_batch_size=target_batch_size, target_batch_bytes=target_batch_bytes,
+        target_load_bytes=target_load_bytes, flush_slot=flush_slot, deletes=deletes,
+        merge_strategy=merge_strategy)
+    return changes_resource(settings=settings, bounds=bounds or RunBounds(),
+                            flush_slot=settings.flush_slot, include_columns=include_columns,
+                            columns=columns, **stream_options)
 
 
 def init_replication(

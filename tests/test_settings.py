@@ -73,6 +73,8 @@ def test_credentials_as_a_toml_table(tmp_path, section):
      "invalid slot name"),
     ({"credentials": "postgresql://h/db", "deletes": "sometimes"}, "ConfigError",
      "invalid deletes"),
+    ({"credentials": "postgresql://h/db", "merge_strategy": "replace"}, "ConfigError",
+     "invalid merge_strategy"),
     ({"credentials": "postgresql://h/db", "target_bach_size": 3}, "TypeError",
      "unknown setting(s) target_bach_size"),
 ])
@@ -84,3 +86,13 @@ def test_bad_settings_are_refused_by_name(tmp_path, given, error, words):
 def test_a_value_of_the_wrong_type_is_a_configuration_error(tmp_path):
     env = {**URL, "SOURCES__PG_REPLICATION__TARGET_BATCH_SIZE": "many"}
     assert resolve(tmp_path, env=env)["error"] == "ConfigValueCannotBeCoercedException"
+
+
+def test_credentials_are_read_only_from_their_own_keys(tmp_path):
+    """dlt's wider lookup would take a bare CREDENTIALS (or SOURCES__CREDENTIALS) variable left in
+    a cron or container environment: a stray one must not point the pipeline at its database."""
+    stray = {"CREDENTIALS": "postgresql://stray/db", "SOURCES__CREDENTIALS": "postgresql://s/db"}
+    assert "no source credentials" in resolve(tmp_path, env=stray)["message"]
+    fallback = "[sources.sql_database]\ncredentials = \"postgresql://u@fallback/db\"\n"
+    settings = resolve(tmp_path, env=stray, secrets=fallback)
+    assert settings["credentials"] == "postgresql://u@fallback/db"
