@@ -9,7 +9,7 @@ import re
 import shlex
 import textwrap
 from enum import IntEnum
-from typing import Iterable, List
+from typing import Any, Iterable, List
 
 
 # The one definition of the CLI's exit codes: number, name, and the meaning `--help` shows
@@ -59,7 +59,8 @@ def snapshot_command(names: Iterable[str]) -> str:
 
 
 class ReplicationError(Exception):
-    """Base class of every error this package raises on purpose.
+    """Base class of every error this package raises on purpose; each subclass names its exit
+    code (`class ConfigError(ReplicationError, exit_code=ExitCode.CONFIG)`).
 
     Raised as such only for states that should not happen: the CLI reports it like any
     unexpected error, with its class name.
@@ -67,53 +68,42 @@ class ReplicationError(Exception):
 
     exit_code = ExitCode.UNEXPECTED
 
+    def __init_subclass__(cls, exit_code: ExitCode = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
-class ConfigError(ReplicationError):
+
+class ConfigError(ReplicationError, exit_code=ExitCode.CONFIG):
     """Configuration is missing or invalid (credentials, table names, slot name...)."""
 
-    exit_code = ExitCode.CONFIG
 
-
-class SourceConnectionError(ReplicationError):
+class SourceConnectionError(ReplicationError, exit_code=ExitCode.SOURCE_CONNECTION):
     """The source database cannot be reached or refuses the login."""
 
-    exit_code = ExitCode.SOURCE_CONNECTION
 
-
-class SourceNotReadyError(ReplicationError):
+class SourceNotReadyError(ReplicationError, exit_code=ExitCode.SOURCE_NOT_READY):
     """The source server is reachable but cannot replicate (wal_level, slots, privileges)."""
 
-    exit_code = ExitCode.SOURCE_NOT_READY
 
-
-class SlotError(ReplicationError):
+class SlotError(ReplicationError, exit_code=ExitCode.SLOT):
     """The replication slot is missing, invalidated or in use by another run."""
 
-    exit_code = ExitCode.SLOT
 
-
-class SlotInUseError(SlotError):
+class SlotInUseError(SlotError, exit_code=ExitCode.SLOT_IN_USE):
     """Another run holds the slot."""
 
-    exit_code = ExitCode.SLOT_IN_USE
 
-
-class CopyMissingError(ReplicationError):
+class CopyMissingError(ReplicationError, exit_code=ExitCode.COPY_MISSING):
     """The destination lacks a table's copy that the change stream would build on."""
 
-    exit_code = ExitCode.COPY_MISSING
 
-
-class DecodeError(ReplicationError):
+class DecodeError(ReplicationError, exit_code=ExitCode.DECODE):
     """A pgoutput message could not be decoded."""
 
-    exit_code = ExitCode.DECODE
 
-
-class LoadError(ReplicationError):
+class LoadError(ReplicationError, exit_code=ExitCode.LOAD):
     """The destination failed to take the data; the slot was not advanced."""
-
-    exit_code = ExitCode.LOAD
 
     @classmethod
     def during(cls, step: str, line: str) -> "LoadError":
