@@ -1,9 +1,5 @@
-"""From decoded pgoutput messages to per-table Arrow batches, with exact resume positions.
-
-The contract with the destination is at-least-once delivery made exactly-once in effect by the
-merge: every row carries `_pg_lsn`, the WAL position of its change, and the merge keeps the highest
-per key. Progress is a `Position`, saved in dlt state with each load; the slot is confirmed only up
-to a position the destination has committed.
+"""From decoded pgoutput messages to per-table Arrow batches, with exact resume positions (the
+delivery contract they serve is written in state.py).
 
 A run reads in segments; one segment is one dlt load. A segment ends early, in the middle of a
 transaction if need be, when

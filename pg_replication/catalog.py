@@ -6,12 +6,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from psycopg2 import sql
 
 from .exceptions import ConfigError
+from .state import table_key  # noqa: F401 - the state's naming of a table, used with the catalog
 from .types import ColumnKind, PgTypeRow, resolve_kind
-
-
-def table_key(schema: str, name: str) -> str:
-    """How a source table is named in the state: schema-qualified, as the server spells it."""
-    return f"{schema}.{name}"
 
 
 @dataclass

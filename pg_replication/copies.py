@@ -21,7 +21,7 @@ from .hints import (META_ARROW_TYPES, RESERVED_COLUMNS, delete_marker, existing_
                     mark_batch, name_collisions, output_column_names, snapshot_hints, table_hints,
                     with_column_hints)
 from .insert_only import updated_or_deleted_rows
-from .settings import PgReplicationConfiguration
+from .settings import PgReplicationConfiguration as Settings
 from .slots import (check_partition_root_publishing, check_slot_usable, copy_slot_name,
                     create_slot, create_slot_with_snapshot, current_database, drop_publications,
                     drop_slot, ensure_publications, existing_publications, get_slot,
@@ -101,7 +101,7 @@ class CopyPlan:
     write_counts: Dict[int, Dict[str, Any]] = field(default_factory=dict)
 
 
-def prepare_copy(conn, *, settings: PgReplicationConfiguration, tables: Dict[str, TableInfo],
+def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
                  reset: bool = False, create_slot_now: bool = False) -> CopyPlan:
     """Publishes `tables` and checks the slot (dropping it first with `reset`, or when it was
     invalidated and a copy follows). With `create_slot_now` a missing slot is created here (no
@@ -127,7 +127,7 @@ def prepare_copy(conn, *, settings: PgReplicationConfiguration, tables: Dict[str
     return CopyPlan(list(tables.values()), load_type_catalog(conn), slot is None, write_counts)
 
 
-def copy_source(*, settings: PgReplicationConfiguration, plan: CopyPlan,
+def copy_source(*, settings: Settings, plan: CopyPlan,
                 include_columns: ColumnsByTable = None, columns: HintsByTable = None) -> Any:
     """A `pg_replication` source whose one resource copies the planned tables inside a snapshot
     exported at a slot's consistent point, and records their hand-off (handoff.py) in the source
@@ -172,7 +172,7 @@ class _Copy:
     """The copy of the planned tables on `reader`'s snapshot, one table after the other."""
 
     def __init__(self, reader, plan: CopyPlan, handoff_lsn: int,
-                 settings: PgReplicationConfiguration, include_columns: ColumnsByTable,
+                 settings: Settings, include_columns: ColumnsByTable,
                  columns: HintsByTable) -> None:
         self.reader, self.plan, self.handoff_lsn = reader, plan, handoff_lsn
         self.settings, self.include_columns, self.columns = settings, include_columns, columns

@@ -1,13 +1,20 @@
 """The two jobs the CLI runs, `snapshot` and `cdc`, as dlt pipeline runs with a safe slot protocol.
 
-Order of a cdc run:
-1. take the run lock (an advisory lock named after the slot), so runs never overlap;
-2. refuse when the destination lost what this pipeline loaded (integrity.py);
-3. load any package a crashed run left behind (dlt would otherwise load it and silently ignore
+Order of a cdc run (the checks run once, in `_checked_start`; the building blocks below assume
+them):
+1. check the server and take the run lock (an advisory lock named after the slot), so runs never
+   overlap;
+2. refuse when the publication lists partitions instead of their tables; move a table that lost
+   its row identity to the insert-only publication (so the application's writes keep working)
+   and refuse, naming the snapshot that copies it again (integrity.py);
+3. refuse when the destination lost what this pipeline loaded (integrity.py);
+4. load any package a crashed run left behind (dlt would otherwise load it and silently ignore
    the new data) and confirm the slot up to the position that package carried;
-4. refuse when the slot is gone or a table's copy is missing (integrity.py);
-5. read a segment of changes, load it, and only then confirm the slot up to what was loaded;
-   repeat while a segment ended early (truncate, repeated key).
+5. refuse when the slot is gone or a table's copy is missing (integrity.py);
+6. fix the stop position, then refuse schema changes the stream cannot carry (ddl.py) and updates
+   of insert-only tables (insert_only.py);
+7. read a segment of changes on the run's connection, load it, and only then confirm the slot up
+   to what was loaded; repeat while a segment ended early (truncate, repeated key, load size).
 
 A slot that no load has used (the first snapshot failed or was killed) holds nothing the
 destination needs: every table's copy is still to come and will start at its own hand-off. `cdc`
@@ -208,8 +215,7 @@ def run_cdc(settings: Settings, pipeline: dlt.Pipeline,
 
 def _checked_start(lock, settings: Settings, pipeline: dlt.Pipeline, report: CdcReport
                    ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, int], int]:
-    """The checks before a cdc run reads (once: the blocks below assume them), in the order of
-    the module docstring; returns the shapes to record, the TRUNCATEs expected by the stop, and
+    """The checks before a cdc run reads (steps 1-6 of the module docstring); returns the shapes to record, the TRUNCATEs expected by the stop, and
     the stop position."""
     check_server(lock)
     acquire_run_lock(lock, settings.slot_name)

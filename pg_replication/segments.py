@@ -29,7 +29,7 @@ from .handoff import NEVER, NO_COPY, HandoffRule
 from .hints import LOAD_ID_COLUMN, existing_destination_column, mark_batch, with_column_hints
 from .insert_only import insert_only_problems
 from .integrity import check_schema_changes
-from .settings import PgReplicationConfiguration
+from .settings import PgReplicationConfiguration as Settings
 from .slots import (advance_slot, check_slot_usable, current_database, current_wal_lsn,
                     existing_publications, get_slot, publication_relations, publication_tables)
 from .snapshot import release_freed_memory
@@ -39,7 +39,7 @@ from .stream import ReplicationStream, emit_heartbeat
 Shapes = Dict[str, Dict[str, Any]]
 
 
-def changes_resource(*, settings: PgReplicationConfiguration, bounds: RunBounds = RunBounds(),
+def changes_resource(*, settings: Settings, bounds: RunBounds = RunBounds(),
                      result: Optional[SegmentResult] = None, conn=None, flush_slot: bool = False,
                      require_copies: bool = False, table_shapes: Optional[Shapes] = None,
                      include_columns: Optional[Dict[str, Sequence[str]]] = None,
@@ -53,7 +53,7 @@ def changes_resource(*, settings: PgReplicationConfiguration, bounds: RunBounds 
         state = dlt.current.source_state()
         loaded = LoadedState.from_source_state(state)
         segment.position = loaded.position
-        reader = _SegmentReader(settings, bounds.started(), segment, loaded,
+        reader = _SlotSegment(settings, bounds.started(), segment, loaded,
                                 HandoffRule(loaded.handoffs, require_copies, loaded.oids),
                                 ShapeCheck(loaded, settings.schema_name, table_shapes),
                                 include_columns, columns)
@@ -69,27 +69,31 @@ def changes_resource(*, settings: PgReplicationConfiguration, bounds: RunBounds 
 
 
 @contextlib.contextmanager
-def _checked_connection(conn, settings: PgReplicationConfiguration) -> Iterator[Any]:
+def _checked_connection(conn, settings: Settings) -> Iterator[Any]:
     """`conn` when the caller holds one; otherwise a new connection to a usable slot."""
     if conn is not None:
         yield conn
         return
     own = connect(settings.dsn)
     try:
-        slot = get_slot(own, settings.slot_name)
-        if slot is None:
-            raise SlotError(f"slot {settings.slot_name!r} does not exist; run `snapshot` to "
-                            "create it")
+        slot = _existing_slot(own, settings.slot_name)
         check_slot_usable(slot, settings.slot_name, current_database(own))
         yield own
     finally:
         own.close()
 
 
-class _SegmentReader:
+def _existing_slot(conn, slot_name: str):
+    slot = get_slot(conn, slot_name)
+    if slot is None:
+        raise SlotError(f"slot {slot_name!r} does not exist; run `snapshot` to create it")
+    return slot
+
+
+class _SlotSegment:
     """One segment: from the stored position up to the stop (or a bound), into `segment`."""
 
-    def __init__(self, settings: PgReplicationConfiguration, bounds: RunBounds,
+    def __init__(self, settings: Settings, bounds: RunBounds,
                  segment: SegmentResult, loaded: LoadedState, handoffs: HandoffRule,
                  shape_check: "ShapeCheck", include_columns, columns) -> None:
         self.settings, self.bounds, self.segment = settings, bounds, segment
@@ -105,9 +109,9 @@ class _SegmentReader:
         published = _published_tables(conn, self.settings.schema_name, publications)
         stop_lsn = self.bounds.stop_lsn or run_stop_position(conn)
         column_maps = self.shape_check.column_maps(conn)  # after the stop is fixed (ddl.py)
-        slot = get_slot(conn, self.settings.slot_name)
+        slot = _existing_slot(conn, self.settings.slot_name)  # dropped since the checks?
         streamed, deferred_until = _publications_to_stream(
-            conn, publications, self.handoffs, (slot.confirmed_flush_lsn if slot else 0) or 0)
+            conn, publications, self.handoffs, slot.confirmed_flush_lsn or 0)
         if deferred_until is not None and deferred_until <= stop_lsn:
             stop_lsn = deferred_until
         reached = True  # nothing to decode before stop_lsn

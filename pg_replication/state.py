@@ -21,7 +21,11 @@ The contract:
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, MutableMapping, Optional
 
-from .catalog import table_key
+
+def table_key(schema: str, name: str) -> str:
+    """How a source table is named in the state: schema-qualified, as the server spells it."""
+    return f"{schema}.{name}"
+
 
 SOURCE_NAME = "pg_replication"  # the dlt source whose state holds all of this
 POSITION_KEY = "position"
@@ -127,7 +131,6 @@ def record_truncate(state: MutableMapping[str, Any], key: str, xid: int) -> None
         shape["truncated_by"].append(xid)
 
 
-
-
 def save_position(state: MutableMapping[str, Any], position: Position) -> None:
+    """Stores how far the stream is loaded (saved with the load that took it there)."""
     state[POSITION_KEY] = position.to_state()
