@@ -3,6 +3,7 @@ lists every one with its meaning, and every error class exits with the code docu
 No database needed."""
 
 import re
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -85,3 +86,11 @@ def test_command_help_texts_name_the_codes_they_exit_with():
     assert (f"Exits {ExitCode.SLOT.value} when the slot is missing" in status
             and f"{ExitCode.CHECK_FAILED.value} when the lag exceeds" in status)
     assert f"check passes, {ExitCode.CHECK_FAILED.value} otherwise" in help_of("verify")
+
+
+def test_readme_explains_every_exit_code():
+    """The README's table explains the codes at more length than `--help`: the same numbers."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("Exit codes:", 1)[1].split("\n\n", 2)[1]
+    numbers = {int(n) for n in re.findall(r"^\| (\d+) \|", table, re.M)}
+    assert numbers == {code.value for code in ExitCode}
