@@ -105,8 +105,7 @@ class SegmentReader:
                  limits: BatchLimits, bounds: RunBounds,
                  received_bytes: Callable[[], int]) -> None:
         self.collector = collector  # a changes.ChangeCollector: the row buffers
-        self.position, self.stop_lsn, self.result = position, stop_lsn, result
-        self.bounds = bounds
+        self.position, self.stop_lsn, self.result, self.bounds = position, stop_lsn, result, bounds
         self.counts: Dict[int, int] = {}  # changes taken per relation id
         self.max_rows, self.load = limits.rows, _LoadSize(limits.load_bytes)
         self.bytes_bound = _ByteBound(received_bytes, limits.buffer_bytes)

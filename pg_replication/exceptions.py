@@ -25,9 +25,23 @@ _EXIT_CODE_TABLE = """
  7 LOAD               the destination failed to load; the slot was not advanced
  8 DECODE             a replication message could not be decoded
  9 CHECK_FAILED       status/verify: a check failed (lag above --max-lag-mb, last run failed, ...)
-10 COPY_MISSING       a table's copy is missing from the destination (never loaded, or lost), or a schema change needs a new copy: run the snapshot the message names
+10 COPY_MISSING       a table's copy is missing from the destination (never loaded, or lost), or
+                      a schema change needs a new copy: run the snapshot the message names
 """
-_EXIT_CODE_ROWS = [line.split(maxsplit=2) for line in _EXIT_CODE_TABLE.strip().splitlines()]
+
+
+def _exit_code_rows(table: str) -> List[List[str]]:
+    """[number, name, meaning] per code; an indented line continues the meaning above it."""
+    rows: List[List[str]] = []
+    for line in table.strip("\n").splitlines():
+        if line.startswith("      "):
+            rows[-1][2] += " " + line.strip()
+        else:
+            rows.append(line.split(maxsplit=2))
+    return rows
+
+
+_EXIT_CODE_ROWS = _exit_code_rows(_EXIT_CODE_TABLE)
 _MEANINGS = {name: meaning for _, name, meaning in _EXIT_CODE_ROWS}
 
 
@@ -38,8 +52,8 @@ class _ExitCodeMeaning(IntEnum):
         return _MEANINGS[self.name]
 
 
-ExitCode = _ExitCodeMeaning("ExitCode", [(name, int(number)) for number, name, _ in _EXIT_CODE_ROWS],
-                            module=__name__)
+ExitCode = _ExitCodeMeaning(
+    "ExitCode", [(name, int(number)) for number, name, _ in _EXIT_CODE_ROWS], module=__name__)
 
 
 def exit_codes_help() -> str:

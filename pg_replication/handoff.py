@@ -14,8 +14,8 @@ The definition every other module relies on:
   transaction reaches the destination exactly once: in the copy, or through the stream. That holds
   for tables without a key too, whose rows are appended.
 
-Where it is stored: state.py (`tables[...]["handoff_lsn"]`). A table's hand-off stays until the table is
-copied again. A snapshot that creates a new slot (none existed, or the old one was invalidated)
+Where it is stored: state.py (`tables[...]["handoff_lsn"]`). A table's hand-off stays until the
+table is copied again. A snapshot that creates a new slot (none existed, or the old one was invalidated)
 starts a new stream: the hand-offs of the old one are dropped, and tables not copied again must be.
 """
 

@@ -215,7 +215,8 @@ def run_cdc(settings: Settings, pipeline: dlt.Pipeline,
 
 def _checked_start(lock, settings: Settings, pipeline: dlt.Pipeline, report: CdcReport
                    ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, int], int]:
-    """The checks before a cdc run reads (steps 1-6 of the module docstring); returns the shapes to record, the TRUNCATEs expected by the stop, and
+    """The checks before a cdc run reads (steps 1-6 of the module docstring); returns the shapes
+    to record, the TRUNCATEs expected by the stop, and
     the stop position."""
     check_server(lock)
     acquire_run_lock(lock, settings.slot_name)
