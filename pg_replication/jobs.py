@@ -40,7 +40,8 @@ from .ddl import Leaves, read_leaves
 from .destinations import apply_table_format, is_local_duckdb
 from .dlt_compat import (destination_state, make_source, recreate_tables_gone_from_destination,
                          repair_crashed_packages)
-from .exceptions import CopyMissingError, SlotError, mask_secrets, snapshot_command
+from .exceptions import (CopyMissingError, SlotError, SlotInUseError, mask_secrets,
+                         snapshot_command)
 from .failures import essential_line, is_file_lock_conflict
 from .handoff import short_names
 from .insert_only import insert_only_problems
@@ -247,23 +248,25 @@ def follow_cdc(settings: Settings, pipeline: dlt.Pipeline, interval: float,
     """Runs cdc again and again, `interval` seconds apart, until `stop` is set (SIGTERM).
 
     A stop during a run ends its reading at the next commit; the run still loads and confirms
-    what it read before returning.
+    what it read before returning. A run that finds the slot or the DuckDB file taken by another
+    process (`_passing_conflict`) is tried again; nothing was confirmed, and the next run loads
+    what it left.
     """
     conflicts = 0
     while not stop.is_set():
         try:
-            with recorded_run(pipeline, "cdc", retried=lambda e: is_file_lock_conflict(e)
-                              and conflicts < FOLLOW_LOCK_RETRIES) as record:
+            with recorded_run(pipeline, "cdc", retried=lambda e: _passing_conflict(
+                    e, conflicts) is not None) as record:
                 report = run_cdc(settings, pipeline, RunBounds(stop_requested=stop.is_set))
                 record["summary"] = report.summary()
         except Exception as e:
-            # Another process opened the DuckDB file (a query, `verify`): nothing was confirmed,
-            # and the next run loads what this one left. Only a lasting conflict ends the follow.
-            conflicts += 1
-            if not is_file_lock_conflict(e) or conflicts > FOLLOW_LOCK_RETRIES:
+            waiting_for = _passing_conflict(e, conflicts)
+            if waiting_for is None:
                 raise
-            print(f"cdc: the DuckDB file is open in another process ({essential_line(e)}); "
-                  f"trying again in {FOLLOW_LOCK_WAIT:g} s", file=sys.stderr, flush=True)
+            if conflicts == 0 or conflicts % FOLLOW_NOTE_EVERY == 0:
+                print(f"cdc: {waiting_for}; trying again every {FOLLOW_LOCK_WAIT:g} s",
+                      file=sys.stderr, flush=True)
+            conflicts += 1
             stop.wait(FOLLOW_LOCK_WAIT)
             continue
         conflicts = 0
@@ -271,8 +274,22 @@ def follow_cdc(settings: Settings, pipeline: dlt.Pipeline, interval: float,
         stop.wait(interval)
 
 
+def _passing_conflict(error: BaseException, conflicts: int) -> Optional[str]:
+    """What a follow waits for, or None when `error` ends it:
+    - another run (a cron `cdc`, a `snapshot --tables`) holds the slot: it ends on its own, however
+      long a snapshot takes;
+    - another process opened the DuckDB file (a query, `verify`): only a lasting conflict
+      (FOLLOW_LOCK_RETRIES in a row) ends the follow."""
+    if isinstance(error, SlotInUseError):
+        return essential_line(error)
+    if is_file_lock_conflict(error) and conflicts < FOLLOW_LOCK_RETRIES:
+        return f"the DuckDB file is open in another process ({essential_line(error)})"
+    return None
+
+
 FOLLOW_LOCK_RETRIES = 30  # consecutive DuckDB file-lock conflicts `cdc --follow` waits through
-FOLLOW_LOCK_WAIT = 2.0  # seconds between them
+FOLLOW_LOCK_WAIT = 2.0  # seconds between tries
+FOLLOW_NOTE_EVERY = 30  # a long wait is noted on stderr once a minute
 
 
 def run_status(settings: Settings, pipeline: dlt.Pipeline,

@@ -118,6 +118,40 @@ def test_follow_finishes_the_load_in_progress_on_sigterm(source, project):
     assert_table_matches(source, project, "items")
 
 
+def test_follow_waits_while_another_run_holds_the_slot(source, project):
+    """A cron `cdc` or a `snapshot --tables` that starts while `--follow` sleeps holds the run
+    lock when the follow wakes up: the follow waits for it, it does not exit 5 for good."""
+    _items(source)
+    project.run("snapshot")
+    follower = project.start("cdc", "--follow", "--interval", "0.3")
+    other_run = psycopg2.connect(source.dsn)
+    other_run.autocommit = True
+    try:
+        time.sleep(2)  # the follow is between runs, or in one
+        with other_run.cursor() as cur:  # what a second run takes (slots.acquire_run_lock)
+            cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))",
+                        ("pg_replication:" + project.slot,))
+        run_sql(source, "UPDATE items SET name = 'after the other run' WHERE id = 1")
+        time.sleep(4)  # several of the follow's runs find the lock taken
+        assert follower.poll() is None, follower.communicate()
+        other_run.close()  # the other run ends
+        change_end = _wal_insert_lsn(source)
+        deadline = time.time() + 90
+        while (project.slot_confirmed_lsn() or 0) < change_end:
+            assert time.time() < deadline, "--follow did not go on after the other run"
+            assert follower.poll() is None, follower.communicate()
+            time.sleep(0.3)
+        follower.send_signal(signal.SIGTERM)
+        _, stderr = follower.communicate(timeout=120)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+        other_run.close()
+    assert follower.returncode == 0, stderr
+    assert "in use by another run" in stderr and "Traceback" not in stderr
+    assert_table_matches(source, project, "items")
+
+
 def test_status_and_readers_of_the_duckdb_file_beside_follow(source, duckdb_project):
     """DuckDB lets one process open its file at a time: `status` next to a running follow must
     neither fail nor make the follow's next load fail; a user's own reader of the file makes
