@@ -7,6 +7,7 @@ sections. Source credentials fall back to `sources.sql_database.credentials`, so
 already configured dlt's `sql_database` source needs nothing more.
 """
 
+import json
 from typing import Any, List, Mapping, Optional, Sequence
 
 import dlt
@@ -113,24 +114,49 @@ def checked(settings: PgReplicationConfiguration) -> PgReplicationConfiguration:
     validate_slot_name(settings.slot_name)
     if settings.deletes not in ("hard", "soft"):
         raise ConfigError(f"invalid deletes {settings.deletes!r}: use \"hard\" or \"soft\"")
+    _check_positive(settings)
     if settings.merge_strategy not in (None, "", "delete-insert", "upsert"):
         raise ConfigError(f"invalid merge_strategy {settings.merge_strategy!r}: use "
                           "\"delete-insert\" or \"upsert\" (default: by destination)")
     return settings
 
 
+def _check_positive(settings: PgReplicationConfiguration) -> None:
+    """Sizes and waits below 1 would make every batch or load empty (or wait for nothing)."""
+    for key in ("target_batch_size", "target_batch_bytes", "target_load_bytes",
+                "snapshot_max_wait"):
+        value = getattr(settings, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"invalid {key} {value!r}: use a number above 0")
+
+
 def _connection_string(value: Any) -> Any:
-    """A TOML table of connection fields (host, database, username...) as a connection string."""
+    """A TOML table of connection fields (host, database, username...) as a connection string
+    (`drivername` may be left out: the source is PostgreSQL)."""
     if isinstance(value, Mapping):
         from dlt.common.configuration.specs import ConnectionStringCredentials
 
-        return ConnectionStringCredentials(dict(value)).to_native_representation()
+        fields = {"drivername": "postgresql", **dict(value)}
+        return ConnectionStringCredentials(fields).to_native_representation()
     return value
+
+
+def _json_list(text: str) -> List[str]:
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"invalid table_names {text!r}: use a JSON list of names "
+                          "('[\"a\", \"b\"]') or comma-separated names (a,b)")
+    return names
 
 
 def table_list(value: Optional[Any]) -> Optional[List[str]]:
     """Table names from a list or a comma-separated string (`--tables a,b`); None for none."""
     if value is None or value == "":
         return None
+    if isinstance(value, str) and value.strip().startswith("["):
+        value = _json_list(value)  # dlt's list syntax in an environment variable
     names: Sequence[str] = value.split(",") if isinstance(value, str) else value
     return [name.strip() for name in names if name.strip()] or None

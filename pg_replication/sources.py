@@ -40,20 +40,22 @@ def pg_replication(
     deletes: DeleteMode = dlt.config.value,
     merge_strategy: Optional[MergeStrategy] = dlt.config.value,
     bounds: Optional[RunBounds] = None,
-    **stream_options: Any,
+    result: Optional[SegmentResult] = None,
+    require_copies: bool = False,
+    table_shapes: Optional[Dict[str, Dict[str, Any]]] = None,
 ) -> Any:
     """The changes in the replication slot since the last load, merged into one table per source
     table. dlt resolves the settings (`[sources.pg_replication]`, settings.StreamConfiguration);
-    `bounds` limits the run; `stream_options` are `replication_resource`'s (`result`,
-    `require_copies`, `table_shapes`)."""
+    `bounds` limits the run; see `replication_resource` for the other arguments."""
     settings = settings_of(
         credentials=credentials, slot_name=slot_name, pub_name=pub_name, schema_name=schema_name,
         target_batch_size=target_batch_size, target_batch_bytes=target_batch_bytes,
         target_load_bytes=target_load_bytes, flush_slot=flush_slot, deletes=deletes,
         merge_strategy=merge_strategy)
-    return changes_resource(settings=settings, bounds=bounds or RunBounds(),
-                            flush_slot=settings.flush_slot, include_columns=include_columns,
-                            columns=columns, **stream_options)
+    return changes_resource(settings=settings, bounds=bounds or RunBounds(), result=result,
+                            flush_slot=settings.flush_slot, require_copies=require_copies,
+                            table_shapes=table_shapes, include_columns=include_columns,
+                            columns=columns)
 
 
 def init_replication(

@@ -57,11 +57,13 @@ def test_environment_toml_and_given_values_in_that_order(tmp_path):
     assert settings["target_batch_size"] == 123
     settings = resolve(tmp_path, {"slot_name": "given", "table_names": "x, y"}, env, config=config)
     assert (settings["slot_name"], settings["table_names"]) == ("given", ["x", "y"])
+    listed = {**URL, "SOURCES__PG_REPLICATION__TABLE_NAMES": '["a", "b,c"]'}  # dlt's list syntax
+    assert resolve(tmp_path, env=listed)["table_names"] == ["a", "b,c"]
 
 
 @pytest.mark.parametrize("section", ["pg_replication", "sql_database"])
 def test_credentials_as_a_toml_table(tmp_path, section):
-    secrets = (f"[sources.{section}.credentials]\ndrivername = \"postgresql\"\n"
+    secrets = (f"[sources.{section}.credentials]\n"  # no drivername: the source is PostgreSQL
                "database = \"db\"\nusername = \"u\"\npassword = \"pw\"\nhost = \"h\"\nport = 5433\n")
     assert resolve(tmp_path, secrets=secrets)["credentials"] == "postgresql://u:pw@h:5433/db"
 
@@ -75,6 +77,12 @@ def test_credentials_as_a_toml_table(tmp_path, section):
      "invalid deletes"),
     ({"credentials": "postgresql://h/db", "merge_strategy": "replace"}, "ConfigError",
      "invalid merge_strategy"),
+    ({"credentials": "postgresql://h/db", "table_names": '["a", '}, "ConfigError",
+     "invalid table_names"),
+    ({"credentials": "postgresql://h/db", "target_batch_size": 0}, "ConfigError",
+     "invalid target_batch_size 0"),
+    ({"credentials": "postgresql://h/db", "target_load_bytes": -1}, "ConfigError",
+     "invalid target_load_bytes -1"),
     ({"credentials": "postgresql://h/db", "target_bach_size": 3}, "TypeError",
      "unknown setting(s) target_bach_size"),
 ])
