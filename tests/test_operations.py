@@ -135,14 +135,8 @@ def test_follow_waits_while_another_run_holds_the_slot(source, project):
         time.sleep(4)  # several of the follow's runs find the lock taken
         assert follower.poll() is None, follower.communicate()
         other_run.close()  # the other run ends
-        change_end = _wal_insert_lsn(source)
-        deadline = time.time() + 90
-        while (project.slot_confirmed_lsn() or 0) < change_end:
-            assert time.time() < deadline, "--follow did not go on after the other run"
-            assert follower.poll() is None, follower.communicate()
-            time.sleep(0.3)
-        follower.send_signal(signal.SIGTERM)
-        _, stderr = follower.communicate(timeout=120)
+        stderr = _stop_after_catching_up(follower, project, _wal_insert_lsn(source),
+                                         "--follow did not go on after the other run")
     finally:
         if follower.poll() is None:
             follower.kill()
@@ -174,14 +168,8 @@ def test_status_and_readers_of_the_duckdb_file_beside_follow(source, duckdb_proj
             except duckdb.IOException:
                 pass  # the follower had it
             assert follower.poll() is None, follower.communicate()
-        change_end = _wal_insert_lsn(source)
-        deadline = time.time() + 90
-        while (duckdb_project.slot_confirmed_lsn() or 0) < change_end:
-            assert time.time() < deadline, "--follow did not catch up within 90 s"
-            assert follower.poll() is None, follower.communicate()
-            time.sleep(0.3)
-        follower.send_signal(signal.SIGTERM)
-        _, stderr = follower.communicate(timeout=120)
+        stderr = _stop_after_catching_up(follower, duckdb_project, _wal_insert_lsn(source),
+                                         "--follow did not catch up within 90 s")
     finally:
         if follower.poll() is None:
             follower.kill()
@@ -193,6 +181,18 @@ def test_status_and_readers_of_the_duckdb_file_beside_follow(source, duckdb_proj
                for result in statuses), [r.stdout for r in statuses]
     assert readers, "no reader got the file: the conflict was not exercised"
     assert_table_matches(source, duckdb_project, "items")
+
+
+def _stop_after_catching_up(follower, project, change_end: int, failure: str) -> str:
+    """Waits (from the source side: the follow keeps the DuckDB file) until the follow confirmed
+    the slot up to `change_end`, then stops it with SIGTERM; returns its stderr."""
+    deadline = time.time() + 90
+    while (project.slot_confirmed_lsn() or 0) < change_end:
+        assert time.time() < deadline, failure
+        assert follower.poll() is None, follower.communicate()
+        time.sleep(0.3)
+    follower.send_signal(signal.SIGTERM)
+    return follower.communicate(timeout=120)[1]
 
 
 def _wal_insert_lsn(conn) -> int:
