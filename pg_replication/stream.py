@@ -1,7 +1,10 @@
 """Reading a logical replication slot with psycopg2, bounded by a stop position and a deadline.
 
-The stream never confirms anything to the server: psycopg2 only reports the LSNs we give it, and
-this module gives none. Confirming happens after the destination has committed (slots.advance_slot).
+This module gives the server no LSN to confirm: confirming happens after the destination has
+committed (slots.advance_slot). One exception it cannot prevent (tests/test_stream_feedback.py):
+psycopg2 (>= 2.8.3) moves its flush position to the WAL end of keepalives received before the
+first data message, and reports it; that confirms only WAL with no output for the publications yet
+(a transaction committing later is decoded again), never a change the destination lacks.
 """
 
 import select
