@@ -121,8 +121,9 @@ def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
         check_slot_usable(slot, settings.slot_name, current_database(conn))
     elif create_slot_now:
         create_slot(conn, settings.slot_name)
-    # Read before the slot's consistent point: every UPDATE or DELETE after it counts.
-    write_counts = updated_or_deleted_rows(
+    # Read before the slot's consistent point: every UPDATE or DELETE after it counts (only a
+    # copy records them).
+    write_counts = {} if create_slot_now else updated_or_deleted_rows(
         conn, [table.oid for table in tables.values() if not table.merge_key])
     return CopyPlan(list(tables.values()), load_type_catalog(conn), slot is None, write_counts)
 
