@@ -112,7 +112,7 @@ class SegmentReader:
         self.check_repeats = collector.merge_strategy == "upsert"
         self.totals = collector.totals  # what the row buffers hold
         self.current: Optional[Begin] = None  # the open transaction
-        self.commit_ts_us = 0  # its commit time
+        self.tx: Tuple[int, int] = (0, 0)  # its commit LSN and commit time
         self.skipping = False  # the open transaction is loaded already
         self.check_handoffs = False  # the transaction commits before some table's hand-off
         # Changes of the open transaction so far; the first `already_loaded` are loaded already.
@@ -155,7 +155,7 @@ class SegmentReader:
         if final_lsn > self.stop_lsn:
             self.result.confirm_lsn = max(self.result.confirm_lsn, final_lsn)
             return Next.STOP
-        self.current, self.commit_ts_us, self.ordinal = message, message.commit_ts_us, 0
+        self.current, self.tx, self.ordinal = message, (final_lsn, message.commit_ts_us), 0
         self.check_handoffs = final_lsn < self.collector.latest_handoff
         self.collector.begin_transaction()
         self.skipping = final_lsn < position.lsn
@@ -190,7 +190,7 @@ class SegmentReader:
             return CONTINUE
         if self.check_repeats and collector.would_repeat_key(message):
             return self._end_segment(ordinal - 1)
-        collector.add(message, lsn, self.commit_ts_us)
+        collector.add(message, lsn, self.tx)
         counts = self.counts
         counts[message.relation_id] = counts.get(message.relation_id, 0) + 1
         result = self.result

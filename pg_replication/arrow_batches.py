@@ -3,14 +3,14 @@
 the empty table that carries a truncate."""
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import pyarrow as pa
 
-from .hints import (COMMIT_TS_COLUMN, DELETED_AT_COLUMN, LSN_COLUMN, META_ARROW_TYPES, DeleteMode,
-                    meta_columns)
+from .hints import (CHANGE_LSN_COLUMN, COMMIT_TS_COLUMN, DELETED_AT_COLUMN, LSN_COLUMN,
+                    META_ARROW_TYPES, DeleteMode, meta_columns)
 from .protocol import TupleValue
-from .relation_buffer import RelationBuffer
+from .relation_buffer import Meta, RelationBuffer
 from .types import raw_values_to_arrow, refuse_inexact_keys
 
 
@@ -31,15 +31,18 @@ class ArrowBuilder:
         self.meta_names = meta_columns(deletes)
 
     def batch(self, state: RelationBuffer, rows: List[List[TupleValue]],
-              meta: List[Tuple[int, int, bool]]) -> TableBatch:
-        """The rows (values as raw text) with their lsn, commit time and delete marker."""
+              meta: List[Meta]) -> TableBatch:
+        """The rows (values as raw text) with their commit LSN, own LSN, commit time and delete
+        marker."""
         columns = list(zip(*rows))
         refuse_inexact_keys(state.table.name, [
             (state.current_names[i] or state.relation.columns[i].name,
              pa.array(columns[i], pa.string()), state.kinds[i]) for i in state.key_indexes])
         arrays = [raw_values_to_arrow(columns[i], kind) for i, kind in enumerate(state.kinds)]
-        lsns, commit_ts, deleted = zip(*meta)
-        arrays.append(pa.array(lsns, META_ARROW_TYPES[LSN_COLUMN]))
+        change_lsns, commits, deleted = zip(*meta)
+        commit_lsns, commit_ts = zip(*commits)
+        arrays.append(pa.array(commit_lsns, META_ARROW_TYPES[LSN_COLUMN]))
+        arrays.append(pa.array(change_lsns, META_ARROW_TYPES[CHANGE_LSN_COLUMN]))
         arrays.append(pa.array(commit_ts, pa.int64()).cast(META_ARROW_TYPES[COMMIT_TS_COLUMN]))
         arrays.append(self._delete_markers(commit_ts, deleted))
         data = pa.Table.from_arrays(arrays, names=state.output_names + self.meta_names)

@@ -19,7 +19,7 @@ from .exceptions import CopyMissingError, DecodeError, snapshot_command
 from .handoff import NO_COPY
 from .hints import DeleteMode, ExistingColumn, MergeStrategy
 from .protocol import Delete, Insert, Message, Relation, Truncate, Update
-from .relation_buffer import (BufferTotals, Key, RelationBuffer, RelationShapes,
+from .relation_buffer import (BufferTotals, Key, RelationBuffer, RelationShapes, TxStamp,
                               table_from_relation)
 from .state import Position
 from .toast import FIRST_FILL_ROWS, MAX_FILL_ROWS, FetchCurrent, ToastFiller
@@ -134,8 +134,8 @@ class ChangeCollector:
                 return True
         return False
 
-    def add(self, message: Message, lsn: int, commit_ts_us: int) -> None:
-        """Buffers one change.
+    def add(self, message: Message, lsn: int, tx: TxStamp) -> None:
+        """Buffers one change: `lsn` is its own WAL position, `tx` its transaction's commit.
 
         Raises:
             CopyMissingError: The change has a column the pipeline cannot place (ddl.py).
@@ -143,14 +143,13 @@ class ChangeCollector:
         kind = type(message)
         if kind is Insert:  # the commonest change: written here, one call fewer than an update
             state = self.relations.get(message.relation_id) or self._state(message.relation_id, "I")
-            state.append(message.new_tuple, lsn, commit_ts_us, False)
+            state.append(message.new_tuple, lsn, tx, False)
             if state.transaction_rows is not None:
                 state.transaction_rows[state.key_of(message.new_tuple)] = message.new_tuple
         elif kind is Update:
-            self._state(message.relation_id, "U").add_update(message, lsn, commit_ts_us)
+            self._state(message.relation_id, "U").add_update(message, lsn, tx)
         else:
-            self._state(message.relation_id, "D").append(message.old_tuple, lsn, commit_ts_us,
-                                                         True)
+            self._state(message.relation_id, "D").append(message.old_tuple, lsn, tx, True)
         self.segment_has_data = True
 
     def begin_transaction(self) -> None:

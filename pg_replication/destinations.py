@@ -13,8 +13,15 @@ from typing import Any, List, Optional, Tuple
 
 import dlt
 
+from . import merges
 from .changes import LOAD_BYTES
-from .dlt_compat import databricks_staging_volumes, destination_sql, filesystem_dataset_root
+from .dlt_compat import (OwnMerge, databricks_staging_volumes, destination_sql,
+                         filesystem_dataset_root, has_own_merge, with_own_merge)
+
+# The pipeline's own merge and replace statements (merges.py), on every destination it builds.
+OWN_MERGE = OwnMerge(plan=merges.MergePlan.for_table, merge_sql=merges.merge_statement,
+                     overwrite_sql=merges.overwrite_statement,
+                     delta_merge=merges.merge_into_delta, first_rows=merges.first_rows)
 
 WRITER_SETTINGS = {
     # Batches of one table may gain columns mid-run (ADD COLUMN): let dlt's writer null-fill.
@@ -65,23 +72,35 @@ def make_pipeline(pipeline_name: str, destination: str, dataset_name: str,
 
 
 def make_destination(name: str) -> Any:
-    """dlt's destination by name; Databricks removes staged files unless configured to keep them
-    (dlt's own default keeps every parquet file in the volume forever); DuckDB gets a memory
-    budget unless configured."""
+    """dlt's destination by name, merging with the pipeline's own MERGE (merges.py).
+
+    Databricks also replaces tables in one statement from the staging dataset, and removes
+    staged files unless configured to keep them (dlt's own default keeps every parquet file in
+    the volume forever); DuckDB gets a memory budget unless configured."""
     if name == "duckdb":
         if dlt.config.get("destination.duckdb.credentials.global_config") is None:
             _set_defaults({"DESTINATION__DUCKDB__CREDENTIALS__GLOBAL_CONFIG":
                            json.dumps(DUCKDB_DEFAULT_SETTINGS)})
-        return name
+        return with_own_merge(name, OWN_MERGE)
     if name != "databricks":
-        return name
+        return with_own_merge(name, OWN_MERGE) if name == "filesystem" else name
     if dlt.secrets.get("destination.databricks.credentials.connection_parameters") is None:
         # The SQL connector retries an unreachable workspace for 15 minutes by default; a cron
         # job should fail within about a minute and let the next run try again.
         os.environ["DESTINATION__DATABRICKS__CREDENTIALS__CONNECTION_PARAMETERS"] = json.dumps(
             DATABRICKS_RETRY_LIMITS)
     keep = dlt.config.get("destination.databricks.keep_staged_files")
-    return dlt.destinations.databricks(keep_staged_files=_as_bool(keep, default=False))
+    return databricks_destination(keep_staged_files=_as_bool(keep, default=False))
+
+
+def databricks_destination(**config: Any) -> Any:
+    """dlt's Databricks destination (`config`: its settings) with the own merge and replace.
+
+    insert-from-staging loads a replaced table's copy into the staging dataset first; the own
+    replace then swaps it in with one INSERT OVERWRITE (dlt's would TRUNCATE, then INSERT, and
+    readers would see the table empty meanwhile)."""
+    databricks = dlt.destinations.databricks(replace_strategy="insert-from-staging", **config)
+    return with_own_merge(databricks, OWN_MERGE, atomic_replace=True)
 
 
 def _set_defaults(settings: dict) -> None:
@@ -104,8 +123,11 @@ def destination_name(pipeline: Optional[dlt.Pipeline]) -> Optional[str]:
 
 def merge_strategy_for(pipeline: Optional[dlt.Pipeline],
                        configured: Optional[str] = None) -> str:
-    """`merge_strategy`, else delete-insert (deduplicates in SQL); Delta tables (filesystem) only
-    take upsert."""
+    """lsn-guarded on the destinations make_destination builds. On a dlt destination a library
+    user built: `merge_strategy`, else delete-insert (deduplicates in SQL); Delta tables
+    (filesystem) only take upsert."""
+    if pipeline is not None and has_own_merge(pipeline.destination):
+        return "lsn-guarded"
     if configured:
         return configured
     return "upsert" if destination_name(pipeline) == "filesystem" else "delete-insert"

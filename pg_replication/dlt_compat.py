@@ -14,6 +14,7 @@ tests/test_dlt_compat.py pins each of them to dlt 1.31.0. May import: exceptions
 import functools
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set
 
@@ -160,6 +161,144 @@ def filesystem_dataset_root(pipeline: dlt.Pipeline) -> str:
     """The local directory of a filesystem destination's dataset."""
     with pipeline.destination_client() as client:
         return client.dataset_path.replace("file://", "")
+
+
+# -- the merge and replace the pipeline runs itself (merges.py) ---------------------------------
+
+@dataclass(frozen=True)
+class OwnMerge:
+    """What replaces dlt's merge and replace statements (merges.py provides each).
+
+    - plan(table schema) -> a plan, or None for a table dlt merges as usual;
+    - merge_sql(plan, target, staging, quote) -> the MERGE of a table's staged changes;
+    - overwrite_sql(columns, target, staging, quote) -> the one-statement replace of a table;
+    - delta_merge(delta table, arrow table, plan): the merge into a local Delta table;
+    - first_rows(arrow table, plan) -> the rows a Delta table that does not exist yet starts with.
+    """
+
+    plan: Callable[[Dict[str, Any]], Any]
+    merge_sql: Callable[..., str]
+    overwrite_sql: Callable[..., str]
+    delta_merge: Callable[..., None]
+    first_rows: Callable[..., Any]
+
+
+def with_own_merge(destination: Any, own: OwnMerge, atomic_replace: bool = False) -> Any:
+    """`destination` (a name or a dlt destination) whose loads merge the tables `own.plan`
+    accepts with `own`'s statements instead of dlt's (dlt's delete-insert is two commits on
+    Databricks and misreads a column named `d`; its upsert neither deduplicates nor checks which
+    change is newer). With `atomic_replace`, tables replaced through the staging dataset
+    (`replace_strategy = "insert-from-staging"`) are replaced by `own.overwrite_sql`, one
+    statement, instead of TRUNCATE then INSERT.
+
+    dlt picks the job client from the destination factory's `client_class`: the factory's class
+    is swapped for a subclass that returns a subclass of its client; the destination keeps its
+    type and name."""
+    from dlt.common.destination import Destination
+
+    factory = Destination.from_reference(destination)
+    if getattr(factory, "own_merge", None) is own:
+        return factory
+    base = type(factory)
+    client = _client_with_own_merge(factory.client_class, own, atomic_replace)
+    destination_type = factory.destination_type
+
+    class OwnMergeFactory(base):  # type: ignore[misc, valid-type]
+        own_merge = own
+
+        @property
+        def client_class(self) -> Any:
+            return client
+
+        @property
+        def destination_type(self) -> str:
+            return destination_type
+
+    OwnMergeFactory.__name__ = OwnMergeFactory.__qualname__ = base.__name__
+    factory.__class__ = OwnMergeFactory
+    return factory
+
+
+def has_own_merge(destination: Any) -> bool:
+    return getattr(destination, "own_merge", None) is not None
+
+
+def _client_with_own_merge(base: Any, own: OwnMerge, atomic_replace: bool) -> Any:
+    from dlt.destinations.impl.filesystem.filesystem import FilesystemClient
+
+    if issubclass(base, FilesystemClient):
+        delta_job = _delta_job_with_own_merge(own)
+
+        class OwnMergeFilesystemClient(base):  # type: ignore[misc, valid-type]
+            def get_reference_followup_job_class(self, table: Any) -> Any:
+                job = super().get_reference_followup_job_class(table)
+                return delta_job if table.get("table_format") == "delta" else job
+
+        return OwnMergeFilesystemClient
+
+    class OwnMergeSqlClient(base):  # type: ignore[misc, valid-type]
+        def _create_merge_followup_jobs(self, table_chain: Any) -> List[Any]:
+            plan = own.plan(table_chain[0]) if len(table_chain) == 1 else None
+            if plan is None:
+                return super()._create_merge_followup_jobs(table_chain)
+            return [_statements_job(table_chain, self.sql_client, lambda target, staging, quote:
+                                    own.merge_sql(plan, target, staging, quote))]
+
+        def _create_replace_followup_jobs(self, table_chain: Any) -> List[Any]:
+            strategy = table_chain[0].get("x-replace-strategy")
+            if not atomic_replace or strategy != "insert-from-staging":
+                return super()._create_replace_followup_jobs(table_chain)
+            return [_statements_job([table], self.sql_client, functools.partial(
+                own.overwrite_sql, [name for name, column in table["columns"].items()
+                                    if column.get("data_type")])) for table in table_chain]
+
+    return OwnMergeSqlClient
+
+
+def _statements_job(table_chain: Any, sql_client: Any, statement: Callable[[str, str, Any], str]
+                    ) -> Any:
+    """A dlt SQL follow-up job running `statement(target, staging, quote)` for the chain's
+    table (dlt runs it after the table's files are in the staging dataset)."""
+    from dlt.destinations.sql_jobs import SqlFollowupJob
+
+    name = table_chain[0]["name"]
+    with sql_client.with_staging_dataset():
+        staging = sql_client.make_qualified_table_name(name)
+    sql = statement(sql_client.make_qualified_table_name(name), staging,
+                    sql_client.escape_column_name)
+    job = type("OwnStatementsJob", (SqlFollowupJob,),
+               {"generate_sql": classmethod(lambda cls, chain, client: [sql])})
+    return job.from_table_chain(table_chain, sql_client)
+
+
+def _delta_job_with_own_merge(own: OwnMerge) -> Any:
+    from dlt.common.libs.deltalake import (deltalake_storage_options, evolve_delta_table_schema,
+                                           write_delta_table)
+    from dlt.destinations.exceptions import DestinationUndefinedEntity
+    from dlt.destinations.impl.filesystem.filesystem import DeltaLoadFilesystemJob
+
+    class OwnMergeDeltaJob(DeltaLoadFilesystemJob):
+        def run(self) -> None:
+            plan = own.plan(self._load_table)
+            if self._load_table["write_disposition"] != "merge" or plan is None:
+                return super().run()
+            data = self.arrow_dataset.to_table()
+            try:
+                table = self._job_client.load_open_table("delta", self.load_table_name)
+            except DestinationUndefinedEntity:
+                config = self._job_client.config
+                location = self._job_client.get_open_table_location("delta", self.load_table_name)
+                write_delta_table(location, own.first_rows(data, plan), "append",
+                                  partition_by=self._partition_columns,
+                                  storage_options=deltalake_storage_options(
+                                      config.credentials, config.deltalake_storage_options),
+                                  configuration=config.deltalake_configuration)
+                return None
+            evolve_delta_table_schema(table, data.schema)
+            own.delta_merge(table, data, plan)
+            return None
+
+    return OwnMergeDeltaJob
 
 
 # -- packages a killed run left ----------------------------------------------------------------

@@ -7,9 +7,17 @@ import pyarrow as pa
 from .types import ColumnKind
 
 DeleteMode = Literal["hard", "soft"]
-MergeStrategy = Literal["delete-insert", "upsert"]
+# "lsn-guarded": the pipeline's own merge (merges.py), on the destinations it builds; dlt's
+# "delete-insert" or "upsert" on a dlt destination a library user built.
+MergeStrategy = Literal["lsn-guarded", "delete-insert", "upsert"]
 
-LSN_COLUMN = "_pg_lsn"  # WAL position of the change (snapshot rows: the hand-off LSN)
+# The order of changes: `_pg_lsn` is the commit LSN of the change's transaction (snapshot rows:
+# the hand-off LSN), `_pg_change_lsn` the change's own WAL position, which orders the changes of
+# one transaction (snapshot rows: 0). The commit LSN comes first because the changes of one key
+# are in commit order, not always in WAL order: with a deferrable key, a transaction may insert
+# a key before another one that commits earlier frees it.
+LSN_COLUMN = "_pg_lsn"
+CHANGE_LSN_COLUMN = "_pg_change_lsn"
 COMMIT_TS_COLUMN = "_pg_commit_ts"  # commit time of the change (NULL for snapshot rows)
 DELETED_COLUMN = "_pg_deleted"  # True marks a delete (the hard_delete hint)
 DELETED_AT_COLUMN = "_pg_deleted_at"  # soft deletes: when the row was deleted
@@ -21,19 +29,22 @@ TIMESTAMP_UTC = pa.timestamp("us", tz="UTC")
 
 _META_HINTS: Dict[str, Dict[str, Any]] = {
     LSN_COLUMN: {"data_type": "bigint", "nullable": False},
+    # Nullable: tables loaded before the column existed gain it with ALTER TABLE ADD COLUMN.
+    CHANGE_LSN_COLUMN: {"data_type": "bigint", "nullable": True},
     COMMIT_TS_COLUMN: {"data_type": "timestamp", "timezone": True, "precision": 6, "nullable": True},
     DELETED_COLUMN: {"data_type": "bool", "nullable": True},
     DELETED_AT_COLUMN: {"data_type": "timestamp", "timezone": True, "precision": 6,
                         "nullable": True},
 }
-META_ARROW_TYPES = {LSN_COLUMN: pa.int64(), COMMIT_TS_COLUMN: TIMESTAMP_UTC,
+META_ARROW_TYPES = {LSN_COLUMN: pa.int64(), CHANGE_LSN_COLUMN: pa.int64(), COMMIT_TS_COLUMN: TIMESTAMP_UTC,
                     DELETED_COLUMN: pa.bool_(), DELETED_AT_COLUMN: TIMESTAMP_UTC,
                     LOAD_ID_COLUMN: pa.string()}
 
 
 # Columns dlt adds to every table it loads.
 DLT_COLUMNS = (LOAD_ID_COLUMN, "_dlt_id")
-RESERVED_COLUMNS = (LSN_COLUMN, COMMIT_TS_COLUMN, DELETED_COLUMN, DELETED_AT_COLUMN) + DLT_COLUMNS
+RESERVED_COLUMNS = (LSN_COLUMN, CHANGE_LSN_COLUMN, COMMIT_TS_COLUMN, DELETED_COLUMN,
+                    DELETED_AT_COLUMN) + DLT_COLUMNS
 
 
 def name_collisions(names: Sequence[str], normalize: Callable[[str], str],
@@ -57,7 +68,7 @@ def delete_marker(deletes: DeleteMode) -> str:
 
 
 def meta_columns(deletes: DeleteMode) -> List[str]:
-    return [LSN_COLUMN, COMMIT_TS_COLUMN, delete_marker(deletes)]
+    return [LSN_COLUMN, CHANGE_LSN_COLUMN, COMMIT_TS_COLUMN, delete_marker(deletes)]
 
 
 def table_hints(
@@ -83,12 +94,15 @@ def table_hints(
         column_hints[LOAD_ID_COLUMN] = {"name": LOAD_ID_COLUMN, "data_type": "text",
                                         "nullable": True}
         return {"table_name": table_name, "write_disposition": "append", "columns": column_hints}
-    column_hints[LSN_COLUMN]["dedup_sort"] = "desc"
+    if merge_strategy == "delete-insert":
+        column_hints[CHANGE_LSN_COLUMN]["dedup_sort"] = "desc"
     if deletes == "hard":
         column_hints[DELETED_COLUMN]["hard_delete"] = True
+    # The own merge replaces dlt's upsert, which every destination accepts.
+    strategy = "upsert" if merge_strategy == "lsn-guarded" else merge_strategy
     return {
         "table_name": table_name,
-        "write_disposition": {"disposition": "merge", "strategy": merge_strategy},
+        "write_disposition": {"disposition": "merge", "strategy": strategy},
         "primary_key": list(merge_key),
         "columns": column_hints,
     }

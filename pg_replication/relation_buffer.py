@@ -14,6 +14,12 @@ from .protocol import (UNCHANGED_TOAST, Insert, Message, PartialTuple, Relation,
 from .types import ColumnKind, PgTypeRow, resolve_kind
 
 Key = Tuple[TupleValue, ...]
+# A transaction's commit: (commit LSN, commit time in microseconds since 1970). Changes are
+# ordered by their transaction's commit LSN, then by their own LSN within it (hints.py).
+TxStamp = Tuple[int, int]
+# What a buffered row carries besides its values: its change's own LSN, its transaction's
+# commit, whether it is a delete.
+Meta = Tuple[int, TxStamp, bool]
 
 
 class BufferTotals:
@@ -40,7 +46,7 @@ class RelationBuffer:
     hard_deletes: bool = True  # a deleted row keeps its key only
     upsert: bool = False  # the merge strategy: one row per key and batch
     rows: List[List[TupleValue]] = field(default_factory=list)
-    meta: List[Tuple[int, int, bool]] = field(default_factory=list)  # lsn, commit ts, deleted
+    meta: List[Meta] = field(default_factory=list)
     has_unchanged_toast: bool = False
     unfilled: int = 0  # buffered rows with an unchanged TOASTed value to read back
     row_index: Dict[Key, int] = field(default_factory=dict)  # upsert: buffered row of each key
@@ -68,7 +74,7 @@ class RelationBuffer:
             return keys
         return [self.key_of(message.old_tuple)]
 
-    def add_update(self, message: Update, lsn: int, commit_ts_us: int) -> None:
+    def add_update(self, message: Update, lsn: int, tx: TxStamp) -> None:
         new = message.new_tuple
         old = message.old_tuple
         if old is not None and message.old_kind == "O" and type(new) is PartialTuple:
@@ -83,13 +89,12 @@ class RelationBuffer:
             written = self.transaction_rows
             holder = written.get(self.key_of(old)) if written is not None else None
             if holder is None or list(holder) == list(old):
-                self.append(old, lsn, commit_ts_us, True)
-        self.append(new, lsn, commit_ts_us, False)
+                self.append(old, lsn, tx, True)
+        self.append(new, lsn, tx, False)
         if self.transaction_rows is not None:
             self.transaction_rows[self.key_of(new)] = new
 
-    def append(self, values: List[TupleValue], lsn: int, commit_ts_us: int,
-               deleted: bool) -> None:
+    def append(self, values: List[TupleValue], lsn: int, tx: TxStamp, deleted: bool) -> None:
         """Buffers one row.
 
         Raises:
@@ -112,11 +117,11 @@ class RelationBuffer:
             index = self.row_index.get(key)
             if index is not None:
                 self.rows[index] = values
-                self.meta[index] = (lsn, commit_ts_us, deleted)
+                self.meta[index] = (lsn, tx, deleted)
                 return
             self.row_index[key] = len(self.rows)
         self.rows.append(values)
-        self.meta.append((lsn, commit_ts_us, deleted))
+        self.meta.append((lsn, tx, deleted))
         self.totals.rows += 1
 
     def take(self) -> Tuple[List[List[TupleValue]], List[Tuple[int, int, bool]], bool]:

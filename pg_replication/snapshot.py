@@ -16,7 +16,8 @@ import pyarrow.csv as pacsv
 from psycopg2 import sql
 
 from .catalog import TableInfo
-from .hints import COMMIT_TS_COLUMN, DELETED_COLUMN, LSN_COLUMN, META_ARROW_TYPES
+from .hints import (CHANGE_LSN_COLUMN, COMMIT_TS_COLUMN, DELETED_COLUMN, LSN_COLUMN,
+                    META_ARROW_TYPES)
 from .types import ColumnKind, refuse_inexact_keys, text_to_arrow
 
 # Rows of one table reach dlt in batches of about this many bytes of CSV: small enough that the
@@ -59,7 +60,7 @@ def read_table(
         conn: A connection inside the snapshot transaction.
         table (TableInfo): The table.
         kinds (Dict[str, ColumnKind]): Conversion per column.
-        lsn (int): Value of `_pg_lsn` for every row (the hand-off LSN).
+        lsn (int): Value of `_pg_lsn` for every row (the hand-off LSN); `_pg_change_lsn` is 0.
         deleted_column (str): `_pg_deleted` (hard deletes) or `_pg_deleted_at` (soft).
 
     Yields:
@@ -74,10 +75,11 @@ def read_table(
         arrays: List[pa.Array] = [text_to_arrow(batch.column(i), kinds[name])
                                   for i, name in enumerate(names)]
         arrays.append(pa.array([lsn] * rows, META_ARROW_TYPES[LSN_COLUMN]))
+        arrays.append(pa.array([0] * rows, META_ARROW_TYPES[CHANGE_LSN_COLUMN]))
         arrays.append(pa.nulls(rows, META_ARROW_TYPES[COMMIT_TS_COLUMN]))
         arrays.append(_live_marker(deleted_column, rows))
-        yield pa.Table.from_arrays(arrays, names=names + [LSN_COLUMN, COMMIT_TS_COLUMN,
-                                                          deleted_column])
+        yield pa.Table.from_arrays(arrays, names=names + [LSN_COLUMN, CHANGE_LSN_COLUMN,
+                                                          COMMIT_TS_COLUMN, deleted_column])
     release_freed_memory()
 
 

@@ -6,7 +6,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from .catalog import TableInfo
 from .protocol import UNCHANGED_TOAST, TupleValue
-from .relation_buffer import BufferTotals, Key, RelationBuffer
+from .relation_buffer import BufferTotals, Key, Meta, RelationBuffer
 
 # (table, key column names, keys, wanted column names) -> {key: values of the wanted columns}
 FetchCurrent = Callable[[TableInfo, List[str], List[Key], List[str]], Dict[Key, List[Optional[bytes]]]]
@@ -15,7 +15,7 @@ FIRST_FILL_ROWS = 8
 MAX_FILL_ROWS = 50_000
 
 Rows = List[List[TupleValue]]
-Meta = List[Tuple[int, int, bool]]
+Metas = List[Meta]
 
 
 class ToastFiller:
@@ -37,8 +37,8 @@ class ToastFiller:
             return self.totals.unfilled >= FIRST_FILL_ROWS
         return self.totals.unfilled * self.filled_row_bytes >= self.fill_bytes
 
-    def filled_parts(self, state: RelationBuffer, rows: Rows, meta: Meta
-                     ) -> Iterator[Tuple[Rows, Meta]]:
+    def filled_parts(self, state: RelationBuffer, rows: Rows, meta: Metas
+                     ) -> Iterator[Tuple[Rows, Metas]]:
         """The rows with their unchanged TOASTed values read back, in parts whose values read
         stay near `fill_bytes`: a mass update that left 190 KB values unchanged would otherwise
         read them all into memory at once. Part sizes adapt to the bytes the last part read."""
@@ -53,8 +53,8 @@ class ToastFiller:
             grown = size * 2 if read_bytes * 2 < self.fill_bytes else size
             size = max(1, min(grown, size * self.fill_bytes // max(read_bytes, 1), MAX_FILL_ROWS))
 
-    def _fill_unchanged_toast(self, state: RelationBuffer, rows: Rows, meta: Meta
-                              ) -> Tuple[Rows, Meta, int, int]:
+    def _fill_unchanged_toast(self, state: RelationBuffer, rows: Rows, meta: Metas
+                              ) -> Tuple[Rows, Metas, int, int]:
         """Gives every UPDATE that left a TOASTed column unchanged that column's value; returns
         the rows kept, their metadata, the bytes of values read and the number of rows found.
 
@@ -80,7 +80,7 @@ class ToastFiller:
             kept_meta.append(row_meta)
         return kept_rows, kept_meta, read_bytes, len(current or {})
 
-    def _read_current(self, state: RelationBuffer, rows: Rows, meta: Meta
+    def _read_current(self, state: RelationBuffer, rows: Rows, meta: Metas
                       ) -> Tuple[List[int], Optional[Dict[Key, List[Optional[bytes]]]]]:
         """The columns that can be read back, and their current values by key (None: no column
         to read; {}: the rows cannot be found)."""

@@ -7,10 +7,13 @@ dlt would send to Databricks is generated without a connection, and what matters
 - CREATE TABLE column types, for every type of the CDC type list (README "Types");
 - no `time` column anywhere (dlt refuses `time` in parquet for Databricks; Spark cannot read it);
 - the parquet files' physical types match the Databricks column types COPY INTO loads them into;
-- the merge (delete-insert): deduplicates by `_pg_lsn` per primary key, applies deletes through
-  `_pg_deleted`, deletes by primary key, and never hands one key twice to a statement (Databricks
-  MERGE fails with "multiple source rows matched"); the same statements, run on DuckDB over the
-  package's own parquet files, leave the destination equal to the source;
+- the merge: one MERGE per table and load (one Delta commit, never a DELETE + INSERT pair), which
+  takes the latest change per key (`_pg_lsn`, then `_pg_change_lsn`), never lets an older change
+  overwrite a newer row, deletes through `_pg_deleted`, and never hands one key twice to the
+  MERGE (Databricks fails with "multiple source rows matched"); the same statement, run on DuckDB
+  over the package's own parquet files, leaves the destination equal to the source;
+- the snapshot's replace: one INSERT OVERWRITE from the staging dataset (one Delta commit), no
+  TRUNCATE or DROP of the live table;
 - COPY INTO reads from a Unity Catalog volume (dlt's default one or `staging_volume_name`), and the
   staged file is removed afterwards when `keep_staged_files = false` (what the CLI resolves);
 - `verify` and the README grants cover every volume and schema the loads use.
@@ -43,12 +46,11 @@ from dlt.common.destination.exceptions import UnsupportedDataType
 from dlt.common.schema import Schema
 from dlt.common.storages.load_package import ParsedLoadJobFileName
 from dlt.dataset.utils import get_destination_client_initial_config
-from dlt.destinations.impl.databricks.databricks import (DatabricksClient, DatabricksLoadJob,
-                                                         DatabricksMergeJob)
+from dlt.destinations.impl.databricks.databricks import DatabricksClient, DatabricksLoadJob
 
 import pg_replication
 from pg_replication import init_replication
-from pg_replication.destinations import merge_strategy_for, table_format_for
+from pg_replication.destinations import databricks_destination, merge_strategy_for, table_format_for
 from tests.conftest import _with_database
 from tests.test_type_parity import ALL_TYPES, VALUES
 from tests.tools import REPO
@@ -80,10 +82,12 @@ EXPECTED_EVERYTHING_TYPES = {
     "c_bytea": "BINARY",
     "c_int_array": "STRING", "c_text_array": "STRING", "c_2d": "STRING",  # JSON lists
     "c_enum": "STRING", "c_tsvector": "STRING", "c_money": "STRING", "c_inet": "STRING",
-    "_pg_lsn": "BIGINT", "_pg_commit_ts": "TIMESTAMP", "_pg_deleted": "BOOLEAN",
+    "_pg_lsn": "BIGINT", "_pg_change_lsn": "BIGINT", "_pg_commit_ts": "TIMESTAMP",
+    "_pg_deleted": "BOOLEAN",
 }
 EXPECTED_ORDERS_TYPES = {"id": "BIGINT", "status": "STRING", "amount": "DECIMAL(10,2)",
-                         "_pg_lsn": "BIGINT", "_pg_commit_ts": "TIMESTAMP",
+                         "_pg_lsn": "BIGINT", "_pg_change_lsn": "BIGINT",
+                         "_pg_commit_ts": "TIMESTAMP",
                          "_pg_deleted": "BOOLEAN"}
 
 # Arrow (parquet) type each Databricks column type is loaded from by COPY INTO.
@@ -201,7 +205,8 @@ class Built:
 
 
 def _databricks(**config: Any) -> Any:
-    return dlt.destinations.databricks(credentials=dict(FAKE_CREDENTIALS), **config)
+    """The destination `snapshot` and `cdc` build, with fake credentials."""
+    return databricks_destination(credentials=dict(FAKE_CREDENTIALS), **config)
 
 
 def _package(pipeline: dlt.Pipeline, load_id: str) -> Package:
@@ -242,7 +247,7 @@ def built(pg_server_url: str, tmp_path_factory, offline) -> Iterator[Built]:
             destination=_databricks(),
             dataset_name=DATASET,
         )
-        assert merge_strategy_for(pipeline) == "delete-insert"  # what `cdc` uses on Databricks
+        assert merge_strategy_for(pipeline) == "lsn-guarded"  # what `cdc` uses on Databricks
         assert table_format_for(pipeline) is None
 
         snapshot = init_replication(slot, pub, "public", TABLES, credentials=source_url,
@@ -255,8 +260,7 @@ def built(pg_server_url: str, tmp_path_factory, offline) -> Iterator[Built]:
             for statement in CHANGES:
                 cur.execute(statement)
         changes = pg_replication.pg_replication(
-            credentials=source_url, slot_name=slot, pub_name=pub,
-            merge_strategy=merge_strategy_for(pipeline))
+            credentials=source_url, slot_name=slot, pub_name=pub)
         pipeline.extract(changes, loader_file_format="parquet")
         pipeline.normalize()
         cdc_id = [i for i in pipeline.list_normalized_load_packages() if i != snapshot_id][0]
@@ -308,9 +312,15 @@ def _column_types(create_sql: str) -> Dict[str, str]:
     return types_
 
 
-def _merge_sql(client: DatabricksClient, table_name: str) -> List[str]:
+def _followup_sql(client: DatabricksClient, table_name: str) -> List[str]:
+    """The statements the loader runs once the table's files are loaded (dlt's follow-up jobs,
+    created exactly as the loader creates them)."""
     table = client.prepare_load_table(table_name)
-    return [_one_line(s) for s in DatabricksMergeJob.generate_sql([table], client.sql_client)]
+    statements = []
+    for job in client.create_table_chain_completed_followup_jobs([table]):
+        with open(job.new_file_path(), encoding="utf-8") as f:
+            statements += [_one_line(line) for line in f.read().splitlines() if line.strip()]
+    return statements
 
 
 class _RecordingSqlClient:
@@ -361,7 +371,7 @@ def test_create_table_types_for_every_type_of_the_cdc_list(built: Built):
     line_items = _create_table_sql(client, "line_items")
     assert _column_types(line_items) == {
         "order_id": "BIGINT", "line": "BIGINT", "qty": "BIGINT", "_pg_lsn": "BIGINT",
-        "_pg_commit_ts": "TIMESTAMP", "_pg_deleted": "BOOLEAN"}
+        "_pg_change_lsn": "BIGINT", "_pg_commit_ts": "TIMESTAMP", "_pg_deleted": "BOOLEAN"}
     assert "`order_id` BIGINT  NOT NULL" in line_items and "`line` BIGINT  NOT NULL" in line_items
 
 
@@ -373,7 +383,8 @@ def test_snapshot_and_cdc_create_the_same_tables(built: Built):
         assert _create_table_sql(snapshot_client, table) == _create_table_sql(cdc_client, table)
         assert snapshot_client.prepare_load_table(table)["write_disposition"] == "replace"
         assert cdc_client.prepare_load_table(table)["write_disposition"] == "merge"
-        assert cdc_client.prepare_load_table(table)["x-merge-strategy"] == "delete-insert"
+        # the own merge replaces dlt's upsert (merges.py)
+        assert cdc_client.prepare_load_table(table)["x-merge-strategy"] == "upsert"
 
 
 def test_no_time_column_in_schema_sql_or_parquet(built: Built):
@@ -437,63 +448,72 @@ def test_parquet_types_match_the_databricks_columns(built: Built):
 
 # -- the merge -----------------------------------------------------------------------------------
 
+TARGET = f"`{CATALOG}`.`{DATASET}`.`orders`"
+STAGED = f"`{CATALOG}`.`{STAGING_DATASET}`.`orders`"
+NEWER = ("(`pg-source`.`_pg_lsn` > `pg-target`.`_pg_lsn` OR (`pg-source`.`_pg_lsn` = "
+         "`pg-target`.`_pg_lsn` AND COALESCE(`pg-source`.`_pg_change_lsn`, 0) > "
+         "COALESCE(`pg-target`.`_pg_change_lsn`, 0)))")
 
-def test_merge_deduplicates_by_lsn_applies_deletes_and_deletes_by_key(built: Built):
+
+def test_one_merge_per_table_and_load_guarded_by_lsn(built: Built):
     client = _client(built.pipeline, built.cdc.schema)
-    target = f"`{CATALOG}`.`{DATASET}`.`orders`"
-    staging = f"`{CATALOG}`.`{STAGING_DATASET}`.`orders`"
-    statements = _merge_sql(client, "orders")
-    assert len(statements) == 2, statements
-    delete, insert = statements
-    # 1. every key present in the batch is removed from the target (updates, deletes, PK changes)
-    assert delete == (f"DELETE FROM {target} as d WHERE EXISTS (SELECT 1 FROM {staging} as s "
-                      f"WHERE d.`id` = s.`id`)")
-    # 2. one row per key, the one with the highest _pg_lsn, unless that change is a delete
-    assert insert.startswith(f"INSERT INTO {target}(`id`, `status`, `amount`, `_pg_lsn`, "
-                             "`_pg_commit_ts`, `_pg_deleted`) SELECT")
-    assert ("SELECT ROW_NUMBER() OVER (partition BY `id` ORDER BY `_pg_lsn` DESC) AS "
-            "_dlt_dedup_rn") in insert
-    assert f"FROM {staging} ) AS _dlt_dedup_numbered" in insert
-    assert insert.endswith("WHERE _dlt_dedup_rn = 1 AND ((`_pg_deleted` IS NULL OR "
-                           "`_pg_deleted` = False))")
+    (merge,) = _followup_sql(client, "orders")  # one statement: one Delta commit
+    columns = "`id`, `status`, `amount`, `_pg_lsn`, `_pg_change_lsn`, `_pg_commit_ts`, `_pg_deleted`"
+    latest = (f"SELECT {columns} FROM (SELECT {columns}, ROW_NUMBER() OVER (PARTITION BY `id` "
+              "ORDER BY `_pg_lsn` DESC, `_pg_change_lsn` DESC) AS `pg-rank` FROM "
+              f"{STAGED}) AS `pg-ranked` WHERE `pg-rank` = 1")
+    assert merge == (
+        f"MERGE INTO {TARGET} AS `pg-target` USING ({latest}) AS `pg-source` "
+        "ON `pg-target`.`id` = `pg-source`.`id` "
+        f"WHEN MATCHED AND COALESCE(`pg-source`.`_pg_deleted`, FALSE) AND {NEWER} THEN DELETE "
+        f"WHEN MATCHED AND {NEWER} THEN UPDATE SET `status` = `pg-source`.`status`, "
+        "`amount` = `pg-source`.`amount`, `_pg_lsn` = `pg-source`.`_pg_lsn`, "
+        "`_pg_change_lsn` = `pg-source`.`_pg_change_lsn`, "
+        "`_pg_commit_ts` = `pg-source`.`_pg_commit_ts`, `_pg_deleted` = `pg-source`.`_pg_deleted` "
+        "WHEN NOT MATCHED AND NOT COALESCE(`pg-source`.`_pg_deleted`, FALSE) "
+        f"THEN INSERT ({columns}) VALUES (`pg-source`.`id`, `pg-source`.`status`, "
+        "`pg-source`.`amount`, `pg-source`.`_pg_lsn`, `pg-source`.`_pg_change_lsn`, "
+        "`pg-source`.`_pg_commit_ts`, `pg-source`.`_pg_deleted`)")
 
-    # composite keys: delete and deduplicate by the whole key
-    line_delete, line_insert = _merge_sql(client, "line_items")
-    assert "WHERE d.`order_id` = s.`order_id` AND d.`line` = s.`line`)" in line_delete
-    assert "OVER (partition BY `order_id`, `line` ORDER BY `_pg_lsn` DESC)" in line_insert
+    # composite keys: deduplicate and match on the whole key
+    (line_merge,) = _followup_sql(client, "line_items")
+    assert "PARTITION BY `order_id`, `line` ORDER BY" in line_merge
+    assert ("ON `pg-target`.`order_id` = `pg-source`.`order_id` AND "
+            "`pg-target`.`line` = `pg-source`.`line` WHEN") in line_merge
+    for table in TABLES:
+        statements = _followup_sql(client, table)
+        assert len(statements) == 1 and statements[0].startswith("MERGE INTO"), statements
+        assert not any(s.startswith(("DELETE", "INSERT", "TRUNCATE", "DROP")) for s in statements)
 
-    everything_delete, everything_insert = _merge_sql(client, "everything")
-    assert "WHERE d.`id` = s.`id`)" in everything_delete
-    assert "OVER (partition BY `id` ORDER BY `_pg_lsn` DESC)" in everything_insert
-    assert "`_pg_deleted` = False" in everything_insert
 
-
-def test_two_changes_to_one_key_in_one_load_never_reach_a_statement_twice(built: Built):
+def test_two_changes_to_one_key_in_one_load_never_reach_the_merge_twice(built: Built):
     """Databricks MERGE fails with "multiple source rows matched" when a key repeats in its
-    source. The batch holds key 1 twice; the merge must deduplicate before writing."""
+    source. The batch holds key 1 twice, in one transaction: same `_pg_lsn`, the later change has
+    the higher `_pg_change_lsn`."""
     staged = pq.read_table(built.cdc.files["orders"]).to_pylist()
     ids = [r["id"] for r in staged]
     assert ids.count(1) == 2, staged  # both changes of key 1 are in the load
     first, second = [r for r in staged if r["id"] == 1]
-    assert second["_pg_lsn"] > first["_pg_lsn"] and second["status"] == "shipped"
+    assert second["_pg_lsn"] == first["_pg_lsn"] and second["status"] == "shipped"
+    assert second["_pg_change_lsn"] > first["_pg_change_lsn"]
     # the PK change 2 -> 200: a delete of key 2 and an insert of key 200
     assert {(r["id"], r["_pg_deleted"]) for r in staged} >= {(2, True), (200, False), (3, True)}
     deleted_2 = next(r for r in staged if r["id"] == 2)
     assert deleted_2["status"] is None and deleted_2["amount"] is None  # only the key is sent
-
     client = _client(built.pipeline, built.cdc.schema)
     for table in TABLES:
-        for statement in _merge_sql(client, table):
-            if statement.startswith("MERGE INTO"):
-                # a MERGE source must be distinct per key
-                assert "SELECT DISTINCT" in statement or "_dlt_dedup_rn = 1" in statement
-            if statement.startswith("INSERT INTO"):
-                assert "_dlt_dedup_rn = 1" in statement, statement
+        (merge,) = _followup_sql(client, table)
+        assert "WHERE `pg-rank` = 1) AS `pg-source`" in merge  # one source row per key
 
 
-def test_merge_statements_run_on_duckdb_over_the_package_give_the_source_state(built: Built):
-    """The generated statements, run as they are (identifiers re-quoted) on DuckDB over the
-    snapshot (target) and the CDC batch (staging), leave every table equal to the source."""
+def _duckdb_sql(statement: str) -> str:
+    return statement.replace(f"`{CATALOG}`.", "").replace("`", '"')
+
+
+def test_merge_statement_runs_on_duckdb_over_the_package_giving_the_source_state(built: Built):
+    """The generated statement, run as it is (identifiers re-quoted) on DuckDB over the
+    snapshot (target) and the CDC batch (staging), leaves every table equal to the source; run a
+    second time (a retried load), it changes nothing."""
     duckdb = pytest.importorskip("duckdb")
     client = _client(built.pipeline, built.cdc.schema)
     con = duckdb.connect()
@@ -504,21 +524,39 @@ def test_merge_statements_run_on_duckdb_over_the_package_give_the_source_state(b
                         f"SELECT * FROM read_parquet('{built.snapshot.files[table]}')")
             con.execute(f"CREATE TABLE {STAGING_DATASET}.{table} AS "
                         f"SELECT * FROM read_parquet('{built.cdc.files[table]}')")
-            for statement in _merge_sql(client, table):
-                con.execute(statement.replace(f"`{CATALOG}`.", "").replace("`", '"'))
-        assert con.execute(f"SELECT id, status, amount FROM {DATASET}.orders ORDER BY id"
-                           ).fetchall() == built.source_rows["orders"]
-        assert con.execute(f"SELECT order_id, line, qty FROM {DATASET}.line_items ORDER BY 1, 2"
-                           ).fetchall() == built.source_rows["line_items"]
-        assert con.execute(f"SELECT id, c_text FROM {DATASET}.everything ORDER BY id"
-                           ).fetchall() == built.source_rows["everything"]
-        for table, key in (("orders", "id"), ("line_items", "order_id, line"),
-                           ("everything", "id")):
-            assert con.execute(f"SELECT count(*) FROM (SELECT {key} FROM {DATASET}.{table} "
-                               f"GROUP BY {key} HAVING count(*) > 1)").fetchone() == (0,)
+        for attempt in range(2):
+            for table in TABLES:
+                for statement in _followup_sql(client, table):
+                    con.execute(_duckdb_sql(statement))
+            assert con.execute(f"SELECT id, status, amount FROM {DATASET}.orders ORDER BY id"
+                               ).fetchall() == built.source_rows["orders"]
+            assert con.execute(f"SELECT order_id, line, qty FROM {DATASET}.line_items "
+                               "ORDER BY 1, 2").fetchall() == built.source_rows["line_items"]
+            assert con.execute(f"SELECT id, c_text FROM {DATASET}.everything ORDER BY id"
+                               ).fetchall() == built.source_rows["everything"]
     finally:
         con.close()
     assert built.source_rows["orders"][0][1] == "shipped"  # the later of the two changes won
+
+
+# -- the snapshot's replace ----------------------------------------------------------------------
+
+
+def test_snapshot_replaces_each_table_in_one_statement_from_staging(built: Built):
+    """dlt's default replace truncates the live table before loading it (empty meanwhile on
+    Databricks); here the copy is loaded into the staging dataset and swapped in by one INSERT
+    OVERWRITE: one Delta commit, readers see the old rows or the new ones."""
+    client = _client(built.pipeline, built.snapshot.schema)
+    for table in TABLES:
+        assert not client.should_truncate_table_before_load(table)
+        assert client.should_load_data_to_staging_dataset(table)
+        (statement,) = _followup_sql(client, table)
+        columns = ", ".join(f"`{c}`" for c in client.prepare_load_table(table)["columns"])
+        assert statement == (f"INSERT OVERWRITE TABLE `{CATALOG}`.`{DATASET}`.`{table}` "
+                             f"({columns}) SELECT {columns} FROM "
+                             f"`{CATALOG}`.`{STAGING_DATASET}`.`{table}`")
+    # the pipeline's own state table is appended, as before
+    assert client.prepare_load_table("_dlt_pipeline_state")["write_disposition"] == "append"
 
 
 # -- COPY INTO, the volume and staged files ------------------------------------------------------
@@ -561,14 +599,15 @@ def test_copy_into_reads_from_the_default_volume_and_removes_the_staged_file(bui
         "PARQUET", "")
     assert _one_line(job_copy) == staged["COPY"]
 
-    # the snapshot (replace) and the pipeline state load into the dataset itself, through the
-    # dataset's default volume: `verify` has to look at both volumes
+    # the snapshot (replace) loads into the staging dataset too (then one INSERT OVERWRITE);
+    # the pipeline state loads into the dataset itself, through the dataset's default volume:
+    # `verify` has to look at both volumes
     client = _client(built.pipeline, built.snapshot.schema, destination)
-    for table in ("orders", "_dlt_pipeline_state"):
+    for table, dataset in (("orders", STAGING_DATASET), ("_dlt_pipeline_state", DATASET)):
         statements = _run_load_job(client, built.snapshot, table)
-        volume = f"{CATALOG}.{DATASET}._dlt_staging_load_volume"
+        volume = f"{CATALOG}.{dataset}._dlt_staging_load_volume"
         assert statements[0] == f"CREATE VOLUME IF NOT EXISTS {volume}"
-        staged = _volume_statements(statements, volume, DATASET, table,
+        staged = _volume_statements(statements, volume, dataset, table,
                                     built.snapshot.files[table])
         assert statements[-2:] == [f"REMOVE '{staged['file']}'", f"REMOVE '{staged['dir']}'"]
 
@@ -577,7 +616,8 @@ def test_named_staging_volume_is_used_and_not_created(built: Built):
     volume = "ucat.ops_schema.cdc_staging"
     destination = _databricks(staging_volume_name=volume, keep_staged_files=False)
     for package, table, dataset in ((built.cdc, "orders", STAGING_DATASET),
-                                    (built.snapshot, "everything", DATASET)):
+                                    (built.snapshot, "everything", STAGING_DATASET),
+                                    (built.snapshot, "_dlt_pipeline_state", DATASET)):
         client = _client(built.pipeline, package.schema, destination)
         assert client.config.staging_volume_name == volume
         statements = _run_load_job(client, package, table)
@@ -653,11 +693,11 @@ def _cli_config(tmp_path: Path, extra_env: Dict[str, str]) -> Dict[str, Any]:
 
 def test_cli_destination_removes_staged_files_and_merges_with_dedup(tmp_path: Path):
     """The destination `pipeline_main.py` builds by default: databricks, bronze_postgres_raw,
-    keep_staged_files = false (from the repo's .dlt/config.toml), delete-insert, Delta."""
+    keep_staged_files = false (from the repo's .dlt/config.toml), the own merge, Delta."""
     resolved = _cli_config(tmp_path, {})
     assert resolved == {
         "destination": "databricks", "dataset": DATASET, "keep_staged_files": False,
-        "staging_volume_name": None, "merge_strategy": "delete-insert", "table_format": None,
+        "staging_volume_name": None, "merge_strategy": "lsn-guarded", "table_format": None,
         "connected": False,
     }
 
@@ -742,7 +782,7 @@ def test_verify_lists_every_default_volume_dlt_stages_into(built: Built, tmp_pat
     staged = _staged_volume_roots(built, destination)
     assert staged == {
         "merge (cdc)": f"/Volumes/{CATALOG}/{STAGING_DATASET}/_dlt_staging_load_volume",
-        "replace (snapshot)": f"/Volumes/{CATALOG}/{DATASET}/_dlt_staging_load_volume",
+        "replace (snapshot)": f"/Volumes/{CATALOG}/{STAGING_DATASET}/_dlt_staging_load_volume",
         "pipeline state": f"/Volumes/{CATALOG}/{DATASET}/_dlt_staging_load_volume",
     }
     listed = _verify_listed_volumes(tmp_path, destination, databricks_sql_recorded)
