@@ -19,7 +19,7 @@ from .dlt_compat import destination_identifier, make_source
 from .exceptions import ConfigError
 from .hints import (META_ARROW_TYPES, RESERVED_COLUMNS, delete_marker, existing_destination_column,
                     mark_batch, name_collisions, output_column_names, snapshot_hints, table_hints,
-                    with_column_hints)
+                    with_column_hints, with_delta_options)
 from .insert_only import updated_or_deleted_rows
 from .settings import PgReplicationConfiguration as Settings
 from .slots import (check_partition_root_publishing, check_slot_usable, copy_slot_name,
@@ -201,6 +201,7 @@ class _Copy:
         renames = dict(zip(names, outputs))
         hints = table_hints(table.name, [(renames[n], kinds[n]) for n in names],
                             [renames.get(k, k) for k in table.merge_key], self.settings.deletes)
+        hints = with_delta_options(hints, self.settings.delta_options)
         hints = snapshot_hints(with_column_hints(hints, self.columns))
         marker = delete_marker(self.settings.deletes)
         first = True

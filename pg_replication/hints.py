@@ -1,6 +1,7 @@
 """The destination table of a source table: its columns, the metadata columns, and dlt hints."""
 
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
 import pyarrow as pa
 
@@ -144,6 +145,49 @@ def variant_name(name: str, column: Dict[str, Any]) -> str:
     if column.get("data_type") == "decimal":
         parts += [str(column.get("precision")), str(column.get("scale"))]
     return f"{name}__v_{'_'.join(parts)}"
+
+
+# -- Delta table properties on Databricks ---------------------------------------------------------
+
+# dlt's Databricks table hints (the keys its `databricks_adapter` sets): the TBLPROPERTIES of the
+# CREATE TABLE, and a column of its CLUSTER BY. Other destinations ignore them.
+DATABRICKS_PROPERTIES_HINT = "x-databricks-table-properties"
+DATABRICKS_CLUSTER_HINT = "x-databricks-cluster"
+# Deletion vectors: a MERGE that deletes or updates a few rows of a file marks them instead of
+# rewriting the file (Databricks recommends them for tables merged often).
+DEFAULT_DELTA_PROPERTIES = {"delta.enableDeletionVectors": "true"}
+
+
+@dataclass(frozen=True)
+class DeltaOptions:
+    """How the pipeline creates its tables on Databricks: table properties (over the defaults),
+    the change data feed, liquid clustering on the key. They apply when a table is created."""
+
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    change_data_feed: bool = False
+    cluster_by_key: bool = False
+
+    def table_properties(self) -> Dict[str, Any]:
+        properties = dict(DEFAULT_DELTA_PROPERTIES)
+        if self.change_data_feed:
+            properties["delta.enableChangeDataFeed"] = "true"
+        properties.update(self.properties or {})
+        return properties
+
+
+def with_delta_options(hints: Dict[str, Any], options: Optional[DeltaOptions]) -> Dict[str, Any]:
+    """The hints with the Databricks table properties and, with `cluster_by_key`, the key columns
+    as the clustering columns."""
+    if options is None:
+        return hints
+    hints = dict(hints, additional_table_hints={
+        DATABRICKS_PROPERTIES_HINT: options.table_properties()})
+    if options.cluster_by_key and hints.get("primary_key"):
+        columns = {name: dict(column) for name, column in hints["columns"].items()}
+        for key in hints["primary_key"]:
+            columns[key][DATABRICKS_CLUSTER_HINT] = True
+        hints["columns"] = columns
+    return hints
 
 
 # -- handing Arrow tables to dlt -----------------------------------------------------------------

@@ -26,7 +26,8 @@ from .destinations import load_bytes_for, merge_strategy_for
 from .dlt_compat import current_load_id, current_pipeline
 from .exceptions import CopyMissingError, SlotError
 from .handoff import NEVER, NO_COPY, HandoffRule
-from .hints import LOAD_ID_COLUMN, existing_destination_column, mark_batch, with_column_hints
+from .hints import (LOAD_ID_COLUMN, DeltaOptions, existing_destination_column, mark_batch,
+                    with_column_hints, with_delta_options)
 from .insert_only import insert_only_problems
 from .integrity import check_schema_changes
 from .settings import PgReplicationConfiguration as Settings
@@ -143,7 +144,8 @@ class _SlotSegment:
                 if batch.xid is not None:
                     self.shape_check.carried_truncate(
                         table_key(self.settings.schema_name, batch.table_name), batch.xid)
-                yield _batch_item(batch, sent_hints, self.include_columns, self.columns)
+                yield _batch_item(batch, sent_hints, self.include_columns, self.columns,
+                                  self.settings.delta_options)
             if segment.exhausted and not segment.more:
                 segment.confirm_lsn = max(segment.confirm_lsn, stream.wal_end)
 
@@ -251,14 +253,15 @@ def _published_tables(conn, schema_name: str, publications: List[str]) -> Dict[s
     return describe_tables(conn, schema_name, names) if names else {}
 
 
-def _batch_item(batch: TableBatch, sent_hints: Dict[str, int], include_columns, columns) -> Any:
+def _batch_item(batch: TableBatch, sent_hints: Dict[str, int], include_columns, columns,
+                delta_options: DeltaOptions) -> Any:
     data, hints = batch.data, batch.hints
     if include_columns and batch.table_name in include_columns:
         keep = set(include_columns[batch.table_name]) | set(hints.get("primary_key") or [])
         keep |= {n for n in data.column_names if n.startswith("_pg_")}
         data = data.select([n for n in data.column_names if n in keep])
         hints = dict(hints, columns={k: v for k, v in hints["columns"].items() if k in keep})
-    hints = with_column_hints(hints, columns)
+    hints = with_delta_options(with_column_hints(hints, columns), delta_options)
     if hints.get("write_disposition") == "append":
         load_id = current_load_id()
         data = data.append_column(LOAD_ID_COLUMN, pa.array([load_id] * data.num_rows, pa.string()))

@@ -8,7 +8,7 @@ already configured dlt's `sql_database` source needs nothing more.
 """
 
 import json
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import dlt
 from dlt.common.configuration import configspec, resolve_configuration
@@ -17,6 +17,7 @@ from dlt.common.configuration.specs import BaseConfiguration
 from .changes import BATCH_BYTES
 from .connect import to_dsn
 from .exceptions import ConfigError
+from .hints import DeltaOptions
 from .slots import validate_slot_name
 from .state import SOURCE_NAME
 
@@ -46,10 +47,21 @@ class StreamConfiguration(BaseConfiguration):
     # Arrow bytes one load takes: the segment ends there, in the middle of a transaction if need
     # be, and the next one goes on; bounds what the destination merges at once.
     target_load_bytes: Optional[int] = None  # default: by destination (destinations.py)
-    # "delete-insert" (SQL destinations) or "upsert" (Delta); default: by destination.
+    # Only on a dlt destination a library user built (the pipeline's own destinations merge with
+    # merges.py): "delete-insert" (SQL destinations) or "upsert" (Delta); default: by destination.
     merge_strategy: Optional[str] = None
+    # Databricks, when the pipeline creates a table: TBLPROPERTIES over the defaults
+    # (hints.DEFAULT_DELTA_PROPERTIES), the change data feed, liquid clustering on the key.
+    delta_table_properties: Optional[Dict[str, Any]] = None
+    change_data_feed: bool = False
+    cluster_by_key: bool = False
     snapshot_max_wait: Optional[float] = None  # seconds a snapshot may wait for transactions
     flush_slot: bool = True  # the library: confirm the loaded position before reading
+
+    @property
+    def delta_options(self) -> DeltaOptions:
+        return DeltaOptions(self.delta_table_properties or {}, bool(self.change_data_feed),
+                            bool(self.cluster_by_key))
 
 
 

@@ -375,6 +375,36 @@ def test_create_table_types_for_every_type_of_the_cdc_list(built: Built):
     assert "`order_id` BIGINT  NOT NULL" in line_items and "`line` BIGINT  NOT NULL" in line_items
 
 
+def test_tables_are_created_with_deletion_vectors(built: Built):
+    """The default Delta properties (hints.DEFAULT_DELTA_PROPERTIES) reach the CREATE TABLE of
+    the snapshot and of the first CDC load alike."""
+    for package in (built.snapshot, built.cdc):
+        client = _client(built.pipeline, package.schema)
+        for table in TABLES:
+            create = _one_line(_create_table_sql(client, table))
+            assert create.endswith(") TBLPROPERTIES ('delta.enableDeletionVectors'='true')"), create
+            assert "CLUSTER BY" not in create
+
+
+def test_change_data_feed_and_clustering_on_the_key_when_configured(built: Built):
+    from pg_replication.hints import DeltaOptions, with_delta_options
+
+    options = DeltaOptions({"delta.logRetentionDuration": "interval 60 days"},
+                           change_data_feed=True, cluster_by_key=True)
+    hints = with_delta_options({"table_name": "line_items", "primary_key": ["order_id", "line"],
+                                "columns": {"order_id": {}, "line": {}, "qty": {}}}, options)
+    schema = built.cdc.schema.clone()
+    table = schema.tables["line_items"]
+    table.update(hints["additional_table_hints"])
+    for name, column in hints["columns"].items():
+        table["columns"][name].update(column)
+    create = _one_line(_create_table_sql(_client(built.pipeline, schema), "line_items"))
+    assert create.endswith(
+        ") CLUSTER BY (`order_id`,`line`) TBLPROPERTIES ('delta.enableDeletionVectors'='true', "
+        "'delta.enableChangeDataFeed'='true', 'delta.logRetentionDuration'='interval 60 days')"
+    ), create
+
+
 def test_snapshot_and_cdc_create_the_same_tables(built: Built):
     """The snapshot creates the tables; the first CDC load must not need an ALTER."""
     snapshot_client = _client(built.pipeline, built.snapshot.schema)

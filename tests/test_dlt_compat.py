@@ -101,6 +101,25 @@ DLT_INTERNALS = [
     ("dlt.common.storages.load_package", "PackageStorage.list_packages"),
     ("dlt.common.storages.load_package", "PackageStorage.delete_package"),
     ("dlt.common.storages.load_package", "PackageStorage.load_schema"),
+    # the own merge and replace (with_own_merge)
+    ("dlt.common.destination", "Destination.from_reference"),
+    ("dlt.common.destination", "Destination.client_class"),
+    ("dlt.common.destination", "Destination.destination_type"),
+    ("dlt.destinations.job_client_impl", "SqlJobClientBase._create_merge_followup_jobs"),
+    ("dlt.destinations.job_client_impl", "SqlJobClientBase._create_replace_followup_jobs"),
+    ("dlt.destinations.sql_jobs", "SqlFollowupJob.from_table_chain"),
+    ("dlt.destinations.sql_client", "SqlClientBase.with_staging_dataset"),
+    ("dlt.destinations.sql_client", "SqlClientBase.make_qualified_table_name"),
+    ("dlt.destinations.sql_client", "SqlClientBase.escape_column_name"),
+    ("dlt.destinations.impl.filesystem.filesystem",
+     "FilesystemClient.get_reference_followup_job_class"),
+    ("dlt.destinations.impl.filesystem.filesystem", "FilesystemClient.load_open_table"),
+    ("dlt.destinations.impl.filesystem.filesystem", "FilesystemClient.get_open_table_location"),
+    ("dlt.destinations.impl.filesystem.filesystem", "DeltaLoadFilesystemJob.run"),
+    ("dlt.destinations.impl.filesystem.filesystem", "DeltaLoadFilesystemJob.arrow_dataset"),
+    ("dlt.common.libs.deltalake", "evolve_delta_table_schema"),
+    ("dlt.common.libs.deltalake", "write_delta_table"),
+    ("dlt.common.libs.deltalake", "deltalake_storage_options"),
 ]
 
 
@@ -124,6 +143,30 @@ def test_destination_client_settings_dlt_compat_reads():
     assert "catalog" in DatabricksCredentials.get_resolvable_fields()
     assert "staging_dataset_name" in SqlClientBase.__annotations__
     assert isinstance(getattr(FilesystemClient, "dataset_path", None), property)
+
+
+def test_own_merge_swaps_the_client_and_keeps_the_destination_type(tmp_path):
+    """with_own_merge: the destination keeps dlt's type and name (what the pipeline's state
+    records), its client creates the own follow-up jobs, and the Databricks replace strategy is
+    a configuration field the factory accepts."""
+    import dlt
+    from dlt.destinations.impl.databricks.configuration import DatabricksClientConfiguration
+    from dlt.destinations.impl.duckdb.duck import DuckDbClient
+    from dlt.destinations.impl.filesystem.filesystem import FilesystemClient
+
+    from pg_replication.destinations import OWN_MERGE
+    from pg_replication.dlt_compat import has_own_merge, with_own_merge
+
+    for name, client in (("duckdb", DuckDbClient), ("filesystem", FilesystemClient)):
+        destination = with_own_merge(name, OWN_MERGE)
+        assert has_own_merge(destination)
+        assert destination.destination_type == f"dlt.destinations.{name}"
+        assert destination.destination_name == name
+        assert issubclass(destination.client_class, client)
+        assert destination.client_class is not client
+        assert with_own_merge(destination, OWN_MERGE) is destination  # not wrapped twice
+    assert not has_own_merge(dlt.destinations.duckdb())
+    assert "replace_strategy" in DatabricksClientConfiguration.get_resolvable_fields()
 
 
 def test_make_source_shares_the_state_of_its_name(tmp_path):
