@@ -8,6 +8,7 @@ the user configured always wins: they are only set when absent.
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
@@ -15,6 +16,7 @@ import dlt
 
 from . import merges
 from .changes import LOAD_BYTES
+from .exceptions import essential_line
 from .dlt_compat import (OwnMerge, databricks_staging_volumes, destination_sql,
                          filesystem_dataset_root, has_own_merge, with_own_merge)
 
@@ -171,25 +173,43 @@ def staged_leftovers(pipeline: dlt.Pipeline) -> Optional[Tuple[bool, str]]:
 
 
 def _databricks_volume_leftovers(pipeline: dlt.Pipeline) -> Tuple[bool, str]:
-    volumes = databricks_staging_volumes(pipeline)
-    leftovers = {volume: _count_volume_entries(pipeline, volume) for volume in volumes}
-    left = {volume: count for volume, count in leftovers.items() if count}
-    if left:
-        return False, "; ".join(f"{count} file(s) left in volume {volume}"
-                                for volume, count in left.items())
-    return True, f"no staged files in {', '.join(volumes)}"
+    """Nothing left when every volume is empty or does not exist yet (a deployment that only
+    ran `snapshot` has no staging schema); a volume that cannot be listed fails the check."""
+    left, empty, absent, unreadable = [], [], [], []
+    for volume in databricks_staging_volumes(pipeline):
+        try:
+            count = _count_volume_entries(pipeline, volume)
+        except Exception as e:  # noqa: BLE001 - classified: absent, or cannot be listed
+            if _names_a_missing_object(e):
+                absent.append(volume)
+            else:
+                unreadable.append(f"cannot list volume {volume}: {essential_line(e)}")
+            continue
+        (left if count else empty).append(f"{count} file(s) left in volume {volume}" if count
+                                          else volume)
+    if unreadable or left:
+        return False, "; ".join(unreadable + left)
+    found = [f"no staged files in {', '.join(empty)}"] if empty else []
+    if absent:
+        found.append(f"nothing staged yet: no volume {', '.join(absent)}")
+    return True, "; ".join(found)
 
 
 def _count_volume_entries(pipeline: dlt.Pipeline, volume: str) -> int:
-    """Entries in a Unity Catalog volume; 0 when the volume does not exist (nothing staged)."""
+    """Entries in a Unity Catalog volume (raises when it cannot be listed)."""
     path = "/Volumes/" + "/".join(volume.split("."))
-    try:
-        rows = destination_sql(pipeline, f"LIST '{path}'") or []
-    except Exception as e:
-        if "not exist" in str(e).lower() or "not found" in str(e).lower():
-            return 0
-        raise
-    return len(rows)
+    return len(destination_sql(pipeline, f"LIST '{path}'") or [])
+
+
+def _names_a_missing_object(error: Exception) -> bool:
+    """Databricks' answer for a volume, schema or catalog that does not exist: an error class
+    ending in NOT_FOUND or DOES_NOT_EXIST (dlt turns SCHEMA_NOT_FOUND into
+    DatabaseUndefinedRelation); a denied permission is not one."""
+    from dlt.destinations.exceptions import DatabaseUndefinedRelation
+
+    text = str(error)
+    return (isinstance(error, DatabaseUndefinedRelation) or "does not exist" in text.lower()
+            or re.search(r"\[\w*(NOT_FOUND|DOES_NOT_EXIST)\]", text) is not None)
 
 
 def _filesystem_leftovers(pipeline: dlt.Pipeline) -> Tuple[bool, str]:

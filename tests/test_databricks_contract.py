@@ -839,3 +839,72 @@ def test_readme_grants_cover_every_schema_the_load_writes(built: Built):
     for schema in sorted(written):
         needed = {"USE SCHEMA", "CREATE TABLE", "MODIFY", "SELECT", "CREATE VOLUME"}
         assert needed <= grants.get(schema, set()), (schema, grants)
+
+
+@pytest.fixture
+def databricks_list_answers(monkeypatch) -> Dict[str, Any]:
+    """`with client:` opens no connection; LIST of a volume answers from this mapping (volume
+    path -> rows, or an exception to raise, as dlt's Databricks SQL client would)."""
+    from dlt.destinations.impl.databricks.sql_client import DatabricksSqlClient
+
+    answers: Dict[str, Any] = {}
+
+    def execute_sql(self, sql, *args, **kwargs):
+        path = re.fullmatch(r"LIST '(.+?)/?'", _one_line(sql)).group(1)
+        answer = answers[path]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(DatabricksSqlClient, "open_connection",
+                        lambda self: setattr(self, "_conn", types.SimpleNamespace()))
+    monkeypatch.setattr(DatabricksSqlClient, "close_connection",
+                        lambda self: setattr(self, "_conn", None))
+    monkeypatch.setattr(DatabricksSqlClient, "execute_sql", execute_sql)
+    return answers
+
+
+def _verify_staged(tmp_path: Path) -> Any:
+    from pg_replication.verify import check_staged_files
+
+    pipeline = dlt.pipeline(pipeline_name=f"dbx_verify_{uuid.uuid4().hex[:8]}",
+                            pipelines_dir=str(tmp_path),
+                            destination=_databricks(keep_staged_files=False), dataset_name=DATASET)
+    return check_staged_files(pipeline)
+
+
+DATASET_VOLUME = f"/Volumes/{CATALOG}/{DATASET}/_dlt_staging_load_volume"
+STAGING_VOLUME = f"/Volumes/{CATALOG}/{STAGING_DATASET}/_dlt_staging_load_volume"
+
+
+def test_verify_passes_before_the_first_cdc_created_the_staging_schema(
+        tmp_path: Path, databricks_list_answers: Dict[str, Any]):
+    """A snapshot-only deployment: the staging schema and its volume do not exist yet."""
+    from dlt.destinations.exceptions import DatabaseUndefinedRelation
+
+    databricks_list_answers[DATASET_VOLUME] = []
+    databricks_list_answers[STAGING_VOLUME] = DatabaseUndefinedRelation(Exception(
+        f"[SCHEMA_NOT_FOUND] The schema `{CATALOG}`.`{STAGING_DATASET}` cannot be found."))
+    check = _verify_staged(tmp_path)
+    assert check.passed is True, check.line()
+    assert "nothing staged yet: no volume " f"{CATALOG}.{STAGING_DATASET}." in check.detail
+    assert f"no staged files in {CATALOG}.{DATASET}." in check.detail
+
+    databricks_list_answers[STAGING_VOLUME] = Exception(
+        "[UC_VOLUME_NOT_FOUND] Volume does not exist")  # the schema exists, the volume not
+    assert _verify_staged(tmp_path).passed is True
+
+
+def test_verify_fails_when_a_volume_cannot_be_listed_or_holds_files(
+        tmp_path: Path, databricks_list_answers: Dict[str, Any]):
+    databricks_list_answers[DATASET_VOLUME] = []
+    databricks_list_answers[STAGING_VOLUME] = Exception(
+        "[INSUFFICIENT_PERMISSIONS] Insufficient privileges: User does not have READ VOLUME")
+    check = _verify_staged(tmp_path)
+    assert check.passed is False
+    assert check.detail == (f"cannot list volume {CATALOG}.{STAGING_DATASET}."
+                            "_dlt_staging_load_volume: [INSUFFICIENT_PERMISSIONS] Insufficient "
+                            "privileges: User does not have READ VOLUME")
+    databricks_list_answers[STAGING_VOLUME] = [("a.parquet",), ("b.parquet",)]
+    check = _verify_staged(tmp_path)
+    assert check.passed is False and "2 file(s) left in volume" in check.detail
