@@ -5,6 +5,7 @@
 - `init_replication(...)`: creates publication and slot; with `persist_snapshots=True` returns the
   initial copy, read at the slot's consistent point.
 - `replication_resource(...)`: the change stream as a single dlt resource.
+- `destination(...)`: a dlt destination that merges with the pipeline's own MERGE.
 
 The code map (which module owns what) is in the README.
 """
@@ -12,8 +13,8 @@ The code map (which module owns what) is in the README.
 from .bounds import RunBounds
 from .changes import SegmentResult
 from .settings import PgReplicationConfiguration
-from .sources import init_replication, pg_replication, replication_resource
+from .sources import destination, init_replication, pg_replication, replication_resource
 from .state import Position
 
-__all__ = ["pg_replication", "init_replication", "replication_resource",
+__all__ = ["pg_replication", "init_replication", "replication_resource", "destination",
            "PgReplicationConfiguration", "RunBounds", "Position", "SegmentResult"]

@@ -95,6 +95,18 @@ def make_destination(name: str) -> Any:
     return databricks_destination(keep_staged_files=_as_bool(keep, default=False))
 
 
+def own_merge_destination(destination: Any) -> Any:
+    """A destination a library user names or builds, merging with the own MERGE (and, on
+    Databricks, replacing tables in one statement)."""
+    from dlt.common.destination import Destination
+
+    found = Destination.from_reference(destination)
+    if found.destination_name == "databricks":
+        found.config_params.setdefault("replace_strategy", "insert-from-staging")
+        return with_own_merge(found, OWN_MERGE, atomic_replace=True)
+    return with_own_merge(found, OWN_MERGE)
+
+
 def databricks_destination(**config: Any) -> Any:
     """dlt's Databricks destination (`config`: its settings) with the own merge and replace.
 

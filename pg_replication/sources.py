@@ -15,6 +15,7 @@ from .bounds import RunBounds
 from .changes import SegmentResult
 from .connect import connect
 from .copies import copy_source, prepare_copy, select_tables
+from .destinations import own_merge_destination
 from .hints import DeleteMode, MergeStrategy
 from .segments import changes_resource
 from .settings import StreamConfiguration, resolve_settings, settings_of
@@ -148,3 +149,13 @@ def replication_resource(
                             flush_slot=resolved.flush_slot, require_copies=require_copies,
                             table_shapes=table_shapes, include_columns=include_columns,
                             columns=columns)
+
+
+def destination(destination: Any) -> Any:
+    """`destination` (a dlt destination name such as "duckdb", "databricks", "filesystem", or one
+    you built with `dlt.destinations...`) merging the changes with the pipeline's own
+    LSN-guarded MERGE, one statement per table and load (merges.py). Without it, dlt's own
+    `merge_strategy` runs, which neither orders changes by commit nor keeps a newer row from an
+    older change."""
+    return own_merge_destination(destination)
+

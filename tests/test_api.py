@@ -146,3 +146,34 @@ def test_library_source_refuses_an_updated_table_without_a_key(source, source_ur
     with duckdb.connect(str(tmp_path / "api.duckdb"), read_only=True) as con:
         assert sorted(con.execute("SELECT seq, what FROM api_data.events").fetchall()) == [
             (1, "a"), (2, "b")]
+
+
+def test_destination_gives_a_library_pipeline_the_own_merge(source, source_url, tmp_path):
+    """`pg_replication.destination(...)` wraps a destination a user built: the changes are
+    merged by the pipeline's own MERGE (dlt's strategy in the stored schema is the upsert it
+    replaces), so a deferrable key taken before another transaction freed it is kept."""
+    import psycopg2
+
+    from pg_replication import destination
+    from pg_replication.destinations import merge_strategy_for
+
+    run_sql(source, "CREATE TABLE t (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, v text)",
+            "ALTER TABLE t REPLICA IDENTITY FULL", "INSERT INTO t VALUES (1, 'old')")
+    pipeline = dlt.pipeline("api_own_merge", pipelines_dir=str(tmp_path / "pipelines"),
+                            destination=destination(dlt.destinations.duckdb(
+                                str(tmp_path / "api.duckdb"))), dataset_name="api_data")
+    assert merge_strategy_for(pipeline) == "lsn-guarded"
+    pipeline.run(init_replication("own_slot", "own_pub", "public", ["t"], credentials=source_url,
+                                  persist_snapshots=True))
+    other = psycopg2.connect(source_url)
+    try:
+        with other.cursor() as cur:
+            cur.execute("INSERT INTO t VALUES (1, 'new')")
+        run_sql(source, "DELETE FROM t WHERE v = 'old'")
+        other.commit()
+    finally:
+        other.close()
+    pipeline.run(pg_replication(credentials=source_url, slot_name="own_slot", pub_name="own_pub"))
+    with duckdb.connect(str(tmp_path / "api.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT id, v FROM api_data.t").fetchall() == [(1, "new")]
+    assert pipeline.default_schema.tables["t"]["x-merge-strategy"] == "upsert"
