@@ -13,6 +13,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed
 	./scripts/ensure-postgres.sh
+	./scripts/ensure-java.sh
 
 # Two workers, one test file each (files share their throw-away servers). The long matrices of
 # key types and table shapes run in `make test-matrix` (CI runs both).

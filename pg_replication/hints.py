@@ -204,10 +204,24 @@ def with_column_hints(hints: Dict[str, Any],
     return dict(hints, columns=merged)
 
 
+# Parquet key-value metadata that makes a Spark 3.x reader (Databricks' COPY INTO) take our
+# dates and timestamps as they are. Spark 3.x reads a file that names no Spark writer version with
+# `spark.sql.parquet.datetimeRebaseModeInRead` (default EXCEPTION) and refuses DATE values before
+# 1582-10-15 and TIMESTAMP values before 1900 (READ_ANCIENT_DATETIME), our clamp of `-infinity`
+# to 0001-01-01 included. A file written by Spark >= 3.0 without the `legacyDateTime` key is read
+# without rebase, which is right: pyarrow writes the proleptic Gregorian calendar, as Spark 3 does.
+# Spark compares the version as a string, hence "3.0.0". Pyarrow writes an Arrow schema's metadata
+# into the parquet footer, and dlt 1.31's writers keep it (tests/test_spark_parquet.py reads the
+# files dlt keeps, snapshot and CDC, with a real Spark 3.5).
+SPARK_PARQUET_METADATA = {b"org.apache.spark.version": b"3.0.0"}
+
+
 def mark_batch(data: pa.Table, hints: Dict[str, Any], with_hints: bool) -> Any:
-    """An Arrow table for dlt: routed to its table, with the table's hints when they are new."""
+    """An Arrow table for dlt: routed to its table, with the table's hints when they are new,
+    and marked for Spark readers (SPARK_PARQUET_METADATA)."""
     import dlt
 
+    data = data.replace_schema_metadata({**(data.schema.metadata or {}), **SPARK_PARQUET_METADATA})
     if not with_hints:
         return dlt.mark.with_table_name(data, hints["table_name"])
     return dlt.mark.with_hints(data, dlt.mark.make_hints(**hints), create_table_variant=True)

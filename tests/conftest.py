@@ -10,6 +10,7 @@ import psycopg2
 import pytest
 
 from sandbox.pg_server import PostgresCluster
+from tests.spark import spark  # noqa: F401 - the session's local Spark, for every test file
 from tests.tools import CliRunResult, Project
 
 os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")

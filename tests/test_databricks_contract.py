@@ -908,3 +908,95 @@ def test_verify_fails_when_a_volume_cannot_be_listed_or_holds_files(
     databricks_list_answers[STAGING_VOLUME] = [("a.parquet",), ("b.parquet",)]
     check = _verify_staged(tmp_path)
     assert check.passed is False and "2 file(s) left in volume" in check.detail
+
+
+# -- the statements on a real Spark ----------------------------------------------------------------
+# Spark 3.5 without Delta (tests/spark.py): DDL and INSERT OVERWRITE run against parquet tables
+# of the same schema; MERGE and DELETE are parsed and analyzed (Delta would execute them).
+
+
+def _spark_sql(statement: str) -> str:
+    """A Databricks statement for the local Spark: no Unity Catalog level, parquet tables."""
+    statement = statement.replace(f"`{CATALOG}`.", "")
+    if statement.startswith("CREATE TABLE"):
+        columns_end = statement.rindex(")") if "TBLPROPERTIES" not in statement else \
+            statement.index(") TBLPROPERTIES")
+        statement = statement[:columns_end + 1] + " USING parquet" + statement[columns_end + 1:]
+    return statement
+
+
+@pytest.fixture(scope="module")
+def spark_tables(built: Built, spark) -> Any:
+    """The snapshot's tables, created in Spark by dlt's own CREATE TABLE statements (dataset and
+    staging dataset), the staging tables filled from the snapshot package's parquet files."""
+    client = _client(built.pipeline, built.snapshot.schema)
+    for dataset in (DATASET, STAGING_DATASET):
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {dataset}")
+    for table in TABLES:
+        create = _one_line(_create_table_sql(client, table))
+        for dataset in (DATASET, STAGING_DATASET):
+            spark.sql(_spark_sql(create.replace(f"`{DATASET}`", f"`{dataset}`", 1)))
+        spark.sql(f"INSERT INTO {STAGING_DATASET}.{table} "
+                  f"SELECT * FROM parquet.`{built.snapshot.files[table]}`")
+    return spark
+
+
+def test_spark_runs_the_snapshot_replace_statement(built: Built, spark_tables):
+    from tests.spark import analyze
+
+    client = _client(built.pipeline, built.snapshot.schema)
+    for table in TABLES:
+        (overwrite,) = _followup_sql(client, table)
+        analyze(spark_tables, _spark_sql(overwrite))
+        spark_tables.sql(_spark_sql(overwrite))  # parquet tables can run it too
+        copied = spark_tables.table(f"{DATASET}.{table}").count()
+        assert copied == pq.read_metadata(built.snapshot.files[table]).num_rows > 0
+    ids = [r.id for r in spark_tables.sql(f"SELECT id FROM {DATASET}.orders ORDER BY id").collect()]
+    assert ids == [1, 2, 3]
+
+
+def test_spark_analyzes_the_merge_of_every_table(built: Built, spark_tables):
+    from tests.spark import analyze
+
+    client = _client(built.pipeline, built.cdc.schema)
+    for table in TABLES:
+        (merge,) = _followup_sql(client, table)
+        # the first CDC load adds nothing: the tables the snapshot created take its MERGE
+        analyze(spark_tables, _spark_sql(merge))
+
+
+def test_spark_analyzes_the_merge_of_columns_named_like_aliases(built: Built, spark_tables):
+    """A column named `d` broke dlt's delete-insert on Spark (its DELETE's alias `d` resolved to
+    the column first): every run of the table failed and WAL piled up. dlt's ALTER adds the
+    columns; the own MERGE analyzes, dlt's DELETE is refused as Databricks refused it."""
+    from pyspark.errors import AnalysisException
+
+    from dlt.destinations.impl.databricks.databricks import DatabricksMergeJob
+    from pg_replication.merges import MergePlan, merge_statement
+    from tests.spark import analyze
+
+    schema = built.cdc.schema.clone()
+    columns = schema.tables["orders"]["columns"]
+    for name in ("d", "s", "source", "target"):
+        columns[name] = {"name": name, "data_type": "text", "nullable": True}
+    client = _client(built.pipeline, schema)
+    table = client.prepare_load_table("orders")
+    new_columns = [columns[n] for n in ("d", "s", "source", "target")]
+    for dataset in (DATASET, STAGING_DATASET):
+        for alter in client._get_table_update_sql("orders", new_columns, True):
+            spark_tables.sql(_spark_sql(_one_line(alter).replace(
+                f"`{DATASET}`", f"`{dataset}`", 1)))
+    plan = MergePlan.for_table(table)
+    assert {"d", "s", "source", "target"} <= set(plan.columns)
+    sql_client = client.sql_client
+    with sql_client.with_staging_dataset():
+        staging = sql_client.make_qualified_table_name("orders")
+    merge = merge_statement(plan, sql_client.make_qualified_table_name("orders"), staging,
+                            sql_client.escape_column_name)
+    analyze(spark_tables, _spark_sql(merge))
+
+    delete_insert = dict(table, **{"x-merge-strategy": "delete-insert"})  # dlt's default
+    dlt_delete = next(s for s in DatabricksMergeJob.generate_sql([delete_insert], sql_client)
+                      if s.startswith("DELETE"))
+    with pytest.raises(AnalysisException, match="INVALID_EXTRACT_BASE_FIELD_TYPE"):
+        analyze(spark_tables, _spark_sql(_one_line(dlt_delete)))

@@ -44,7 +44,8 @@ def test_defaults_are_the_documented_ones(tmp_path):
         "credentials": "postgresql://u:pw@h:5432/db", "slot_name": "pg_replication_slot",
         "pub_name": "pg_replication_pub", "schema_name": "public", "table_names": None,
         "deletes": "hard", "target_batch_size": 50000, "target_batch_bytes": 16 << 20,
-        "target_load_bytes": None, "merge_strategy": None, "snapshot_max_wait": None,
+        "target_load_bytes": None, "merge_strategy": None, "delta_table_properties": None,
+        "change_data_feed": False, "cluster_by_key": False, "snapshot_max_wait": None,
         "flush_slot": True}
 
 
