@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import pytest
 
-from tests.tools import DATASET, Project, assert_table_matches, run_sql
+from tests.tools import Project, assert_table_matches, run_sql
 
 
 @pytest.fixture(params=["duckdb", "filesystem"])
