@@ -55,6 +55,8 @@ def destination_state(pipeline: dlt.Pipeline) -> Optional[Dict[str, Any]]:
     from dlt.pipeline.state_sync import load_pipeline_state_from_destination
 
     with pipeline.destination_client() as client:
+        if pipeline.has_pending_data:
+            _drop_torn_filesystem_records(client)
         try:
             return load_pipeline_state_from_destination(pipeline.pipeline_name, client)
         except DestinationUndefinedEntity:
@@ -62,6 +64,35 @@ def destination_state(pipeline: dlt.Pipeline) -> Optional[Dict[str, Any]]:
 
 
 @_destination_read
+def _drop_torn_filesystem_records(client: Any) -> None:
+    """A filesystem destination's state, load and schema records that a run killed while
+    writing them left empty or cut off. dlt writes them in place (not through a rename) when it
+    completes a load; the killed run's package is still pending here, so loading it again
+    writes them anew. Left in place, every later run would fail to read the state."""
+    from dlt.destinations.impl.filesystem.filesystem import FilesystemClient
+
+    if not isinstance(client, FilesystemClient):
+        return
+    schema = client.schema
+    for table in (schema.state_table_name, schema.loads_table_name, schema.version_table_name):
+        folder = client.get_table_dir(table)
+        if not client.fs_client.isdir(folder):
+            continue
+        for path in client.fs_client.ls(folder, detail=False):
+            if path.endswith((".json", ".jsonl")) and not _parses(client.fs_client, path):
+                client.fs_client.rm(path)
+
+
+def _parses(fs_client: Any, path: str) -> bool:
+    import json
+
+    try:
+        json.loads(fs_client.read_text(path, encoding="utf-8"))
+        return True
+    except ValueError:
+        return False
+
+
 def existing_destination_tables(pipeline: dlt.Pipeline, table_names: Iterable[str]) -> Set[str]:
     """Which of the source-named tables exist in the destination (under their normalized name)."""
     naming = pipeline.default_schema.naming if pipeline.default_schema_name else None

@@ -111,3 +111,24 @@ def test_cdc_killed_after_a_keyless_table_committed_appends_once(source, project
     assert_table_matches(source, project, "events")  # as a multiset: no row twice
     assert_table_matches(source, project, "accounts")
     assert "cdc: 0 changes" in project.run("cdc").stdout
+
+
+def test_a_state_record_cut_off_by_the_kill_is_written_again(source, tmp_path, source_url):
+    """Killed while dlt wrote the pending package's state record into a filesystem destination
+    (written in place when a load completes): the record is empty. Every later `cdc` failed to
+    read the destination state (exit 7) and WAL piled up; now the record is dropped and written
+    again when the package loads."""
+    project = Project(tmp_path, source_url, destination="filesystem")
+    run_sql(source, "CREATE TABLE accounts (id bigint PRIMARY KEY, handle text)",
+            "INSERT INTO accounts SELECT g, 'user ' || g FROM generate_series(1, 1000) g")
+    project.run("snapshot")
+    run_sql(source, "UPDATE accounts SET handle = 'h' || id WHERE id % 2 = 0")
+    _killed_after_commit(project, ["cdc"], "accounts")
+    pending = max(p.name for p in _normalized(project).iterdir() if p.is_dir())
+    states = project.delta_root / "bronze_postgres_raw" / "_dlt_pipeline_state"
+    torn = states / f"{project.pipeline_name}__{pending}__dG9ybg.jsonl"
+    torn.write_text("")
+    project.run("cdc")
+    assert_table_matches(source, project, "accounts")
+    assert all(path.stat().st_size > 0 for path in states.iterdir())
+    project.run("verify")
