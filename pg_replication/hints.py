@@ -171,7 +171,7 @@ class DeltaOptions:
         properties = dict(DEFAULT_DELTA_PROPERTIES)
         if self.change_data_feed:
             properties["delta.enableChangeDataFeed"] = "true"
-        properties.update(self.properties or {})
+        properties.update(self.properties)
         return properties
 
 

@@ -145,26 +145,29 @@ def merge_into_delta(table: Any, data: pa.Table, plan: MergePlan) -> None:
     latest = latest_per_key(data, plan)
     if latest.num_rows == 0:
         return
-    t, s = "target", "source"
+    t, s = "target", "source"  # deltalake's aliases; its SQL quotes names with backticks
 
     def col(alias: str, name: str) -> str:
-        return f"{alias}.`{name}`"
+        return f"{alias}.{_backtick(name)}"
 
     deleted = _deleted_sql(plan, col(s, plan.delete_column))
-    newer = (f"({col(s, LSN_COLUMN)} > {col(t, LSN_COLUMN)} OR ({col(s, LSN_COLUMN)} ="
-             f" {col(t, LSN_COLUMN)} AND COALESCE({col(s, CHANGE_LSN_COLUMN)}, 0) >"
-             f" COALESCE({col(t, CHANGE_LSN_COLUMN)}, 0)))")
+    newer = _newer_sql(f"{s}.", f"{t}.", _backtick)
     merge = table.merge(source=latest, source_alias=s, target_alias=t,
                         predicate=" AND ".join(f"{col(t, k)} = {col(s, k)}" for k in plan.keys))
     if plan.hard_deletes:
         merge = merge.when_matched_delete(predicate=f"{deleted} AND {newer}")
     else:
         merge = merge.when_matched_update(
-            updates={f"`{c}`": col(s, c) for c in plan.meta_columns},
+            updates={_backtick(c): col(s, c) for c in plan.meta_columns},
             predicate=f"{deleted} AND {newer}")
-    updates = {f"`{c}`": col(s, c) for c in latest.column_names if c not in plan.keys}
+    updates = {_backtick(c): col(s, c) for c in latest.column_names if c not in plan.keys}
     merge = merge.when_matched_update(updates=updates, predicate=newer)
     merge = merge.when_not_matched_insert(
-        updates={f"`{c}`": col(s, c) for c in latest.column_names},
+        updates={_backtick(c): col(s, c) for c in latest.column_names},
         predicate=f"NOT {deleted}")
     merge.execute()
+
+
+def _backtick(name: str) -> str:
+    return f"`{name}`"
+
