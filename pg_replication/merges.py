@@ -44,6 +44,14 @@ class MergePlan:
         return self.delete_column == DELETED_COLUMN
 
     @property
+    def markers(self) -> List[str]:
+        """The delete markers a staged row may carry: the table's own and, in a table that has
+        both columns (its `deletes` setting was switched), the other one too."""
+        if self.hard_deletes and DELETED_AT_COLUMN in self.columns:
+            return [DELETED_COLUMN, DELETED_AT_COLUMN]
+        return [self.delete_column]
+
+    @property
     def meta_columns(self) -> List[str]:
         """The columns a soft delete updates."""
         return [c for c in (LSN_COLUMN, CHANGE_LSN_COLUMN, COMMIT_TS_COLUMN, DELETED_AT_COLUMN)
@@ -72,20 +80,21 @@ def merge_statement(plan: MergePlan, target: str, staging: str, quote: Quote) ->
     t, s = quote(TARGET), quote(SOURCE)
     columns = ", ".join(quote(c) for c in plan.columns)
     on = " AND ".join(f"{t}.{quote(k)} = {s}.{quote(k)}" for k in plan.keys)
-    deleted = _deleted_sql(plan, f"{s}.{quote(plan.delete_column)}")
     newer = _newer_sql(f"{s}.", f"{t}.", quote)
     values = [c for c in plan.columns if c not in plan.keys]
     update_all = ", ".join(f"{quote(c)} = {s}.{quote(c)}" for c in values)
-    if plan.hard_deletes:
-        on_delete = "DELETE"
-    else:
-        on_delete = "UPDATE SET " + ", ".join(f"{quote(c)} = {s}.{quote(c)}"
-                                              for c in plan.meta_columns)
+    soft_delete = "UPDATE SET " + ", ".join(f"{quote(c)} = {s}.{quote(c)}"
+                                            for c in plan.meta_columns)
+    on_delete = ""
+    for marker in plan.markers:
+        action = "DELETE" if marker == DELETED_COLUMN else soft_delete
+        on_delete += f" WHEN MATCHED AND {_deleted_sql(marker, f'{s}.{quote(marker)}')} AND" \
+                     f" {newer} THEN {action}"
+    live = " AND ".join(f"NOT {_deleted_sql(m, f'{s}.{quote(m)}')}" for m in plan.markers)
     return (f"MERGE INTO {target} AS {t} USING ({latest_changes_sql(plan, staging, quote)}) AS {s}"
-            f" ON {on}"
-            f" WHEN MATCHED AND {deleted} AND {newer} THEN {on_delete}"
+            f" ON {on}{on_delete}"
             f" WHEN MATCHED AND {newer} THEN UPDATE SET {update_all}"
-            f" WHEN NOT MATCHED AND NOT {deleted} THEN INSERT ({columns})"
+            f" WHEN NOT MATCHED AND {live} THEN INSERT ({columns})"
             f" VALUES ({', '.join(f'{s}.{quote(c)}' for c in plan.columns)})")
 
 
@@ -99,8 +108,9 @@ def latest_changes_sql(plan: MergePlan, staging: str, quote: Quote) -> str:
             f" WHERE {quote(RANK)} = 1")
 
 
-def _deleted_sql(plan: MergePlan, marker: str) -> str:
-    return f"COALESCE({marker}, FALSE)" if plan.hard_deletes else f"({marker} IS NOT NULL)"
+def _deleted_sql(marker: str, value: str) -> str:
+    """`value` (the marker column `marker` of a row) says the row is a delete."""
+    return f"COALESCE({value}, FALSE)" if marker == DELETED_COLUMN else f"({value} IS NOT NULL)"
 
 
 def _newer_sql(source: str, target: str, quote: Quote) -> str:
@@ -135,9 +145,13 @@ def latest_per_key(data: pa.Table, plan: MergePlan) -> pa.Table:
 def first_rows(data: pa.Table, plan: MergePlan) -> pa.Table:
     """The rows a table that does not exist yet starts with: the latest changes but deletes."""
     latest = latest_per_key(data, plan)
-    marker = latest[plan.delete_column]
-    deleted = pc.fill_null(marker, False) if plan.hard_deletes else pc.is_valid(marker)
-    return latest.filter(pc.invert(deleted))
+    for marker in plan.markers:
+        if marker in latest.column_names:
+            values = latest[marker]
+            deleted = (pc.fill_null(values, False) if marker == DELETED_COLUMN
+                       else pc.is_valid(values))
+            latest = latest.filter(pc.invert(deleted))
+    return latest
 
 
 def merge_into_delta(table: Any, data: pa.Table, plan: MergePlan) -> None:
@@ -150,21 +164,23 @@ def merge_into_delta(table: Any, data: pa.Table, plan: MergePlan) -> None:
     def col(alias: str, name: str) -> str:
         return f"{alias}.{_backtick(name)}"
 
-    deleted = _deleted_sql(plan, col(s, plan.delete_column))
     newer = _newer_sql(f"{s}.", f"{t}.", _backtick)
+    markers = [m for m in plan.markers if m in latest.column_names]
     merge = table.merge(source=latest, source_alias=s, target_alias=t,
                         predicate=" AND ".join(f"{col(t, k)} = {col(s, k)}" for k in plan.keys))
-    if plan.hard_deletes:
-        merge = merge.when_matched_delete(predicate=f"{deleted} AND {newer}")
-    else:
-        merge = merge.when_matched_update(
-            updates={_backtick(c): col(s, c) for c in plan.meta_columns},
-            predicate=f"{deleted} AND {newer}")
+    for marker in markers:
+        deleted = f"{_deleted_sql(marker, col(s, marker))} AND {newer}"
+        if marker == DELETED_COLUMN:
+            merge = merge.when_matched_delete(predicate=deleted)
+        else:
+            merge = merge.when_matched_update(
+                updates={_backtick(c): col(s, c) for c in plan.meta_columns
+                         if c in latest.column_names}, predicate=deleted)
     updates = {_backtick(c): col(s, c) for c in latest.column_names if c not in plan.keys}
     merge = merge.when_matched_update(updates=updates, predicate=newer)
     merge = merge.when_not_matched_insert(
         updates={_backtick(c): col(s, c) for c in latest.column_names},
-        predicate=f"NOT {deleted}")
+        predicate=" AND ".join(f"NOT {_deleted_sql(m, col(s, m))}" for m in markers) or None)
     merge.execute()
 
 

@@ -144,8 +144,12 @@ def test_nothing_to_read_returns_and_max_seconds_bounds_a_run(source, project):
     transactions = 20_000
     run_sql(source, f"DO $$ BEGIN FOR i IN 1..{transactions} LOOP "
                  "UPDATE items SET qty = i WHERE id = 1 + i % 50; COMMIT; END LOOP; END $$")
-    bounded = project.run("cdc", "--max-seconds", "0.1")
-    loaded = int(bounded.stdout.split("cdc: ")[1].split(" changes")[0])
+    loaded = 0
+    for _attempt in range(3):  # on a busy machine 0.1 s may pass before the first commit
+        bounded = project.run("cdc", "--max-seconds", "0.1")
+        loaded += int(bounded.stdout.split("cdc: ")[1].split(" changes")[0])
+        if loaded:
+            break
     assert 1 <= loaded < transactions
     rest = project.run("cdc")
     assert f"cdc: {transactions - loaded} changes" in rest.stdout

@@ -143,6 +143,23 @@ def test_soft_delete_keeps_the_last_values_and_marks_the_row(engine, tmp_path):
     assert merged[2]["d"] == "back" and merged[2]["_pg_deleted_at"] is None
 
 
+@pytest.mark.parametrize("engine", list(MERGES))
+def test_a_table_whose_delete_mode_was_switched_takes_both_kinds_of_delete(engine, tmp_path):
+    """`deletes` switched from hard to soft (or back) on a loaded pipeline: the table has both
+    marker columns, `_pg_deleted` still the hard-delete one. A soft delete then carried NULL in
+    `_pg_deleted` and was merged as an update that wiped the row's values (exit 0)."""
+    both = HARD + ["_pg_deleted_at"]
+    target = [dict(snap(i, f"v{i}"), _pg_deleted_at=None) for i in (1, 2, 3)]
+    soft_delete = dict(row(1, None, 200, 150, deleted=True, soft=True), _pg_deleted=None)
+    hard_delete = dict(row(2, None, 200, 151, deleted=True), _pg_deleted_at=None)
+    unknown = dict(row(9, None, 200, 152, deleted=True, soft=True), _pg_deleted=None)
+    merged = MERGES[engine](tmp_path, target, [soft_delete, hard_delete, unknown], both,
+                            "_pg_deleted")
+    assert set(merged) == {1, 3}
+    assert merged[1]["d"] == "v1" and merged[1]["_pg_deleted_at"] == T0  # kept, marked
+    assert merged[3]["d"] == "v3" and merged[3]["_pg_deleted_at"] is None
+
+
 def test_a_delta_table_created_by_a_merge_starts_with_the_live_rows():
     staged = _table([row(1, "a", 200, 150), row(1, "b", 200, 160),
                      row(2, "x", 200, 170), row(2, None, 200, 180, deleted=True),
