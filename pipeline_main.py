@@ -69,11 +69,12 @@ def handle_errors(command: Callable) -> Callable:
 
 
 def _job_settings(tables: Optional[str] = None, deletes: Optional[str] = None,
-                  max_wait: Optional[float] = None):
+                  max_wait: Optional[float] = None, chunk_rows: Optional[int] = None):
     """`[sources.pg_replication]`, the options given taking precedence."""
     from pg_replication.settings import resolve_settings
 
-    return resolve_settings(table_names=tables, deletes=deletes, snapshot_max_wait=max_wait)
+    return resolve_settings(table_names=tables, deletes=deletes, snapshot_max_wait=max_wait,
+                            online_chunk_rows=chunk_rows)
 
 
 def _pipeline(ctx: click.Context):
@@ -129,33 +130,59 @@ def cli(ctx: click.Context, destination: str, dataset: str, pipeline_name: str,
               help="Give up (exit 4) after waiting this many seconds for transactions that were "
                    "open when the snapshot started (default: wait; what it waits for is printed "
                    "every 15 s).")
+@click.option("--online", is_flag=True,
+              help="Copy each table with a key in chunks, in key order, while the changes keep "
+                   "being applied and the slot confirmed (no WAL piles up); a rerun, or `cdc "
+                   "--max-seconds`, goes on from the last loaded chunk. Tables without a key "
+                   "cannot be reconciled by key: they are copied whole, in one consistent "
+                   "snapshot. Needs PostgreSQL 14+.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
+              help="With --online: rows per chunk at most (default 50000; chunks are also "
+                   "bounded by bytes).")
 @click.pass_context
 @handle_errors
-def snapshot(ctx: click.Context, tables: Optional[str], max_wait: Optional[float]) -> None:
+def snapshot(ctx: click.Context, tables: Optional[str], max_wait: Optional[float], online: bool,
+             chunk_rows: Optional[int]) -> None:
     """Copy the tables as of the replication slot's start (creates slot and publication).
 
     \b
     Example:
         python pipeline_main.py --destination duckdb snapshot --tables film,actor
+        python pipeline_main.py snapshot --online --tables big_orders
     """
-    from pg_replication.jobs import recorded_run, run_snapshot
+    from pg_replication.jobs import recorded_run, run_online_snapshot, run_snapshot
 
     pipeline = _pipeline(ctx)
     with recorded_run(pipeline, "snapshot") as record:
-        report = run_snapshot(_job_settings(tables, max_wait=max_wait), pipeline)
+        settings = _job_settings(tables, max_wait=max_wait, chunk_rows=chunk_rows)
+        if online:
+            report, changes = run_online_snapshot(settings, pipeline, _progress_printer())
+        else:
+            report, changes = run_snapshot(settings, pipeline), None
         record["summary"] = report.summary()
     for line in report.table_lines():
         click.echo(line)
     for line in report.warnings():
         click.echo(line, err=True)
+    if changes is not None:
+        click.echo(changes.summary())
     click.echo(report.total_line())
+
+
+def _progress_printer() -> Callable[[Any], None]:
+    """One line per chunk on a terminal (stderr); nothing otherwise, the summary says it all."""
+    if not sys.stderr.isatty():
+        return lambda progress: None
+    return lambda progress: click.echo(progress.line(), err=True)
 
 
 @cli.command()
 @click.option("--max-changes", type=click.IntRange(min=1), default=None,
               help="Stop at the first commit after this many changes.")
 @click.option("--max-seconds", type=click.FloatRange(min=0.1), default=None,
-              help="Stop at the first commit after this many seconds of reading.")
+              help="Stop at the first commit after this many seconds of reading; time left "
+                   "once the changes are caught up goes on with online copies in progress "
+                   "(`snapshot --online`).")
 @click.option("--deletes", type=click.Choice(["hard", "soft"]), default=None,
               help="hard: remove deleted rows (default); soft: keep them with _pg_deleted_at.")
 @click.option("--follow", is_flag=True,
@@ -185,7 +212,8 @@ def cdc(ctx: click.Context, max_changes: Optional[int], max_seconds: Optional[fl
         return
     with recorded_run(pipeline, "cdc") as record:
         report = run_cdc(settings, pipeline,
-                         RunBounds(max_changes=max_changes, max_seconds=max_seconds))
+                         RunBounds(max_changes=max_changes, max_seconds=max_seconds),
+                         _progress_printer())
         record["summary"] = report.summary()
     click.echo(report.summary())
 

@@ -26,6 +26,7 @@ from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from .arrow_batches import TableBatch
 from .bounds import RunBounds
+from .chunks import Chunk
 from .exceptions import DecodeError
 from .protocol import (Begin, Commit, Delete, Insert, LogicalMessage, Message, Origin, Relation,
                        StreamAbort, StreamCommit, StreamStart, StreamStop, Truncate, TypeInfo,
@@ -103,7 +104,7 @@ class SegmentReader:
 
     def __init__(self, collector, position: Position, stop_lsn: int, result: SegmentResult,
                  limits: BatchLimits, bounds: RunBounds,
-                 received_bytes: Callable[[], int]) -> None:
+                 received_bytes: Callable[[], int], chunk: Optional[Chunk] = None) -> None:
         self.collector = collector  # a changes.ChangeCollector: the row buffers
         self.position, self.stop_lsn, self.result, self.bounds = position, stop_lsn, result, bounds
         self.counts: Dict[int, int] = {}  # changes taken per relation id
@@ -118,6 +119,8 @@ class SegmentReader:
         # Changes of the open transaction so far; the first `already_loaded` are loaded already.
         self.ordinal = self.already_loaded = 0
         self.pending: Iterable[TableBatch] = ()
+        # An online copy's chunk waiting for its high watermark, and its table's relation id.
+        self.chunk, self.chunk_relation = chunk, chunk.table.oid if chunk is not None else None
 
     def read(self, messages: Iterator[Tuple[int, Message]]) -> Iterator[TableBatch]:
         """Consumes one segment of the stream and yields its batches; fills `result`."""
@@ -180,6 +183,9 @@ class SegmentReader:
     def on_row_change(self, lsn: int, message: Message) -> Next:
         """An Insert, Update or Delete: buffered, unless loaded already or in the table's copy.
         The hot path: it runs per change, so it calls no helper it can do without."""
+        # Before the skip: a change loaded already still changed the key in the chunk's window.
+        if message.relation_id == self.chunk_relation:
+            self.chunk.saw(key for _, key in self.collector.keys_of(message))
         if self.skipping:
             return CONTINUE
         self.ordinal = ordinal = self.ordinal + 1  # as _is_new_change
@@ -204,6 +210,8 @@ class SegmentReader:
 
     def on_truncate(self, lsn: int, message: Truncate) -> Next:
         """The changes before a truncate are loaded, then the truncate alone, then the rest."""
+        if self.chunk_relation in message.relation_ids:
+            self.chunk.truncated = True
         if self.skipping or not self._is_new_change():
             return CONTINUE
         batches = self.collector.truncate_batches(message, self.current.final_lsn,
@@ -219,6 +227,16 @@ class SegmentReader:
         self.pending = self.collector.on_relation(message)  # rows of the previous shape
         if self.current is not None:
             self.check_handoffs = self.current.final_lsn < self.collector.latest_handoff
+        return HAND_ON
+
+    def on_message(self, lsn: int, message: LogicalMessage) -> Next:
+        """A logical message: the high watermark of the pending chunk hands its rows on."""
+        chunk = self.chunk
+        if chunk is None or not chunk.is_high_watermark(message):
+            return CONTINUE
+        batch = self.collector.chunk_batch(chunk)
+        chunk.released = batch.data.num_rows
+        self.pending = [batch] if batch.data.num_rows else []
         return HAND_ON
 
     def _is_new_change(self) -> bool:
@@ -253,7 +271,7 @@ class SegmentReader:
 # The handlers of the kinds that carry no change.
 
 def _ignore(reader: SegmentReader, lsn: int, message: Message) -> Next:
-    return CONTINUE  # types resolve through the catalog; origins and messages carry no rows
+    return CONTINUE  # types resolve through the catalog; origins carry no rows
 
 
 def _refuse_streamed(reader: SegmentReader, lsn: int, message: Message) -> Next:
@@ -271,7 +289,7 @@ _HANDLERS: Dict[type, Handler] = {
     Delete: SegmentReader.on_row_change, Truncate: SegmentReader.on_truncate,
     Begin: SegmentReader.on_begin, Commit: SegmentReader.on_commit,
     Relation: SegmentReader.on_relation,
-    TypeInfo: _ignore, Origin: _ignore, LogicalMessage: _ignore,
+    LogicalMessage: SegmentReader.on_message, TypeInfo: _ignore, Origin: _ignore,
     StreamStart: _refuse_streamed, StreamStop: _refuse_streamed,
     StreamCommit: _refuse_streamed, StreamAbort: _refuse_streamed,
 }

@@ -8,10 +8,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import pyarrow as pa
 
 from .hints import (CHANGE_LSN_COLUMN, COMMIT_TS_COLUMN, DELETED_AT_COLUMN, LSN_COLUMN,
-                    META_ARROW_TYPES, DeleteMode, meta_columns)
+                    META_ARROW_TYPES, DeleteMode, copied_row_meta, meta_columns)
 from .protocol import TupleValue
 from .relation_buffer import Meta, RelationBuffer
-from .types import raw_values_to_arrow, refuse_inexact_keys
+from .types import raw_values_to_arrow, refuse_inexact_keys, text_to_arrow
 
 
 @dataclass
@@ -45,6 +45,18 @@ class ArrowBuilder:
         arrays.append(pa.array(change_lsns, META_ARROW_TYPES[CHANGE_LSN_COLUMN]))
         arrays.append(pa.array(commit_ts, pa.int64()).cast(META_ARROW_TYPES[COMMIT_TS_COLUMN]))
         arrays.append(self._delete_markers(commit_ts, deleted))
+        data = pa.Table.from_arrays(arrays, names=state.output_names + self.meta_names)
+        return TableBatch(state.relation.name, state.hints, data)
+
+    def copied_batch(self, state: RelationBuffer, strings: pa.Table, lsn: int) -> TableBatch:
+        """Rows read from the table (an online copy's chunk: every column as PostgreSQL's text,
+        in the buffer's column order) as a batch of the relation, as if committed at `lsn`."""
+        columns = [pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], pa.string())
+                   for column in strings.columns]
+        refuse_inexact_keys(state.table.name, [(state.current_names[i], columns[i], state.kinds[i])
+                                               for i in state.key_indexes])
+        arrays = [text_to_arrow(column, kind) for column, kind in zip(columns, state.kinds)]
+        arrays += copied_row_meta(strings.num_rows, lsn, self.meta_names[-1])
         data = pa.Table.from_arrays(arrays, names=state.output_names + self.meta_names)
         return TableBatch(state.relation.name, state.hints, data)
 

@@ -14,6 +14,7 @@ from .apply import (BATCH_BYTES, LOAD_BYTES, ROW_GROUP_ROWS, BatchLimits, Segmen
 from .arrow_batches import ArrowBuilder, TableBatch
 from .bounds import RunBounds
 from .catalog import TableInfo
+from .chunks import Chunk, relation_of
 from .ddl import ColumnMap
 from .exceptions import CopyMissingError, DecodeError, snapshot_command
 from .handoff import NO_COPY
@@ -164,6 +165,15 @@ class ChangeCollector:
         return [self.arrow.truncate(state, xid) for state in states
                 if commit_lsn >= state.applies_from]
 
+    def chunk_batch(self, chunk: Chunk) -> TableBatch:
+        """The rows an online copy's chunk keeps at its high watermark (chunks.py), as a batch
+        shaped like the table's changes: the same destination columns, hints and conversions."""
+        relation = relation_of(chunk.table)
+        state = self.shapes.buffer(relation, chunk.table, 0, BufferTotals())
+        if state.problem:
+            raise CopyMissingError(state.problem)
+        return self.arrow.copied_batch(state, chunk.kept_rows(), chunk.high)
+
     def flush(self) -> Iterator[TableBatch]:
         for state in list(self.relations.values()):
             yield from self._flush_relation(state)
@@ -206,6 +216,7 @@ def read_changes(
     limits: BatchLimits = BatchLimits(),
     bounds: RunBounds = RunBounds(),
     received_bytes: Callable[[], int] = lambda: 0,
+    chunk: Optional[Chunk] = None,
 ) -> Iterator[TableBatch]:
     """Consumes one segment of the stream and yields its batches; fills `result` as it goes.
 
@@ -221,10 +232,11 @@ def read_changes(
         bounds (RunBounds): Stop at the first commit after `max_changes` changes, the deadline
             or a stop request (its `stop_lsn` is the caller's: the segment may stop earlier).
         received_bytes: The bytes the stream has received so far.
+        chunk (Chunk): An online copy's chunk waiting for its high watermark (chunks.py).
 
     Yields:
         TableBatch: Arrow tables with their dlt hints.
     """
     # Made when the first batch is pulled (this is a generator): the stream's bytes are read then.
     yield from SegmentReader(collector, position, stop_lsn, result, limits, bounds,
-                             received_bytes).read(messages)
+                             received_bytes, chunk).read(messages)

@@ -99,13 +99,17 @@ class CopyPlan:
     new_stream: bool  # the slot is created with the copy: a new stream starts at its hand-off
     # Insert-only tables: rows updated or deleted before the copy, by OID (insert_only.py).
     write_counts: Dict[int, Dict[str, Any]] = field(default_factory=dict)
+    # Keyed tables copied online (chunks.py): here they are only emptied and get their hand-off.
+    online: List[str] = field(default_factory=list)
 
 
 def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
-                 reset: bool = False, create_slot_now: bool = False) -> CopyPlan:
+                 reset: bool = False, create_slot_now: bool = False,
+                 online: Sequence[str] = ()) -> CopyPlan:
     """Publishes `tables` and checks the slot (dropping it first with `reset`, or when it was
     invalidated and a copy follows). With `create_slot_now` a missing slot is created here (no
-    copy follows); otherwise the copy creates it with its exported snapshot."""
+    copy follows); otherwise the copy creates it with its exported snapshot. The keyed tables
+    named in `online` are to be copied online; the others are copied whole."""
     refuse_colliding_names(tables.values(), published_names(conn, settings.schema_name,
                                                             settings.pub_name))
     check_partition_root_publishing(conn, settings.pub_name)
@@ -125,7 +129,9 @@ def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
     # copy records them).
     write_counts = {} if create_slot_now else updated_or_deleted_rows(
         conn, [table.oid for table in tables.values() if not table.merge_key])
-    return CopyPlan(list(tables.values()), load_type_catalog(conn), slot is None, write_counts)
+    online_tables = [name for name in online if name in tables and tables[name].merge_key]
+    return CopyPlan(list(tables.values()), load_type_catalog(conn), slot is None, write_counts,
+                    online_tables)
 
 
 def copy_source(*, settings: Settings, plan: CopyPlan,
@@ -186,14 +192,16 @@ class _Copy:
             # The catalog as of the hand-off: cdc compares later catalogs with it (ddl.py).
             shapes, leaves = read_catalog(self.reader, oids), read_leaves(self.reader, oids)
             for table in self.plan.tables:
-                yield from self._table_rows(table)
+                online = table.name in self.plan.online
+                yield from self._table_rows(table, online)
                 shape = shape_of(shapes[table.oid], leaves) if table.oid in shapes else None
                 record_copy(state, table.schema, table.name, table.oid, self.handoff_lsn, shape,
-                            self.plan.write_counts.get(table.oid))
+                            self.plan.write_counts.get(table.oid), online)
         finally:
             self.reader.close()
 
-    def _table_rows(self, table: TableInfo) -> Iterator[Any]:
+    def _table_rows(self, table: TableInfo, online: bool) -> Iterator[Any]:
+        """The table's rows; only its emptying when it is copied online."""
         kinds = column_kinds(table, self.plan.types)
         names = _included(table.name, _copied_columns(table), self.include_columns)
         outputs = output_column_names(table.name, [(n, kinds[n]) for n in names],
@@ -205,7 +213,8 @@ class _Copy:
         hints = snapshot_hints(with_column_hints(hints, self.columns))
         marker = delete_marker(self.settings.deletes)
         first = True
-        for data in read_table(self.reader, table, kinds, self.handoff_lsn, marker):
+        for data in () if online else read_table(self.reader, table, kinds, self.handoff_lsn,
+                                                 marker):
             data = data.rename_columns([renames.get(n, n) for n in data.column_names])
             data = data.select([n for n in data.column_names if n in hints["columns"]])
             yield mark_batch(data, hints, first)

@@ -66,10 +66,12 @@ def exit_codes_help() -> str:
     return "\n".join(lines) + "\n"
 
 
-def snapshot_command(names: Iterable[str]) -> str:
+def snapshot_command(names: Iterable[str], online: bool = False) -> str:
     """The `snapshot --tables` command that copies these tables, as a user can paste it into a
-    shell (a name with a space or a quote is quoted), between backquotes."""
-    return f"`snapshot --tables {shlex.quote(','.join(names))}`"
+    shell (a name with a space or a quote is quoted), between backquotes; `online`: the one that
+    copies them online."""
+    option = "--online " if online else ""
+    return f"`snapshot {option}--tables {shlex.quote(','.join(names))}`"
 
 
 class ReplicationError(Exception):

@@ -72,6 +72,17 @@ def meta_columns(deletes: DeleteMode) -> List[str]:
     return [LSN_COLUMN, CHANGE_LSN_COLUMN, COMMIT_TS_COLUMN, delete_marker(deletes)]
 
 
+def copied_row_meta(rows: int, lsn: int, deleted_column: str) -> List[pa.Array]:
+    """The `_pg_*` values of `rows` rows read from the table rather than from a change (a copy,
+    an online copy's chunk), in `meta_columns` order: `_pg_lsn` is `lsn`, `_pg_change_lsn` 0,
+    no commit time, and the rows are live (`_pg_deleted` False, or `_pg_deleted_at` NULL)."""
+    live = (pa.array([False] * rows, pa.bool_()) if deleted_column == DELETED_COLUMN
+            else pa.nulls(rows, META_ARROW_TYPES[deleted_column]))
+    return [pa.array([lsn] * rows, META_ARROW_TYPES[LSN_COLUMN]),
+            pa.array([0] * rows, META_ARROW_TYPES[CHANGE_LSN_COLUMN]),
+            pa.nulls(rows, META_ARROW_TYPES[COMMIT_TS_COLUMN]), live]
+
+
 def table_hints(
     table_name: str,
     columns: Sequence[Tuple[str, ColumnKind]],

@@ -35,6 +35,7 @@ from .bounds import RunBounds
 from .catalog import table_key, unreplicable_tables
 from .changes import SegmentResult
 from .connect import connect
+from .chunks import Chunk
 from .copies import addable_tables, copy_source, prepare_copy, select_tables
 from .ddl import Leaves, read_leaves
 from .destinations import apply_table_format, is_local_duckdb
@@ -49,11 +50,13 @@ from .integrity import (check_schema_changes, copy_problems, destination_lost,
                         integrity_problems, loaded_state, release_tables_without_identity,
                         remember_loaded_state, required_tables, schema_change_notes,
                         tables_not_replicated)
+from .online import ChunkReader, CopyProgress, copy_progress
 from .protocol import int_to_lsn
 from .segments import changes_resource, run_stop_position
 from .settings import PgReplicationConfiguration as Settings
-from .slots import (acquire_run_lock, advance_slot, check_partition_root_publishing,
-                    check_server, check_slot_usable, current_database, get_slot, run_lock_holder)
+from .slots import (acquire_run_lock, advance_slot, check_logical_messages,
+                    check_partition_root_publishing, check_server, check_slot_usable,
+                    current_database, get_slot, run_lock_holder)
 from .state import SOURCE_NAME, LoadedState, Position
 from .status import StatusReport, collect_status, read_run_record, record_run
 from .verify import Check, pending_packages, run_checks
@@ -66,12 +69,20 @@ class SnapshotReport:
     seconds: float
     keyless_tables: List[str] = field(default_factory=list)
     skipped_tables: List[str] = field(default_factory=list)  # UNLOGGED or foreign: no WAL
+    online: Optional[Dict[str, int]] = None  # `--online`: chunks per table copied online
 
     def summary(self) -> str:
         return f"{sum(self.rows.values())} rows in {len(self.rows)} tables"
 
     def table_lines(self) -> List[str]:
-        return [f"{table}: {rows} rows" for table, rows in sorted(self.rows.items())]
+        return [self._table_line(table, rows) for table, rows in sorted(self.rows.items())]
+
+    def _table_line(self, table: str, rows: int) -> str:
+        if self.online is None:
+            return f"{table}: {rows} rows"
+        if table in self.online:
+            return f"{table}: {rows} rows copied online in {self.online[table]} chunks"
+        return f"{table}: {rows} rows (no key: copied whole, in one consistent snapshot)"
 
     def warnings(self) -> List[str]:
         """What the tables left out, or replicated only in part, mean (for stderr)."""
@@ -102,6 +113,9 @@ class CdcReport:
     schema_changes: List[str] = field(default_factory=list)  # carried on (ddl.py)
     not_replicated: List[str] = field(default_factory=list)  # tables `snapshot --tables` adds
     not_replicable: List[str] = field(default_factory=list)  # why others cannot be added
+    # table -> [rows read, chunks] of the online copies' chunks this run loaded (chunks.py)
+    copied_online: Dict[str, List[int]] = field(default_factory=dict)
+    online: List[CopyProgress] = field(default_factory=list)  # online copies still in progress
 
     @property
     def total(self) -> int:
@@ -124,12 +138,28 @@ class CdcReport:
         for line in self.not_replicable:
             ddl += f"; not replicated: {line}"
         return (f"cdc: {self.total} changes{tables}, {lsn_range}{confirmed}{pending}, "
-                f"{self.seconds:.2f}s{ddl}")
+                f"{self.seconds:.2f}s{ddl}{self.online_note()}")
+
+    def online_note(self) -> str:
+        """What the run did for the online copies, and what is left of them."""
+        note = "".join(f"; {table}: {rows} rows copied online in {chunks} chunks"
+                       for table, (rows, chunks) in sorted(self.copied_online.items()))
+        if self.online:
+            names = [progress.table for progress in self.online]
+            note += (f"; online copy in progress: {'; '.join(p.line() for p in self.online)} "
+                     f"(it goes on with {snapshot_command(names, online=True)} or "
+                     "`cdc --max-seconds N`)")
+        return note
+
+
+def stored_state(pipeline: dlt.Pipeline) -> LoadedState:
+    """What the local pipeline state says the destination holds."""
+    return LoadedState.from_pipeline_state(pipeline.state)
 
 
 def stored_position(pipeline: dlt.Pipeline) -> Position:
     """The stream position in the local pipeline state."""
-    return LoadedState.from_pipeline_state(pipeline.state).position
+    return stored_state(pipeline).position
 
 
 def finish_pending_load(pipeline: dlt.Pipeline, conn, slot_name: str) -> bool:
@@ -169,6 +199,51 @@ def run_snapshot(settings: Settings, pipeline: dlt.Pipeline) -> SnapshotReport:
         lock.close()
 
 
+def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
+                        on_chunk: Callable[[CopyProgress], None]) -> Tuple[SnapshotReport,
+                                                                           CdcReport]:
+    """Copies the keyed tables online (chunks.py), while the change stream is applied and the
+    slot confirmed, and the tables without a key whole, inside one exported snapshot. A table
+    whose online copy is in progress goes on from its stored cursor.
+
+    Raises:
+        CopyMissingError: An online copy could not go on (see _advance_online_copies).
+    """
+    started = time.monotonic()
+    lock = connect(settings.dsn)
+    try:
+        check_server(lock)
+        check_logical_messages(lock)
+        acquire_run_lock(lock, settings.slot_name)
+        tables = select_tables(lock, settings.schema_name, settings.table_names)  # fail fast
+        finish_pending_load(pipeline, lock, settings.slot_name)
+        in_progress = stored_state(pipeline).online
+        starting = {name: table for name, table in tables.items()
+                    if table_key(settings.schema_name, name) not in in_progress}
+        rows: Dict[str, int] = {}
+        if starting:  # emptied in the destination, with a hand-off from now on
+            recreate_tables_gone_from_destination(pipeline, starting)
+            plan = prepare_copy(lock, settings=settings, tables=starting, online=list(starting))
+            rows = _run_snapshot_source(copy_source(settings=settings, plan=plan), pipeline)
+        report = CdcReport()
+        _cdc_on(lock, settings, pipeline, RunBounds(), report, on_chunk)
+        report.seconds = time.monotonic() - started
+        stuck = [progress.table for progress in report.online if progress.table in tables]
+        if stuck:
+            raise CopyMissingError(
+                f"{', '.join(stuck)}: the online copy could not go on (the table was dropped, or "
+                "changed while a chunk was read, several times in a row): run "
+                f"{snapshot_command(stuck, online=True)} again")
+        keyless = sorted(name for name, table in tables.items() if not table.merge_key)
+        chunks = {name: 0 for name in starting if name not in keyless}
+        for name, (copied, count) in report.copied_online.items():
+            rows[name], chunks[name] = copied, count
+        copy = SnapshotReport(rows, None, time.monotonic() - started, keyless, online=chunks)
+        return copy, report
+    finally:
+        lock.close()
+
+
 def _run_snapshot_source(source, pipeline: dlt.Pipeline) -> Dict[str, int]:
     apply_table_format(source, pipeline)
     pipeline.run(source, loader_file_format="parquet")
@@ -183,35 +258,99 @@ def _run_snapshot_source(source, pipeline: dlt.Pipeline) -> Dict[str, int]:
     return counts
 
 
-def run_cdc(settings: Settings, pipeline: dlt.Pipeline,
-            bounds: RunBounds = RunBounds()) -> CdcReport:
+def run_cdc(settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds = RunBounds(),
+            on_chunk: Callable[[CopyProgress], None] = lambda progress: None) -> CdcReport:
     """Loads the changes since the stored position and confirms the slot after each load.
 
     A stop requested in `bounds` ends reading at the next commit; what was read is still loaded
-    and confirmed.
+    and confirmed. With `max_seconds`, the time left once the stream is caught up advances the
+    online copies in progress (chunks.py).
     """
     started = time.monotonic()
     report = CdcReport()
     lock = connect(settings.dsn)
     try:
-        shapes, expected_truncates, stop_lsn = _checked_start(lock, settings, pipeline, report)
-        # The bounds count from here: the checks above can take seconds on a remote destination.
-        bounds = bounds.started(stop_lsn)
-        while True:
-            segment = _load_segment(lock, settings, pipeline, bounds.after(report.total), shapes)
-            report.loads += 1
-            if segment.confirm_lsn:
-                advance_slot(lock, settings.slot_name, segment.confirm_lsn)
-                report.confirmed_lsn = segment.confirm_lsn
-            _add_counts(report, segment)
-            if not segment.more or bounds.stop_was_requested():
-                break
-        if report.confirmed_lsn is not None and report.confirmed_lsn >= stop_lsn:
-            _refuse_partition_truncates(settings, shapes, expected_truncates)
+        _cdc_on(lock, settings, pipeline, bounds, report,
+                on_chunk if bounds.max_seconds is not None else None)
     finally:
         lock.close()
     report.seconds = time.monotonic() - started
     return report
+
+
+def _cdc_on(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds,
+            report: CdcReport, on_chunk: Optional[Callable[[CopyProgress], None]]) -> None:
+    """A cdc run on the run's connection; then, with `on_chunk`, the online copies' chunks."""
+    shapes, expected_truncates, stop_lsn = _checked_start(lock, settings, pipeline, report)
+    # The bounds count from here: the checks above can take seconds on a remote destination.
+    bounds = bounds.started(stop_lsn)
+    while True:
+        segment = _load_segment(lock, settings, pipeline, bounds.after(report.total), shapes)
+        _confirm_segment(lock, settings, report, segment)
+        if not segment.more or bounds.stop_was_requested():
+            break
+    if report.confirmed_lsn is not None and report.confirmed_lsn >= stop_lsn:
+        _refuse_partition_truncates(settings, shapes, expected_truncates)
+    if on_chunk is not None and report.confirmed_lsn is not None and report.confirmed_lsn >= stop_lsn:
+        _advance_online_copies(lock, settings, pipeline, bounds, report, on_chunk)
+    report.online = copy_progress(lock, stored_state(pipeline), settings.schema_name)
+
+
+def _confirm_segment(lock, settings: Settings, report: CdcReport, segment: SegmentResult) -> None:
+    """Confirms the slot up to what the loaded segment allows, and counts the segment."""
+    report.loads += 1
+    if segment.confirm_lsn:
+        advance_slot(lock, settings.slot_name, segment.confirm_lsn)
+        report.confirmed_lsn = segment.confirm_lsn
+    _add_counts(report, segment)
+
+
+def _advance_online_copies(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds,
+                           report: CdcReport, on_chunk: Callable[[CopyProgress], None]) -> None:
+    """Copies chunks of the online copies in progress, one table after the other, until they are
+    done or `bounds` end the run; each chunk is one window of the stream (chunks.py)."""
+    reader = ChunkReader(settings.dsn, settings.online_chunk_rows, settings.online_chunk_bytes)
+    misses = 0  # chunks in a row that could not be handed on
+    try:
+        while not bounds.should_stop() and misses < ONLINE_CHUNK_MISSES:
+            loaded = stored_state(pipeline)
+            if not loaded.online:
+                return
+            key = min(loaded.online)
+            chunk = _copy_chunk(lock, reader, settings, pipeline, bounds, report, loaded, key)
+            if chunk is None or chunk.released is None:
+                misses += 1
+                continue
+            misses = 0
+            copied = report.copied_online.setdefault(chunk.table.name, [0, 0])
+            copied[0] += chunk.rows.num_rows
+            copied[1] += 1
+            for progress in copy_progress(lock, stored_state(pipeline), settings.schema_name):
+                on_chunk(progress)
+    finally:
+        reader.close()
+
+
+ONLINE_CHUNK_MISSES = 3  # a run stops copying online after this many chunks in a row failed
+
+
+def _copy_chunk(lock, reader: ChunkReader, settings: Settings, pipeline: dlt.Pipeline,
+                bounds: RunBounds, report: CdcReport, loaded: LoadedState, key: str):
+    """Reads the table's next chunk, then loads the stream up to its high watermark, where the
+    chunk is handed on; None when no chunk could be read (online.ChunkReader.next_chunk)."""
+    leaves = read_leaves(lock, list(loaded.oids.values()))
+    chunk = reader.next_chunk(lock, key, loaded.online[key])
+    if chunk is None:
+        return None
+    # The high watermark is the window's stop: the schema changes before it are checked.
+    shapes, _ = _refuse_uncarried_schema_changes(lock, settings, loaded, report, leaves)
+    window = RunBounds(stop_lsn=chunk.high, stop_requested=bounds.stop_requested)
+    while True:
+        pending = chunk if chunk.released is None else None
+        segment = _load_segment(lock, settings, pipeline, window, shapes, pending)
+        _confirm_segment(lock, settings, report, segment)
+        if not segment.more or bounds.stop_was_requested():
+            return chunk
 
 
 def _checked_start(lock, settings: Settings, pipeline: dlt.Pipeline, report: CdcReport
@@ -310,6 +449,7 @@ def run_status(settings: Settings, pipeline: dlt.Pipeline,
             report.destination_checked = problems is not None
             report.problems.extend(problems or [])
         report.not_replicated, report.not_replicable = _not_replicated(conn, settings)
+        report.online_copies = copy_progress(conn, stored_state(pipeline), settings.schema_name)
         return report
     finally:
         conn.close()
@@ -339,7 +479,8 @@ def run_verify(settings: Settings, pipeline: dlt.Pipeline) -> List[Check]:
     conn = connect(settings.dsn)
     try:
         return run_checks(conn, settings.slot_name, pipeline,
-                          lambda: integrity_problems(conn, settings, pipeline))
+                          lambda: integrity_problems(conn, settings, pipeline),
+                          copy_progress(conn, stored_state(pipeline), settings.schema_name))
     finally:
         conn.close()
 
@@ -421,11 +562,13 @@ def _refuse_partition_truncates(settings: Settings, shapes: Dict[str, Dict[str, 
 
 
 def _load_segment(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds,
-                  shapes: Dict[str, Dict[str, Any]]) -> SegmentResult:
-    """Reads one segment on the run's checked connection and loads it."""
+                  shapes: Dict[str, Dict[str, Any]], chunk: Optional[Chunk] = None
+                  ) -> SegmentResult:
+    """Reads one segment on the run's checked connection and loads it (with an online copy's
+    chunk, when the stream reaches its high watermark)."""
     segment = SegmentResult(Position())
     resource = changes_resource(settings=settings, bounds=bounds, result=segment, conn=lock,
-                                require_copies=True, table_shapes=shapes)
+                                require_copies=True, table_shapes=shapes, chunk=chunk)
     source = make_source(SOURCE_NAME, [resource])
     apply_table_format(source, pipeline)
     pipeline.run(source, loader_file_format="parquet")

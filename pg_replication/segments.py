@@ -20,6 +20,7 @@ import pyarrow as pa
 from .bounds import RunBounds
 from .catalog import TableInfo, describe_tables, fetch_current_values, load_type_catalog, table_key
 from .changes import BatchLimits, ChangeCollector, SegmentResult, TableBatch, read_changes
+from .chunks import Chunk
 from .connect import connect
 from .ddl import ColumnMap
 from .destinations import load_bytes_for, merge_strategy_for
@@ -34,7 +35,8 @@ from .settings import PgReplicationConfiguration as Settings
 from .slots import (advance_slot, check_slot_usable, current_database, current_wal_lsn,
                     existing_publications, get_slot, publication_relations, publication_tables)
 from .snapshot import release_freed_memory
-from .state import LoadedState, Position, record_shapes, record_truncate, save_position
+from .state import (LoadedState, Position, record_chunk, record_shapes, record_truncate,
+                    save_position)
 from .stream import ReplicationStream, emit_heartbeat
 
 Shapes = Dict[str, Dict[str, Any]]
@@ -44,10 +46,13 @@ def changes_resource(*, settings: Settings, bounds: RunBounds = RunBounds(),
                      result: Optional[SegmentResult] = None, conn=None, flush_slot: bool = False,
                      require_copies: bool = False, table_shapes: Optional[Shapes] = None,
                      include_columns: Optional[Dict[str, Sequence[str]]] = None,
-                     columns: Optional[Dict[str, Dict[str, Any]]] = None) -> Any:
+                     columns: Optional[Dict[str, Dict[str, Any]]] = None,
+                     chunk: Optional[Chunk] = None) -> Any:
     """The changes in the slot since the stored position, as one dlt resource (see
     sources.replication_resource for the arguments). With `conn`, the caller holds a connection
-    and has checked the slot; otherwise the resource connects and checks when it starts."""
+    and has checked the slot; otherwise the resource connects and checks when it starts. With
+    `chunk`, an online copy's chunk is handed on at its high watermark (chunks.py), and the
+    copy's progress stored with the load."""
 
     def changes() -> Iterator[Any]:
         segment = result if result is not None else SegmentResult(Position())
@@ -57,12 +62,15 @@ def changes_resource(*, settings: Settings, bounds: RunBounds = RunBounds(),
         reader = _SlotSegment(settings, bounds.started(), segment, loaded,
                                 HandoffRule(loaded.handoffs, require_copies, loaded.oids),
                                 ShapeCheck(loaded, settings.schema_name, table_shapes),
-                                include_columns, columns)
+                                include_columns, columns, chunk)
         with _checked_connection(conn, settings) as connection:
             pipeline = current_pipeline()
             if flush_slot and pipeline is not None and not pipeline.has_pending_data:
                 advance_slot(connection, settings.slot_name, loaded.position.lsn)
             yield from reader.read(connection)
+        if chunk is not None and chunk.released is not None:
+            record_chunk(state, table_key(chunk.table.schema, chunk.table.name), chunk.last_key,
+                         chunk.rows.num_rows, chunk.last)
         save_position(state, segment.position)
         release_freed_memory()  # before the destination loads, in this process for DuckDB
 
@@ -96,8 +104,10 @@ class _SlotSegment:
 
     def __init__(self, settings: Settings, bounds: RunBounds,
                  segment: SegmentResult, loaded: LoadedState, handoffs: HandoffRule,
-                 shape_check: "ShapeCheck", include_columns, columns) -> None:
+                 shape_check: "ShapeCheck", include_columns, columns,
+                 chunk: Optional[Chunk] = None) -> None:
         self.settings, self.bounds, self.segment = settings, bounds, segment
+        self.chunk = chunk
         self.loaded, self.handoffs, self.shape_check = loaded, handoffs, shape_check
         self.include_columns, self.columns = include_columns, columns
         pipeline = current_pipeline()
@@ -136,11 +146,12 @@ class _SlotSegment:
                 stop_lsn: int) -> Iterator[Any]:
         segment, bounds = self.segment, self.bounds
         with ReplicationStream(self.settings.dsn, self.settings.slot_name, streamed, stop_lsn,
-                               bounds.deadline, bounds.stop_was_requested) as stream:
+                               bounds.deadline, bounds.stop_was_requested,
+                               messages=self.chunk is not None) as stream:
             sent_hints: Dict[str, int] = {}
             for batch in read_changes(stream.messages(), collector, self.loaded.position,
                                       stop_lsn, segment, self.limits, bounds,
-                                      lambda: stream.received_bytes):
+                                      lambda: stream.received_bytes, self.chunk):
                 if batch.xid is not None:
                     self.shape_check.carried_truncate(
                         table_key(self.settings.schema_name, batch.table_name), batch.xid)

@@ -56,6 +56,10 @@ class StreamConfiguration(BaseConfiguration):
     change_data_feed: bool = False
     cluster_by_key: bool = False
     snapshot_max_wait: Optional[float] = None  # seconds a snapshot may wait for transactions
+    # An online copy's chunk (chunks.py): at most this many rows, and about this many bytes of
+    # text (the row count follows the bytes per row of the table's previous chunk).
+    online_chunk_rows: int = 50_000
+    online_chunk_bytes: int = 32 << 20
     flush_slot: bool = True  # the library: confirm the loaded position before reading
 
     @property
@@ -136,7 +140,7 @@ def checked(settings: PgReplicationConfiguration) -> PgReplicationConfiguration:
 def _check_positive(settings: PgReplicationConfiguration) -> None:
     """Sizes and waits below 1 would make every batch or load empty (or wait for nothing)."""
     for key in ("target_batch_size", "target_batch_bytes", "target_load_bytes",
-                "snapshot_max_wait"):
+                "snapshot_max_wait", "online_chunk_rows", "online_chunk_bytes"):
         value = getattr(settings, key)
         if value is not None and value <= 0:
             raise ConfigError(f"invalid {key} {value!r}: use a number above 0")

@@ -58,6 +58,15 @@ def check_server(conn) -> None:
         )
 
 
+def check_logical_messages(conn) -> None:
+    """Raises unless pgoutput can send logical messages (PostgreSQL 14+), which an online copy's
+    watermarks are (chunks.py)."""
+    if conn.server_version < 140000:
+        raise SourceNotReadyError(
+            "an online copy needs PostgreSQL 14 or later (the server runs "
+            f"{conn.server_version // 10000}): copy the tables with `snapshot --tables ...`")
+
+
 def get_slot(conn, slot_name: str) -> Optional[SlotInfo]:
     with conn.cursor() as cur:
         cur.execute(

@@ -17,7 +17,7 @@ from psycopg2 import sql
 
 from .catalog import TableInfo
 from .hints import (CHANGE_LSN_COLUMN, COMMIT_TS_COLUMN, DELETED_COLUMN, LSN_COLUMN,
-                    META_ARROW_TYPES)
+                    copied_row_meta)
 from .types import ColumnKind, refuse_inexact_keys, text_to_arrow
 
 # Rows of one table reach dlt in batches of about this many bytes of CSV: small enough that the
@@ -74,13 +74,30 @@ def read_table(
                                          for name in table.merge_key])
         arrays: List[pa.Array] = [text_to_arrow(batch.column(i), kinds[name])
                                   for i, name in enumerate(names)]
-        arrays.append(pa.array([lsn] * rows, META_ARROW_TYPES[LSN_COLUMN]))
-        arrays.append(pa.array([0] * rows, META_ARROW_TYPES[CHANGE_LSN_COLUMN]))
-        arrays.append(pa.nulls(rows, META_ARROW_TYPES[COMMIT_TS_COLUMN]))
-        arrays.append(_live_marker(deleted_column, rows))
+        arrays += copied_row_meta(rows, lsn, deleted_column)
         yield pa.Table.from_arrays(arrays, names=names + [LSN_COLUMN, CHANGE_LSN_COLUMN,
                                                           COMMIT_TS_COLUMN, deleted_column])
     release_freed_memory()
+
+
+def read_key_range(conn, table: TableInfo, names: List[str], after: Optional[List[str]],
+                   limit: int) -> pa.Table:
+    """The first `limit` rows of `table` in key order whose key is past `after` (text values of
+    the key columns; None: from the start), every column as PostgreSQL's text, as one Arrow table
+    of strings (an online copy's chunk, chunks.py). Runs in the caller's transaction."""
+    key = sql.SQL(", ").join(sql.Identifier(k) for k in table.merge_key)
+    after_key = sql.SQL("")
+    if after is not None:  # a row comparison: the key's btree index finds where to start
+        after_key = sql.SQL(" WHERE ({}) > ({})").format(
+            key, sql.SQL(", ").join(sql.Literal(value) for value in after))
+    only = sql.SQL("") if table.is_partitioned else sql.SQL("ONLY ")  # as _copy_sql
+    query = sql.SQL("COPY (SELECT {} FROM {}{}{} ORDER BY {} LIMIT {}) TO STDOUT (FORMAT csv)"
+                    ).format(sql.SQL(", ").join(sql.Identifier(n) for n in names), only,
+                             sql.Identifier(table.schema, table.name), after_key, key,
+                             sql.Literal(limit))
+    batches = list(_copy_csv_batches(conn, query.as_string(conn), names))
+    schema = pa.schema([pa.field(name, pa.string()) for name in names])
+    return pa.Table.from_batches(batches, schema=schema)
 
 
 def release_freed_memory() -> None:
@@ -103,13 +120,6 @@ def _load_glibc() -> Optional[ctypes.CDLL]:
 
 
 _LIBC = _load_glibc()
-
-
-def _live_marker(deleted_column: str, rows: int) -> pa.Array:
-    """Snapshot rows are live: `_pg_deleted` False, or `_pg_deleted_at` NULL."""
-    if deleted_column == DELETED_COLUMN:
-        return pa.array([False] * rows, pa.bool_())
-    return pa.nulls(rows, META_ARROW_TYPES[deleted_column])
 
 
 def _copy_csv_batches(conn, copy_sql: str, names: List[str]) -> Iterator[pa.RecordBatch]:

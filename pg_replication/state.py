@@ -6,6 +6,8 @@ together with the data of each load, so the destination and the positions never 
     {"position": Position.to_state(),        # how far the stream is loaded
      "tables": {"public.orders": {"handoff_lsn": C, "oid": 16384, "shape": {...}}, ...},
                # insert-only tables also: "updated_or_deleted": {...} (insert_only.py)
+               # a table being copied online also: "online_copy": {"cursor": [key as text] or
+               # None, "chunks": 3, "rows": 150000} (chunks.py)
      "slot_name": "pg_replication_slot"}      # the slot these positions belong to
 
 The contract:
@@ -33,6 +35,7 @@ TABLES_KEY = "tables"
 SLOT_KEY = "slot_name"
 SHAPE_KEY = "shape"
 WRITE_COUNT_KEY = "updated_or_deleted"  # insert-only tables: the server's count at the copy
+ONLINE_KEY = "online_copy"  # a table being copied online: its progress (chunks.py)
 
 
 @dataclass
@@ -69,6 +72,8 @@ class LoadedState:
     # table_key -> {"rows": updated or deleted before the copy, "stats_since": the statistics'
     # reset stamps}, for insert-only tables (insert_only.py)
     write_counts: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    # table_key -> {"cursor", "chunks", "rows"}: the tables whose online copy is not finished
+    online: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     @property
     def anything_loaded(self) -> bool:
@@ -84,7 +89,9 @@ class LoadedState:
                    {key: int(entry["oid"]) for key, entry in tables.items() if entry.get("oid")},
                    {key: entry[SHAPE_KEY] for key, entry in tables.items() if entry.get(SHAPE_KEY)},
                    {key: entry[WRITE_COUNT_KEY] for key, entry in tables.items()
-                    if entry.get(WRITE_COUNT_KEY)})
+                    if entry.get(WRITE_COUNT_KEY)},
+                   {key: entry[ONLINE_KEY] for key, entry in tables.items()
+                    if entry.get(ONLINE_KEY) is not None})
 
     @classmethod
     def from_pipeline_state(cls, state: Optional[Mapping[str, Any]]) -> "LoadedState":
@@ -106,13 +113,30 @@ def start_snapshot(state: MutableMapping[str, Any], slot_name: str, handoff_lsn:
 
 def record_copy(state: MutableMapping[str, Any], schema: str, name: str, oid: int,
                 handoff_lsn: int, shape: Optional[Dict[str, Any]] = None,
-                write_count: Optional[Dict[str, Any]] = None) -> None:
+                write_count: Optional[Dict[str, Any]] = None, online: bool = False) -> None:
+    """Stores a table's copy; `online`: the copy has only begun, its chunks follow."""
     entry: Dict[str, Any] = {"handoff_lsn": handoff_lsn, "oid": oid}
+    if online:
+        entry[ONLINE_KEY] = {"cursor": None, "chunks": 0, "rows": 0}
     if shape is not None:
         entry[SHAPE_KEY] = shape
     if write_count is not None:
         entry[WRITE_COUNT_KEY] = write_count
     state.setdefault(TABLES_KEY, {})[table_key(schema, name)] = entry
+
+
+def record_chunk(state: MutableMapping[str, Any], key: str, last_key: Optional[list], rows: int,
+                 last: bool) -> None:
+    """Stores how far the table's online copy is, with the load that holds its chunk; the last
+    chunk ends the copy."""
+    entry = (state.get(TABLES_KEY) or {}).get(key)
+    progress = entry.get(ONLINE_KEY) if entry else None
+    if progress is None:  # copied again meanwhile
+        return
+    if last:
+        del entry[ONLINE_KEY]
+        return
+    progress.update(cursor=last_key, chunks=progress["chunks"] + 1, rows=progress["rows"] + rows)
 
 
 def record_shapes(state: MutableMapping[str, Any], shapes: Mapping[str, Dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 
 from .protocol import int_to_lsn
 from .exceptions import SlotError, snapshot_command
+from .online import CopyProgress
 from .slots import (check_slot_usable, current_database, current_wal_lsn, existing_publications,
                     get_slot, publication_tables)
 
@@ -35,6 +36,7 @@ class StatusReport:
     pending_packages: int = 0  # loads a killed or failed run left; the next run loads them first
     slot_usable: bool = True  # False: another plugin's slot, or another database's
     destination_checked: bool = True  # False: a run had the local DuckDB file open
+    online_copies: List[CopyProgress] = field(default_factory=list)  # in progress (chunks.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -58,6 +60,8 @@ class StatusReport:
         for line in self.not_replicable:
             rows.append(("not replicated", line))
         rows.append(("last loaded LSN", self.last_loaded_lsn or "-"))
+        for progress in self.online_copies:
+            rows.append(("online copy", progress.line()))
         if self.pending_packages:
             rows.append(("pending", f"{self.pending_packages} load package(s) a killed or failed "
                                     "run left: the next cdc or snapshot loads them first"))

@@ -37,12 +37,16 @@ class ReplicationStream:
             here (normally pg_current_wal_lsn() at the start of the run).
         deadline (float): time.monotonic() after which to stop at the next transaction boundary.
         stop_requested: Returns True to stop at the next transaction boundary (SIGTERM).
+        messages (bool): Also send the logical messages written with pg_logical_emit_message
+            (PostgreSQL 14+): the watermarks of an online copy (chunks.py).
     """
 
     def __init__(self, dsn: str, slot_name: str, publication_names: Sequence[str], stop_lsn: int,
                  deadline: Optional[float] = None,
-                 stop_requested: Callable[[], bool] = lambda: False) -> None:
+                 stop_requested: Callable[[], bool] = lambda: False,
+                 messages: bool = False) -> None:
         self.dsn = dsn
+        self.with_logical_messages = messages  # the online copy's watermarks
         self.slot_name = slot_name
         self.publication_names = list(publication_names)
         self.stop_lsn = stop_lsn
@@ -70,6 +74,8 @@ class ReplicationStream:
         self._conn = connect(self.dsn, replication=True)
         self._cursor = self._conn.cursor()
         options = {"proto_version": "1", "publication_names": ",".join(self.publication_names)}
+        if self.with_logical_messages:  # PostgreSQL 14+
+            options["messages"] = "true"
         try:
             self._cursor.start_replication(slot_name=self.slot_name, decode=False,
                                            options=options)
@@ -160,3 +166,16 @@ def emit_heartbeat(conn) -> Optional[int]:
             return lsn_to_int(cur.fetchone()[0])
     except psycopg2.Error:
         return None
+
+
+def emit_watermark(conn, content: str) -> int:
+    """Writes a non-transactional logical message (an online copy's watermark, chunks.py) and
+    returns the WAL position after it: a transaction commits after the message exactly when its
+    commit LSN is at or past this position."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_logical_emit_message(false, %s, %s)::text",
+                    (WATERMARK_PREFIX, content))
+        return lsn_to_int(cur.fetchone()[0])
+
+
+WATERMARK_PREFIX = "pg_replication_online"

@@ -3,7 +3,8 @@
 1. the slot exists on the source (lag, active);
 2. the destination's `_dlt_pipeline_state` holds the position the slot was confirmed to;
 3. no staged files are left behind (Databricks volume, filesystem), not applicable to DuckDB;
-4. the destination holds the copy of every table the stream applies to (integrity.py).
+4. the destination holds the copy of every table the stream applies to (integrity.py);
+5. no online copy is still in progress (chunks.py): such a table holds only part of its rows.
 """
 
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ from .destinations import destination_name, staged_leftovers
 from .dlt_compat import destination_state
 from .state import LoadedState
 from .protocol import int_to_lsn
-from .exceptions import SlotError
+from .exceptions import SlotError, snapshot_command
 from .failures import essential_line
+from .online import CopyProgress
 from .slots import check_slot_usable, current_database, current_wal_lsn, get_slot
 
 
@@ -105,7 +107,19 @@ def check_copies(integrity_problems: Callable[[], List[str]]) -> Check:
     return Check(name, True, "the destination holds the copy of every published table")
 
 
+def check_online_copies(in_progress: List[CopyProgress]) -> Check:
+    """A table whose online copy is not finished holds only part of its rows."""
+    name = "online copies"
+    if not in_progress:
+        return Check(name, None, "none in progress")
+    tables = [progress.table for progress in in_progress]
+    return Check(name, False, f"{'; '.join(p.line() for p in in_progress)}: not finished, "
+                              f"{snapshot_command(tables, online=True)} finishes it")
+
+
 def run_checks(conn, slot_name: str, pipeline: dlt.Pipeline,
-               integrity_problems: Callable[[], List[str]]) -> List[Check]:
+               integrity_problems: Callable[[], List[str]],
+               online: List[CopyProgress]) -> List[Check]:
     return [check_slot(conn, slot_name), check_state(conn, slot_name, pipeline),
-            check_staged_files(pipeline), check_copies(integrity_problems)]
+            check_staged_files(pipeline), check_copies(integrity_problems),
+            check_online_copies(online)]

@@ -1,0 +1,111 @@
+"""Online copies, as building blocks: reading a table's next chunk between two watermarks, and
+what `status` says about the copies in progress. The algorithm, and why it is exact, is written
+down in chunks.py; the run that loads the chunks is jobs.py's.
+"""
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional
+
+from .catalog import TableInfo, describe_tables
+from .chunks import Chunk, chunk_columns
+from .connect import connect
+from .snapshot import begin_snapshot_transaction, read_key_range
+from .state import LoadedState
+from .stream import emit_watermark
+
+
+class ChunkReader:
+    """Reads the chunks of a run's online copies on a connection of its own.
+
+    Chunks are bounded by rows (`chunk_rows`) and by bytes (`chunk_bytes`): the row limit of a
+    table's next chunk follows the bytes per row its previous chunk had (the first one's come
+    from the table's size and row estimate).
+    """
+
+    def __init__(self, dsn: str, chunk_rows: int, chunk_bytes: int) -> None:
+        self.conn = connect(dsn)
+        self.chunk_rows, self.chunk_bytes = chunk_rows, chunk_bytes
+        self.bytes_per_row: Dict[int, float] = {}  # by table OID
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def next_chunk(self, lock, key: str, progress: Mapping[str, Any]) -> Optional[Chunk]:
+        """The chunk after the table's cursor, read between a low and a high watermark written on
+        the run's connection `lock`; None when the table is gone, lost its key, or changed its
+        columns while the chunk was read (the run's checks deal with that)."""
+        schema, name = key.split(".", 1)
+        token = uuid.uuid4().hex
+        low = emit_watermark(lock, f"{token} low")
+        begin_snapshot_transaction(self.conn, None)
+        try:
+            table = describe_tables(self.conn, schema, [name]).get(name)
+            if table is None or not table.merge_key:
+                return None
+            limit = self._row_limit(table)
+            rows = read_key_range(self.conn, table, chunk_columns(table), progress.get("cursor"),
+                                  limit)
+        finally:
+            self.conn.rollback()
+            self.conn.autocommit = True
+        high = emit_watermark(lock, f"{token} high")
+        if describe_tables(lock, schema, [name]).get(name) != table:
+            return None  # its rows may lack a column the stream has from now on
+        if rows.num_rows:
+            self.bytes_per_row[table.oid] = rows.nbytes / rows.num_rows
+        last_key = ([rows.column(k)[-1].as_py() for k in table.merge_key] if rows.num_rows
+                    else progress.get("cursor"))
+        return Chunk(table, int(progress.get("chunks") or 0) + 1, rows, last_key,
+                     rows.num_rows < limit, f"{token} high", low, high)
+
+    def _row_limit(self, table: TableInfo) -> int:
+        per_row = self.bytes_per_row.get(table.oid) or _estimated_row_bytes(self.conn, table.oid)
+        if per_row is None:  # nothing to go by: a small first chunk tells
+            return min(self.chunk_rows, FIRST_CHUNK_ROWS)
+        return max(1, min(self.chunk_rows, int(self.chunk_bytes / max(per_row, 1.0))))
+
+
+FIRST_CHUNK_ROWS = 1_000  # a table never analyzed: the rows of its first chunk
+
+
+def _estimated_row_bytes(conn, oid: int) -> Optional[float]:
+    """Bytes per row from the table's size (TOAST included) and the planner's row estimate; None
+    when the table was never analyzed."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_total_relation_size(oid)::float8 / reltuples FROM pg_class "
+                    "WHERE oid = %s AND reltuples > 0", (oid,))
+        row = cur.fetchone()
+    return float(row[0]) if row and row[0] else None
+
+
+@dataclass
+class CopyProgress:
+    """How far one table's online copy is."""
+
+    table: str
+    rows: int
+    chunks: int
+    estimated_rows: Optional[int]  # pg_class.reltuples; None when never estimated
+
+    def line(self) -> str:
+        total = ""
+        if self.estimated_rows:
+            share = min(99, int(100 * self.rows / self.estimated_rows))
+            total = f" of ~{self.estimated_rows} ({share}%)"
+        return f"{self.table}: {self.rows} rows{total} copied online, {self.chunks} chunks"
+
+
+def copy_progress(conn, loaded: LoadedState, schema_name: str) -> List[CopyProgress]:
+    """The online copies in progress, with the planner's estimate of each table's rows."""
+    found = []
+    for key, progress in sorted(loaded.online.items()):
+        with conn.cursor() as cur:
+            cur.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s",
+                        (loaded.oids.get(key, 0),))
+            row = cur.fetchone()
+        estimate = int(row[0]) if row and row[0] and row[0] > 0 else None
+        name = key[len(schema_name) + 1:] if key.startswith(schema_name + ".") else key
+        found.append(CopyProgress(name, int(progress.get("rows") or 0),
+                                  int(progress.get("chunks") or 0), estimate))
+    return found
