@@ -139,10 +139,13 @@ def cli(ctx: click.Context, destination: str, dataset: str, pipeline_name: str,
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
               help="With --online: rows per chunk at most (default 50000; chunks are also "
                    "bounded by bytes).")
+@click.option("--max-seconds", type=click.FloatRange(min=0.1), default=None,
+              help="With --online: stop copying after this many seconds (the copy stays in "
+                   "progress; `cdc --max-seconds` or a rerun goes on with it).")
 @click.pass_context
 @handle_errors
 def snapshot(ctx: click.Context, tables: Optional[str], max_wait: Optional[float], online: bool,
-             chunk_rows: Optional[int]) -> None:
+             chunk_rows: Optional[int], max_seconds: Optional[float]) -> None:
     """Copy the tables as of the replication slot's start (creates slot and publication).
 
     \b
@@ -150,13 +153,15 @@ def snapshot(ctx: click.Context, tables: Optional[str], max_wait: Optional[float
         python pipeline_main.py --destination duckdb snapshot --tables film,actor
         python pipeline_main.py snapshot --online --tables big_orders
     """
+    from pg_replication.bounds import RunBounds
     from pg_replication.jobs import recorded_run, run_online_snapshot, run_snapshot
 
     pipeline = _pipeline(ctx)
     with recorded_run(pipeline, "snapshot") as record:
         settings = _job_settings(tables, max_wait=max_wait, chunk_rows=chunk_rows)
         if online:
-            report, changes = run_online_snapshot(settings, pipeline, _progress_printer())
+            report, changes = run_online_snapshot(settings, pipeline, _progress_printer(),
+                                                  RunBounds(max_seconds=max_seconds))
         else:
             report, changes = run_snapshot(settings, pipeline), None
         record["summary"] = report.summary()

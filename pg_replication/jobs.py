@@ -200,11 +200,12 @@ def run_snapshot(settings: Settings, pipeline: dlt.Pipeline) -> SnapshotReport:
 
 
 def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
-                        on_chunk: Callable[[CopyProgress], None]) -> Tuple[SnapshotReport,
-                                                                           CdcReport]:
+                        on_chunk: Callable[[CopyProgress], None],
+                        bounds: RunBounds = RunBounds()) -> Tuple[SnapshotReport, CdcReport]:
     """Copies the keyed tables online (chunks.py), while the change stream is applied and the
     slot confirmed, and the tables without a key whole, inside one exported snapshot. A table
-    whose online copy is in progress goes on from its stored cursor.
+    whose online copy is in progress goes on from its stored cursor. `bounds` (max_seconds)
+    may end the run with copies still in progress.
 
     Raises:
         CopyMissingError: An online copy could not go on (see _advance_online_copies).
@@ -226,9 +227,10 @@ def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
             plan = prepare_copy(lock, settings=settings, tables=starting, online=list(starting))
             rows = _run_snapshot_source(copy_source(settings=settings, plan=plan), pipeline)
         report = CdcReport()
-        _cdc_on(lock, settings, pipeline, RunBounds(), report, on_chunk)
+        _cdc_on(lock, settings, pipeline, bounds, report, on_chunk)
         report.seconds = time.monotonic() - started
-        stuck = [progress.table for progress in report.online if progress.table in tables]
+        stuck = [progress.table for progress in report.online
+                 if progress.table in tables and bounds.max_seconds is None]
         if stuck:
             raise CopyMissingError(
                 f"{', '.join(stuck)}: the online copy could not go on (the table was dropped, or "
