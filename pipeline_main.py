@@ -69,12 +69,13 @@ def handle_errors(command: Callable) -> Callable:
 
 
 def _job_settings(tables: Optional[str] = None, deletes: Optional[str] = None,
-                  max_wait: Optional[float] = None, chunk_rows: Optional[int] = None):
+                  max_wait: Optional[float] = None, chunk_rows: Optional[int] = None,
+                  workers: Optional[int] = None):
     """`[sources.pg_replication]`, the options given taking precedence."""
     from pg_replication.settings import resolve_settings
 
     return resolve_settings(table_names=tables, deletes=deletes, snapshot_max_wait=max_wait,
-                            online_chunk_rows=chunk_rows)
+                            online_chunk_rows=chunk_rows, snapshot_workers=workers)
 
 
 def _pipeline(ctx: click.Context):
@@ -142,10 +143,15 @@ def cli(ctx: click.Context, destination: str, dataset: str, pipeline_name: str,
 @click.option("--max-seconds", type=click.FloatRange(min=0.1), default=None,
               help="With --online: stop copying after this many seconds (the copy stays in "
                    "progress; `cdc --max-seconds` or a rerun goes on with it).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Connections that read the consistent copy together, in one exported "
+                   "snapshot: whole tables, and CTID ranges of large ones (default: 1, or one "
+                   "per core up to 4 when the tables hold more than 1 GB).")
 @click.pass_context
 @handle_errors
 def snapshot(ctx: click.Context, tables: Optional[str], max_wait: Optional[float], online: bool,
-             chunk_rows: Optional[int], max_seconds: Optional[float]) -> None:
+             chunk_rows: Optional[int], max_seconds: Optional[float],
+             workers: Optional[int]) -> None:
     """Copy the tables as of the replication slot's start (creates slot and publication).
 
     \b
@@ -158,7 +164,8 @@ def snapshot(ctx: click.Context, tables: Optional[str], max_wait: Optional[float
 
     pipeline = _pipeline(ctx)
     with recorded_run(pipeline, "snapshot") as record:
-        settings = _job_settings(tables, max_wait=max_wait, chunk_rows=chunk_rows)
+        settings = _job_settings(tables, max_wait=max_wait, chunk_rows=chunk_rows,
+                                 workers=workers)
         if online:
             report, changes = run_online_snapshot(settings, pipeline, _progress_printer(),
                                                   RunBounds(max_seconds=max_seconds))

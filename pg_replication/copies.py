@@ -6,7 +6,7 @@ checked the settings and the server and hold a connection; the blocks here assum
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import dlt
 import pyarrow as pa
@@ -14,6 +14,7 @@ import pyarrow as pa
 from .catalog import (TableInfo, column_kinds, describe_tables, list_tables, load_type_catalog,
                       unreplicable_tables)
 from .connect import connect
+from .copy_workers import CopyPart, default_workers, plan_parts, read_parts, table_sizes
 from .ddl import read_catalog, read_leaves, shape_of
 from .dlt_compat import destination_identifier, make_source
 from .exceptions import ConfigError
@@ -101,6 +102,9 @@ class CopyPlan:
     write_counts: Dict[int, Dict[str, Any]] = field(default_factory=dict)
     # Keyed tables copied online (chunks.py): here they are only emptied and get their hand-off.
     online: List[str] = field(default_factory=list)
+    # What the copy reads (the other tables, whole or in CTID ranges), over how many connections.
+    parts: List[CopyPart] = field(default_factory=list)
+    workers: int = 1
 
 
 def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
@@ -130,8 +134,21 @@ def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
     write_counts = {} if create_slot_now else updated_or_deleted_rows(
         conn, [table.oid for table in tables.values() if not table.merge_key])
     online_tables = [name for name in online if name in tables and tables[name].merge_key]
+    parts, workers = _plan_reading(conn, [t for t in tables.values() if t.name not in online_tables],
+                                   settings.snapshot_workers, settings.snapshot_part_bytes)
     return CopyPlan(list(tables.values()), load_type_catalog(conn), slot is None, write_counts,
-                    online_tables)
+                    online_tables, parts, workers)
+
+
+def _plan_reading(conn, tables: List[TableInfo], workers: Optional[int], part_bytes: int
+                  ) -> Tuple[List[CopyPart], int]:
+    """The parts the copy reads and the number of connections reading them (`workers`, or a
+    default from the tables' sizes)."""
+    sizes = table_sizes(conn, tables) if tables else {}
+    workers = workers or default_workers(sizes)
+    parts = plan_parts(tables, sizes, workers, ctid_ranges=conn.server_version >= 140000,
+                       part_blocks=max(1, part_bytes // 8192))
+    return parts, max(1, min(workers, len(parts)))
 
 
 def copy_source(*, settings: Settings, plan: CopyPlan,
@@ -139,9 +156,10 @@ def copy_source(*, settings: Settings, plan: CopyPlan,
     """A `pg_replication` source whose one resource copies the planned tables inside a snapshot
     exported at a slot's consistent point, and records their hand-off (handoff.py) in the source
     state, with the rows updated or deleted before it of the insert-only ones."""
-    reader, handoff_lsn = _open_snapshot_reader(settings.dsn, settings.slot_name,
-                                                plan.new_stream, settings.snapshot_max_wait)
-    copy = _Copy(reader, plan, handoff_lsn, settings, include_columns, columns)
+    readers, handoff_lsn = _open_snapshot_readers(settings.dsn, settings.slot_name,
+                                                  plan.new_stream, settings.snapshot_max_wait,
+                                                  plan.workers)
+    copy = _Copy(readers, plan, handoff_lsn, settings, include_columns, columns)
     # Each table carries its own `replace` hint. The resource itself must not be `replace`: dlt
     # would then also truncate every other table this resource loaded before (a later
     # `snapshot --tables b` would empty table a).
@@ -152,37 +170,41 @@ def copy_source(*, settings: Settings, plan: CopyPlan,
     return make_source(SOURCE_NAME, [resource()])
 
 
-def _open_snapshot_reader(dsn: str, slot_name: str, new_stream: bool,
-                          max_wait: Optional[float] = None):
-    """A connection inside an exported snapshot, and that snapshot's hand-off LSN.
+def _open_snapshot_readers(dsn: str, slot_name: str, new_stream: bool,
+                           max_wait: Optional[float] = None, count: int = 1):
+    """`count` connections inside one exported snapshot, and that snapshot's hand-off LSN.
 
     With `new_stream` the pipeline's slot is created here and exports it; otherwise a temporary
     slot does. The snapshot is imported before the exporting connection closes (which also drops a
-    temporary slot): the importing transaction keeps it alive.
+    temporary slot): the importing transactions keep it alive.
     """
-    reader = connect(dsn)
+    readers = [connect(dsn) for _ in range(count)]
     try:
         exporter, handoff_lsn, snapshot_name = create_slot_with_snapshot(
             dsn, slot_name if new_stream else copy_slot_name(slot_name), temporary=not new_stream,
             max_wait=max_wait)
         try:
-            begin_snapshot_transaction(reader, snapshot_name)
+            for reader in readers:
+                begin_snapshot_transaction(reader, snapshot_name)
         finally:
             exporter.close()
-        return reader, handoff_lsn
+        return readers, handoff_lsn
     except Exception:
-        reader.close()
+        for reader in readers:
+            reader.close()
         raise
 
 
 class _Copy:
-    """The copy of the planned tables on `reader`'s snapshot, one table after the other."""
+    """The copy of the planned tables on the readers' snapshot (copy_workers.py reads the parts);
+    each table's hand-off is recorded once all its parts are read."""
 
-    def __init__(self, reader, plan: CopyPlan, handoff_lsn: int,
+    def __init__(self, readers, plan: CopyPlan, handoff_lsn: int,
                  settings: Settings, include_columns: ColumnsByTable,
                  columns: HintsByTable) -> None:
-        self.reader, self.plan, self.handoff_lsn = reader, plan, handoff_lsn
+        self.readers, self.plan, self.handoff_lsn = readers, plan, handoff_lsn
         self.settings, self.include_columns, self.columns = settings, include_columns, columns
+        self.marker = delete_marker(settings.deletes)
 
     def rows(self) -> Iterator[Any]:
         try:
@@ -190,18 +212,47 @@ class _Copy:
             start_snapshot(state, self.settings.slot_name, self.handoff_lsn, self.plan.new_stream)
             oids = [table.oid for table in self.plan.tables]
             # The catalog as of the hand-off: cdc compares later catalogs with it (ddl.py).
-            shapes, leaves = read_catalog(self.reader, oids), read_leaves(self.reader, oids)
-            for table in self.plan.tables:
-                online = table.name in self.plan.online
-                yield from self._table_rows(table, online)
+            shapes, leaves = read_catalog(self.readers[0], oids), read_leaves(self.readers[0], oids)
+
+            def record(table: TableInfo, online: bool) -> None:
                 shape = shape_of(shapes[table.oid], leaves) if table.oid in shapes else None
                 record_copy(state, table.schema, table.name, table.oid, self.handoff_lsn, shape,
                             self.plan.write_counts.get(table.oid), online)
-        finally:
-            self.reader.close()
 
-    def _table_rows(self, table: TableInfo, online: bool) -> Iterator[Any]:
-        """The table's rows; only its emptying when it is copied online."""
+            for table in self.plan.tables:
+                if table.name in self.plan.online:  # emptied now, copied in chunks later
+                    yield self._output(table).empty_batch()
+                    record(table, online=True)
+            yield from self._read_parts(lambda table: record(table, online=False))
+        finally:
+            for reader in self.readers:
+                reader.close()
+
+    def _read_parts(self, record: Callable[[TableInfo], None]) -> Iterator[Any]:
+        """The planned parts' batches, in the order they arrive; a table is recorded when its
+        last part is read (an empty table yields one empty batch, to replace what the
+        destination holds)."""
+        parts_left: Dict[int, int] = {}
+        for part in self.plan.parts:
+            parts_left[part.table.oid] = parts_left.get(part.table.oid, 0) + 1
+        outputs: Dict[int, _TableOutput] = {}
+        for part, data in read_parts(self.readers, self.plan.parts, self._read_part):
+            table = part.table
+            output = outputs.get(table.oid) or outputs.setdefault(table.oid, self._output(table))
+            if data is not None:
+                yield output.batch(data)
+                continue
+            parts_left[table.oid] -= 1
+            if parts_left[table.oid] == 0:
+                if output.first:
+                    yield output.empty_batch()
+                record(table)
+
+    def _read_part(self, conn, part: CopyPart) -> Iterator[pa.Table]:
+        kinds = column_kinds(part.table, self.plan.types)
+        return read_table(conn, part.table, kinds, self.handoff_lsn, self.marker, part.blocks)
+
+    def _output(self, table: TableInfo) -> "_TableOutput":
         kinds = column_kinds(table, self.plan.types)
         names = _included(table.name, _copied_columns(table), self.include_columns)
         outputs = output_column_names(table.name, [(n, kinds[n]) for n in names],
@@ -211,17 +262,29 @@ class _Copy:
                             [renames.get(k, k) for k in table.merge_key], self.settings.deletes)
         hints = with_delta_options(hints, self.settings.delta_options)
         hints = snapshot_hints(with_column_hints(hints, self.columns))
-        marker = delete_marker(self.settings.deletes)
-        first = True
-        for data in () if online else read_table(self.reader, table, kinds, self.handoff_lsn,
-                                                 marker):
-            data = data.rename_columns([renames.get(n, n) for n in data.column_names])
-            data = data.select([n for n in data.column_names if n in hints["columns"]])
-            yield mark_batch(data, hints, first)
-            first = False
-        if first:  # empty table: still replace what the destination holds
-            output_kinds = {renames.get(n, n): kind for n, kind in kinds.items()}
-            yield mark_batch(_empty_like(hints, output_kinds), hints, True)
+        return _TableOutput(hints, renames, {renames.get(n, n): kind for n, kind in kinds.items()})
+
+
+@dataclass
+class _TableOutput:
+    """How a table's rows go to dlt: its hints (on its first batch), destination names."""
+
+    hints: Dict[str, Any]
+    renames: Dict[str, str]
+    kinds: Dict[str, Any]  # destination column -> ColumnKind
+    first: bool = True
+
+    def batch(self, data: pa.Table) -> Any:
+        data = data.rename_columns([self.renames.get(n, n) for n in data.column_names])
+        data = data.select([n for n in data.column_names if n in self.hints["columns"]])
+        marked = mark_batch(data, self.hints, self.first)
+        self.first = False
+        return marked
+
+    def empty_batch(self) -> Any:
+        """No rows: still replaces what the destination holds."""
+        self.first = False
+        return mark_batch(_empty_like(self.hints, self.kinds), self.hints, True)
 
 
 def _copied_columns(table: TableInfo) -> List[str]:

@@ -16,6 +16,7 @@ from dlt.common.configuration.specs import BaseConfiguration
 
 from .changes import BATCH_BYTES
 from .connect import to_dsn
+from .copy_workers import PART_BLOCKS
 from .exceptions import ConfigError
 from .hints import DeltaOptions
 from .slots import validate_slot_name
@@ -56,6 +57,11 @@ class StreamConfiguration(BaseConfiguration):
     change_data_feed: bool = False
     cluster_by_key: bool = False
     snapshot_max_wait: Optional[float] = None  # seconds a snapshot may wait for transactions
+    # Connections the consistent copy reads over (copy_workers.py); default: by the tables' sizes.
+    snapshot_workers: Optional[int] = None
+    # A table larger than two of these is read in CTID ranges of about this many bytes, in
+    # parallel when there are several workers (PostgreSQL 14+).
+    snapshot_part_bytes: int = PART_BLOCKS * 8192
     # An online copy's chunk (chunks.py): at most this many rows, and about this many bytes of
     # text (the row count follows the bytes per row of the table's previous chunk).
     online_chunk_rows: int = 50_000
@@ -140,7 +146,8 @@ def checked(settings: PgReplicationConfiguration) -> PgReplicationConfiguration:
 def _check_positive(settings: PgReplicationConfiguration) -> None:
     """Sizes and waits below 1 would make every batch or load empty (or wait for nothing)."""
     for key in ("target_batch_size", "target_batch_bytes", "target_load_bytes",
-                "snapshot_max_wait", "online_chunk_rows", "online_chunk_bytes"):
+                "snapshot_max_wait", "online_chunk_rows", "online_chunk_bytes",
+                "snapshot_workers", "snapshot_part_bytes"):
         value = getattr(settings, key)
         if value is not None and value <= 0:
             raise ConfigError(f"invalid {key} {value!r}: use a number above 0")

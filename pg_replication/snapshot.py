@@ -9,7 +9,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -37,13 +37,23 @@ def begin_snapshot_transaction(conn, snapshot_name: Optional[str]) -> None:
             cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_name,))
 
 
-def _copy_sql(table: TableInfo) -> sql.Composable:
+# Blocks [first, end) of a table's heap (end None: to the table's end), read by CTID range.
+BlockRange = Tuple[int, Optional[int]]
+
+
+def _copy_sql(table: TableInfo, blocks: Optional[BlockRange] = None) -> sql.Composable:
     # ONLY: a plain table's inheritance children are tables of their own. A partitioned root has
     # no rows itself and must be read with its partitions.
     only = sql.SQL("") if table.is_partitioned else sql.SQL("ONLY ")
     columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
-    return sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT (FORMAT csv)").format(
-        columns, only, sql.Identifier(table.schema, table.name)
+    where = sql.SQL("")
+    if blocks is not None:  # a TID range scan (PostgreSQL 14+) reads only these blocks
+        first, end = blocks
+        where = sql.SQL(" WHERE ctid >= {}::tid").format(sql.Literal(f"({first},0)"))
+        if end is not None:
+            where += sql.SQL(" AND ctid < {}::tid").format(sql.Literal(f"({end},0)"))
+    return sql.SQL("COPY (SELECT {} FROM {}{}{}) TO STDOUT (FORMAT csv)").format(
+        columns, only, sql.Identifier(table.schema, table.name), where
     )
 
 
@@ -53,8 +63,10 @@ def read_table(
     kinds: Dict[str, ColumnKind],
     lsn: int,
     deleted_column: str = DELETED_COLUMN,
+    blocks: Optional[BlockRange] = None,
 ) -> Iterator[pa.Table]:
-    """Streams one table as Arrow tables with the metadata columns, in bounded memory.
+    """Streams one table (or the rows in `blocks` of it) as Arrow tables with the metadata
+    columns, in bounded memory.
 
     Args:
         conn: A connection inside the snapshot transaction.
@@ -62,12 +74,13 @@ def read_table(
         kinds (Dict[str, ColumnKind]): Conversion per column.
         lsn (int): Value of `_pg_lsn` for every row (the hand-off LSN); `_pg_change_lsn` is 0.
         deleted_column (str): `_pg_deleted` (hard deletes) or `_pg_deleted_at` (soft).
+        blocks (BlockRange): Only the rows stored in these blocks (a part of a parallel copy).
 
     Yields:
         pa.Table: Up to one CSV block of rows each; nothing for an empty table.
     """
     names = [c.name for c in table.columns]
-    copy_sql = _copy_sql(table).as_string(conn)
+    copy_sql = _copy_sql(table, blocks).as_string(conn)
     for batch in _copy_csv_batches(conn, copy_sql, names):
         rows = batch.num_rows
         refuse_inexact_keys(table.name, [(name, batch.column(names.index(name)), kinds[name])

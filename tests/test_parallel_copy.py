@@ -1,0 +1,82 @@
+"""`snapshot --workers N`: the consistent copy read over several connections that import one
+exported snapshot, large tables in CTID ranges (copy_workers.py)."""
+
+import threading
+
+import pytest
+
+from pg_replication.catalog import describe_tables
+from pg_replication.copy_workers import CopyPart, plan_parts, read_parts, table_sizes
+from tests.tools import assert_table_matches, run_sql
+
+PART_BYTES = 8 * 8192  # eight blocks: the tables below are split into many ranges
+
+
+def _tables(conn) -> None:
+    run_sql(conn,
+            "CREATE TABLE wide (id int PRIMARY KEY, note text)",
+            "INSERT INTO wide SELECT g, repeat(md5(g::text), 6) FROM generate_series(1, 4000) g",
+            "CREATE TABLE events (payload text)",  # no key: a duplicated or lost row shows
+            "INSERT INTO events SELECT repeat(md5(g::text), 5) || (g % 50) "
+            "FROM generate_series(1, 4000) g",
+            "CREATE TABLE tiny (id int PRIMARY KEY)",
+            "INSERT INTO tiny VALUES (1), (2)",
+            "CREATE TABLE nothing (id int PRIMARY KEY)",
+            "DELETE FROM wide WHERE id % 97 = 0")  # holes in the ranges
+
+
+def test_parallel_copy_in_ctid_ranges_equals_source(source, project):
+    _tables(source)
+    tables = describe_tables(source, "public", ["wide", "events"])
+    parts = plan_parts(list(tables.values()), table_sizes(source, list(tables.values())), 2,
+                       ctid_ranges=True, part_blocks=PART_BYTES // 8192)
+    assert sum(1 for part in parts if part.table.name == "wide") > 4  # really split
+    stop = threading.Event()
+
+    def write() -> None:  # changes during the copy: the stream carries them afterwards
+        import psycopg2
+
+        conn = psycopg2.connect(project.source_url)
+        conn.autocommit = True
+        key = 0
+        while not stop.is_set():
+            key = key % 4000 + 1
+            with conn.cursor() as cur:
+                cur.execute("UPDATE wide SET note = 'changed' WHERE id = %s", (key,))
+                cur.execute("INSERT INTO events VALUES ('late')")
+        conn.close()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        result = project.run("snapshot", "--workers", "2",
+                             env={"SOURCES__PG_REPLICATION__SNAPSHOT_PART_BYTES": str(PART_BYTES)})
+    finally:
+        stop.set()
+        writer.join()
+    assert "nothing: 0 rows" in result.stdout
+    project.run("cdc")
+    for table in ("wide", "events", "tiny", "nothing"):
+        assert_table_matches(source, project, table)
+
+
+def test_a_failing_part_stops_every_reader_and_is_raised():
+    started = threading.Event()
+    stopped = []
+
+    def read(conn, part):
+        if conn == "bad":
+            started.wait(5)
+            raise RuntimeError("COPY failed")
+        started.set()
+        try:
+            while True:  # a reader that would go on forever
+                yield part.table
+        finally:
+            stopped.append(conn)
+
+    parts = [CopyPart(name) for name in ("a", "b", "c")]
+    with pytest.raises(RuntimeError, match="COPY failed"):
+        for _ in read_parts(["good", "bad"], parts, read):
+            pass
+    assert stopped == ["good"]
