@@ -18,9 +18,9 @@ import pyarrow as pa
 from .catalog import TableInfo
 from .snapshot import BlockRange
 
-# A table is split into CTID ranges of about this many 8 KB blocks (512 MB) once it has more
+# A table is split into CTID ranges of about this many 8 KB blocks (64 MB) once it has more
 # than two of them; smaller tables are read whole, by one worker.
-PART_BLOCKS = 1 << 16
+PART_BLOCKS = 1 << 13
 # With more than this many bytes to copy, the default is several workers.
 PARALLEL_FROM_BYTES = 1 << 30
 MAX_DEFAULT_WORKERS = 4

@@ -86,7 +86,7 @@ class CopyProgress:
     table: str
     rows: int
     chunks: int
-    estimated_rows: Optional[int]  # pg_class.reltuples; None when never estimated
+    estimated_rows: Optional[int]  # pg_class.reltuples (n_live_tup before any ANALYZE), or None
 
     def line(self) -> str:
         total = ""
@@ -100,9 +100,10 @@ def copy_progress(conn, loaded: LoadedState, schema_name: str) -> List[CopyProgr
     """The online copies in progress, with the planner's estimate of each table's rows."""
     found = []
     for key, progress in sorted(loaded.online.items()):
-        with conn.cursor() as cur:
-            cur.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s",
-                        (loaded.oids.get(key, 0),))
+        with conn.cursor() as cur:  # never analyzed (-1): the statistics' live row count
+            cur.execute("SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint "
+                        "ELSE s.n_live_tup END FROM pg_class c LEFT JOIN pg_stat_user_tables s "
+                        "ON s.relid = c.oid WHERE c.oid = %s", (loaded.oids.get(key, 0),))
             row = cur.fetchone()
         estimate = int(row[0]) if row and row[0] and row[0] > 0 else None
         name = key[len(schema_name) + 1:] if key.startswith(schema_name + ".") else key

@@ -26,7 +26,8 @@ def _big_table(conn, rows: int = ROWS) -> None:
             f"INSERT INTO big (id, grp, note) SELECT g, g % 7, 'row ' || g "
             f"FROM generate_series(1, {rows}) g",
             # a few TOASTed values: an update that leaves them unchanged sends no value
-            "UPDATE big SET body = repeat(md5(id::text), 200) WHERE id % 500 = 0")
+            "UPDATE big SET body = repeat(md5(id::text), 200) WHERE id % 500 = 0",
+            "ANALYZE big")  # the progress' estimate of the total rows
 
 
 class Writer:
@@ -164,6 +165,12 @@ def test_online_snapshot_split_across_bounded_cdc_runs(source, project):
     with Writer(project.source_url):
         project.run("snapshot", "--online", "--chunk-rows", "300", "--max-seconds", "0.5")
         assert "big" in _online_progress(project)
+        status = project.run("status").stdout
+        assert re.search(r"online copy\s+big: \d+ rows of ~\d+ \(\d+%\) copied online, "
+                         r"\d+ chunks", status), status
+        unfinished = project.run("verify", expect=9).stdout
+        assert re.search(r"✗ online copies: big: .*`snapshot --online --tables big` finishes",
+                         unfinished), unfinished
         advancing_runs = 0
         for _ in range(30):
             summary = project.run("cdc", "--max-seconds", "1",
