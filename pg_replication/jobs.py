@@ -39,8 +39,8 @@ from .chunks import Chunk
 from .copies import addable_tables, copy_source, prepare_copy, select_tables
 from .ddl import Leaves, read_leaves
 from .destinations import apply_table_format, is_local_duckdb
-from .dlt_compat import (destination_state, make_source, recreate_tables_gone_from_destination,
-                         repair_crashed_packages)
+from .dlt_compat import (destination_identifier, destination_state, make_source,
+                         recreate_tables_gone_from_destination, repair_crashed_packages)
 from .exceptions import (CopyMissingError, SlotError, SlotInUseError, mask_secrets,
                          snapshot_command)
 from .failures import essential_line, is_file_lock_conflict
@@ -237,9 +237,14 @@ def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
                 "changed while a chunk was read, several times in a row): run "
                 f"{snapshot_command(stuck, online=True)} again")
         keyless = sorted(name for name, table in tables.items() if not table.merge_key)
-        chunks = {name: 0 for name in starting if name not in keyless}
-        for name, (copied, count) in report.copied_online.items():
-            rows[name], chunks[name] = copied, count
+        online = [name for name in tables if name not in keyless]
+        # The copy's counts are by destination name; those of the online tables (0, emptied)
+        # give way to the rows their chunks copied.
+        emptied = {destination_identifier(name) for name in online}
+        rows = {name: count for name, count in rows.items() if name not in emptied}
+        chunks: Dict[str, int] = {}
+        for name in online:
+            rows[name], chunks[name] = report.copied_online.get(name, (0, 0))
         copy = SnapshotReport(rows, None, time.monotonic() - started, keyless, online=chunks)
         return copy, report
     finally:

@@ -136,6 +136,8 @@ def test_killed_online_snapshot_resumes_from_its_last_loaded_chunk(source, proje
         first = project.start("snapshot", "--online", "--chunk-rows", str(chunk_rows))
         progress = _wait_for(lambda: (_online_progress(project).get("big") or {}).get("chunks", 0)
                              >= 8 and _online_progress(project)["big"], "8 chunks loaded")
+        # A cdc and an online snapshot never overlap: they share the run lock.
+        assert "in use by another run" in project.run("cdc", expect=5).stderr
         first.send_signal(signal.SIGKILL)
         first.wait()
         after_kill = _online_progress(project)["big"]
