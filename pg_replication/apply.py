@@ -26,7 +26,7 @@ from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from .arrow_batches import TableBatch
 from .bounds import RunBounds
-from .chunks import Chunk
+from .chunks import Chunk, chunk_batch
 from .exceptions import DecodeError
 from .protocol import (Begin, Commit, Delete, Insert, LogicalMessage, Message, Origin, Relation,
                        StreamAbort, StreamCommit, StreamStart, StreamStop, Truncate, TypeInfo,
@@ -195,7 +195,7 @@ class SegmentReader:
         if self.check_handoffs and collector.in_copy(message.relation_id, self.current.final_lsn):
             return CONTINUE
         if self.check_repeats and collector.would_repeat_key(message):
-            return self._end_segment(ordinal - 1)
+            return self.end_segment(ordinal - 1)
         collector.add(message, lsn, self.tx)
         counts = self.counts
         counts[message.relation_id] = counts.get(message.relation_id, 0) + 1
@@ -219,8 +219,8 @@ class SegmentReader:
         if not batches:
             return CONTINUE
         if self.collector.segment_has_data:
-            return self._end_segment(self.ordinal - 1)
-        self.pending = self._hand_on_truncate(batches, lsn)
+            return self.end_segment(self.ordinal - 1)
+        self.pending = _truncate_alone(self, batches, lsn)
         return Next.TRUNCATE_ALONE
 
     def on_relation(self, lsn: int, message: Relation) -> Next:
@@ -229,22 +229,12 @@ class SegmentReader:
             self.check_handoffs = self.current.final_lsn < self.collector.latest_handoff
         return HAND_ON
 
-    def on_message(self, lsn: int, message: LogicalMessage) -> Next:
-        """A logical message: the high watermark of the pending chunk hands its rows on."""
-        chunk = self.chunk
-        if chunk is None or not chunk.is_high_watermark(message):
-            return CONTINUE
-        batch = self.collector.chunk_batch(chunk)
-        chunk.released = batch.data.num_rows
-        self.pending = [batch] if batch.data.num_rows else []
-        return HAND_ON
-
     def _is_new_change(self) -> bool:
         """Counts the change; False when an earlier segment loaded it already."""
         self.ordinal += 1  # counts every change, so a resumed transaction skips the same ones
         return self.ordinal > self.already_loaded
 
-    def _end_segment(self, loaded: int) -> Next:
+    def end_segment(self, loaded: int) -> Next:
         """Ends the segment after the open transaction's first `loaded` changes."""
         self.result.position = Position(self.position.lsn, self.current.final_lsn, loaded)
         self.result.more = True
@@ -257,15 +247,30 @@ class SegmentReader:
             yield batch
         if self.load.full():
             # Loaded so far, this transaction's first `ordinal` changes included.
-            return self._end_segment(self.ordinal)
+            return self.end_segment(self.ordinal)
         return CONTINUE
 
-    def _hand_on_truncate(self, batches: Iterable[TableBatch], lsn: int) -> Iterator[TableBatch]:
-        for batch in batches:
-            self.result.count(batch.table_name)
-            yield batch
-        self.result.took(lsn)
-        self._end_segment(self.ordinal)
+
+
+def _truncate_alone(reader: SegmentReader, batches: Iterable[TableBatch],
+                    lsn: int) -> Iterator[TableBatch]:
+    """The truncate's batches, as the whole segment."""
+    for batch in batches:
+        reader.result.count(batch.table_name)
+        yield batch
+    reader.result.took(lsn)
+    reader.end_segment(reader.ordinal)
+
+
+def _on_message(reader: SegmentReader, lsn: int, message: LogicalMessage) -> Next:
+    """A logical message: the pending chunk's high watermark hands the chunk's rows on."""
+    chunk = reader.chunk
+    if chunk is None or not chunk.is_high_watermark(message):
+        return CONTINUE
+    batch = chunk_batch(chunk, reader.collector.shapes, reader.collector.arrow)
+    chunk.released = batch.data.num_rows
+    reader.pending = [batch] if batch.data.num_rows else []
+    return HAND_ON
 
 
 # The handlers of the kinds that carry no change.
@@ -289,7 +294,7 @@ _HANDLERS: Dict[type, Handler] = {
     Delete: SegmentReader.on_row_change, Truncate: SegmentReader.on_truncate,
     Begin: SegmentReader.on_begin, Commit: SegmentReader.on_commit,
     Relation: SegmentReader.on_relation,
-    LogicalMessage: SegmentReader.on_message, TypeInfo: _ignore, Origin: _ignore,
+    LogicalMessage: _on_message, TypeInfo: _ignore, Origin: _ignore,
     StreamStart: _refuse_streamed, StreamStop: _refuse_streamed,
     StreamCommit: _refuse_streamed, StreamAbort: _refuse_streamed,
 }

@@ -14,7 +14,7 @@ from .apply import (BATCH_BYTES, LOAD_BYTES, ROW_GROUP_ROWS, BatchLimits, Segmen
 from .arrow_batches import ArrowBuilder, TableBatch
 from .bounds import RunBounds
 from .catalog import TableInfo
-from .chunks import Chunk, relation_of
+from .chunks import Chunk
 from .ddl import ColumnMap
 from .exceptions import CopyMissingError, DecodeError, snapshot_command
 from .handoff import NO_COPY
@@ -164,15 +164,6 @@ class ChangeCollector:
         states = [self._state(relation_id, "T") for relation_id in message.relation_ids]
         return [self.arrow.truncate(state, xid) for state in states
                 if commit_lsn >= state.applies_from]
-
-    def chunk_batch(self, chunk: Chunk) -> TableBatch:
-        """The rows an online copy's chunk keeps at its high watermark (chunks.py), as a batch
-        shaped like the table's changes: the same destination columns, hints and conversions."""
-        relation = relation_of(chunk.table)
-        state = self.shapes.buffer(relation, chunk.table, 0, BufferTotals())
-        if state.problem:
-            raise CopyMissingError(state.problem)
-        return self.arrow.copied_batch(state, chunk.kept_rows(), chunk.high)
 
     def flush(self) -> Iterator[TableBatch]:
         for state in list(self.relations.values()):

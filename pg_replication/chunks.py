@@ -40,8 +40,11 @@ from typing import Iterable, List, Optional, Set, Tuple
 
 import pyarrow as pa
 
+from .arrow_batches import ArrowBuilder, TableBatch
 from .catalog import TableInfo
+from .exceptions import CopyMissingError
 from .protocol import LogicalMessage, Relation, RelationColumn
+from .relation_buffer import BufferTotals, RelationShapes
 from .stream import WATERMARK_PREFIX
 
 
@@ -70,7 +73,6 @@ class Chunk:
     """
 
     table: TableInfo  # as the catalog described it in the chunk's transaction
-    number: int  # 1 for the table's first chunk
     rows: pa.Table
     last_key: Optional[List[str]]
     last: bool  # fewer rows than asked for: the table's end
@@ -103,3 +105,12 @@ class Chunk:
         columns = [self.rows.column(name).to_pylist() for name in keys]
         keep = [key not in self.changed for key in zip(*columns)]
         return self.rows.filter(pa.array(keep, pa.bool_()))
+
+
+def chunk_batch(chunk: Chunk, shapes: RelationShapes, arrow: ArrowBuilder) -> TableBatch:
+    """The rows the chunk keeps at its high watermark, as a batch shaped like the table's changes
+    (the same destination columns, hints and conversions), committed at the watermark."""
+    state = shapes.buffer(relation_of(chunk.table), chunk.table, 0, BufferTotals())
+    if state.problem:
+        raise CopyMissingError(state.problem)
+    return arrow.copied_batch(state, chunk.kept_rows(), chunk.high)

@@ -56,8 +56,7 @@ class ChunkReader:
             self.bytes_per_row[table.oid] = rows.nbytes / rows.num_rows
         last_key = ([rows.column(k)[-1].as_py() for k in table.merge_key] if rows.num_rows
                     else progress.get("cursor"))
-        return Chunk(table, int(progress.get("chunks") or 0) + 1, rows, last_key,
-                     rows.num_rows < limit, f"{token} high", low, high)
+        return Chunk(table, rows, last_key, rows.num_rows < limit, f"{token} high", low, high)
 
     def _row_limit(self, table: TableInfo) -> int:
         per_row = self.bytes_per_row.get(table.oid) or _estimated_row_bytes(self.conn, table.oid)

@@ -10,9 +10,8 @@ import threading
 import time
 
 import psycopg2
-import pytest
 
-from tests.tools import assert_table_matches, run_sql
+from tests.tools import Project, assert_table_matches, run_sql
 
 ROWS = 6_000
 CHUNK_ROWS = "300"
@@ -111,6 +110,17 @@ def test_online_snapshot_under_concurrent_writes_equals_source(source, project):
     assert_table_matches(source, project, "events")
     checks = project.run("verify").stdout
     assert "online copies: none in progress" in checks
+
+
+def test_online_snapshot_into_delta_under_concurrent_writes(source, tmp_path, source_url):
+    project = Project(tmp_path, source_url, destination="filesystem")
+    _big_table(source, rows=3000)
+    with Writer(project.source_url, rows=3000) as writer:
+        result = project.run("snapshot", "--online", "--chunk-rows", "400")
+    assert writer.done > 10, "the writer did not overlap the copy"
+    assert _chunks_in(result.stdout) >= 4
+    project.run("cdc")
+    assert_table_matches(source, project, "big")
 
 
 def _online_progress(project) -> dict:
