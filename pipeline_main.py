@@ -133,12 +133,13 @@ def cli(ctx: click.Context, destination: str, dataset: str, pipeline_name: str,
                    "every 15 s).")
 @click.option("--online", is_flag=True,
               help="Copy each table with a key in chunks, in key order, while the changes keep "
-                   "being applied and the slot confirmed (no WAL piles up); a rerun, or `cdc "
-                   "--max-seconds`, goes on from the last loaded chunk. Tables without a key "
+                   "being applied and the slot confirmed (no WAL piles up). A table whose online "
+                   "copy is in progress goes on from its last loaded chunk (in a rerun, or in "
+                   "`cdc --max-seconds`); the others are copied again. Tables without a key "
                    "cannot be reconciled by key: they are copied whole, in one consistent "
                    "snapshot. Needs PostgreSQL 14+.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
-              help="With --online: rows per chunk at most (default 50000; chunks are also "
+              help="With --online: rows per chunk at most (default 200000; chunks are also "
                    "bounded by bytes).")
 @click.option("--max-seconds", type=click.FloatRange(min=0.1), default=None,
               help="With --online: stop copying after this many seconds (the copy stays in "
@@ -162,6 +163,10 @@ def snapshot(ctx: click.Context, tables: Optional[str], max_wait: Optional[float
     from pg_replication.bounds import RunBounds
     from pg_replication.jobs import recorded_run, run_online_snapshot, run_snapshot
 
+    if not online and (chunk_rows is not None or max_seconds is not None):
+        from pg_replication.exceptions import ExitCode
+
+        raise CliError("--chunk-rows and --max-seconds go with --online", ExitCode.CONFIG)
     pipeline = _pipeline(ctx)
     with recorded_run(pipeline, "snapshot") as record:
         settings = _job_settings(tables, max_wait=max_wait, chunk_rows=chunk_rows,

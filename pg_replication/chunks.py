@@ -11,10 +11,15 @@ one chunk. It follows DBLog (Netflix, 2020), with PostgreSQL's commit order:
 2. Per chunk (online.py): a low watermark L is written into the WAL (a non-transactional
    `pg_logical_emit_message`); the next rows past the cursor are read in key order
    (`WHERE key > cursor ORDER BY key LIMIT n`) in one transaction; a high watermark H is written.
-3. The stream is read from where it stands up to H. Every key the stream changes on the way (old
-   and new keys of an update, deletes, inserts) is dropped from the chunk; a TRUNCATE of the
-   table drops all of it. When the stream reaches H, the rest of the chunk is handed to dlt like
-   a change committed at H: `_pg_lsn` = H, `_pg_change_lsn` = 0.
+3. The stream is read from where it stands (at or before L: the previous window ended there) up
+   to H. Every key the stream changes on the way (old and new keys of an update, deletes,
+   inserts) is dropped from the chunk: a superset of DBLog's window [L, H], which costs nothing
+   (the stream carries those rows) and covers a transaction that committed before L but became
+   visible only after the chunk's read began. A TRUNCATE of the table drops all of the chunk. When
+   the stream reaches H, the rest of the chunk is handed to dlt like a change committed at H:
+   `_pg_lsn` = H, `_pg_change_lsn` = 0. A change whose key the stream does not send (an update
+   that leaves a TOASTed key unchanged) cannot be matched: the chunk is then not handed on, and
+   is read again in a new window.
 4. The load that holds the chunk also stores the cursor (the chunk's last key) in the dlt state;
    the slot is confirmed after it. A run killed before that load reads the chunk again.
 
@@ -80,7 +85,8 @@ class Chunk:
     low: int = 0  # the WAL positions after the watermarks
     high: int = 0
     changed: Set[Tuple[Optional[str], ...]] = field(default_factory=set)
-    truncated: bool = False
+    truncated: bool = False  # the stream truncated the table in the window: no row is kept
+    unknown_key: bool = False  # the stream changed a row whose key it did not send
     released: Optional[int] = None  # rows handed on at the high watermark
 
     def saw(self, keys: Iterable[tuple]) -> None:
@@ -88,11 +94,13 @@ class Chunk:
         for key in keys:
             if all(isinstance(value, (bytes, memoryview)) for value in key):
                 self.changed.add(tuple(bytes(value).decode() for value in key))
-            else:  # a key value TOASTed and unchanged: which key it was is not known here
-                self.truncated = True
+            else:  # a key value TOASTed and unchanged: which row it was is not known here,
+                self.unknown_key = True  # so the chunk is not handed on (read again)
 
     def is_high_watermark(self, message: LogicalMessage) -> bool:
-        return (self.released is None and message.prefix == WATERMARK_PREFIX
+        """The chunk's high watermark, while the chunk can still be handed on."""
+        return (self.released is None and not self.unknown_key
+                and message.prefix == WATERMARK_PREFIX
                 and message.content == self.high_content.encode())
 
     def kept_rows(self) -> pa.Table:

@@ -14,7 +14,8 @@ import pyarrow as pa
 from .catalog import (TableInfo, column_kinds, describe_tables, list_tables, load_type_catalog,
                       unreplicable_tables)
 from .connect import connect
-from .copy_workers import CopyPart, default_workers, plan_parts, read_parts, table_sizes
+from .copy_workers import (BLOCK_BYTES, CopyPart, default_workers, plan_parts, read_parts,
+                           table_sizes)
 from .ddl import read_catalog, read_leaves, shape_of
 from .dlt_compat import destination_identifier, make_source
 from .exceptions import ConfigError
@@ -101,7 +102,7 @@ class CopyPlan:
     # Insert-only tables: rows updated or deleted before the copy, by OID (insert_only.py).
     write_counts: Dict[int, Dict[str, Any]] = field(default_factory=dict)
     # Keyed tables copied online (chunks.py): here they are only emptied and get their hand-off.
-    online: List[str] = field(default_factory=list)
+    online_tables: List[str] = field(default_factory=list)
     # What the copy reads (the other tables, whole or in CTID ranges), over how many connections.
     parts: List[CopyPart] = field(default_factory=list)
     workers: int = 1
@@ -147,7 +148,7 @@ def _plan_reading(conn, tables: List[TableInfo], workers: Optional[int], part_by
     sizes = table_sizes(conn, tables) if tables else {}
     workers = workers or default_workers(sizes)
     parts = plan_parts(tables, sizes, workers, ctid_ranges=conn.server_version >= 140000,
-                       part_blocks=max(1, part_bytes // 8192))
+                       part_blocks=max(1, part_bytes // BLOCK_BYTES))
     return parts, max(1, min(workers, len(parts)))
 
 
@@ -178,8 +179,9 @@ def _open_snapshot_readers(dsn: str, slot_name: str, new_stream: bool,
     slot does. The snapshot is imported before the exporting connection closes (which also drops a
     temporary slot): the importing transactions keep it alive.
     """
-    readers = [connect(dsn) for _ in range(count)]
+    readers: List[Any] = []
     try:
+        readers += [connect(dsn) for _ in range(count)]
         exporter, handoff_lsn, snapshot_name = create_slot_with_snapshot(
             dsn, slot_name if new_stream else copy_slot_name(slot_name), temporary=not new_stream,
             max_wait=max_wait)
@@ -220,7 +222,7 @@ class _Copy:
                             self.plan.write_counts.get(table.oid), online)
 
             for table in self.plan.tables:
-                if table.name in self.plan.online:  # emptied now, copied in chunks later
+                if table.name in self.plan.online_tables:  # emptied now, copied in chunks later
                     yield self._output(table).empty_batch()
                     record(table, online=True)
             yield from self._read_parts(lambda table: record(table, online=False))

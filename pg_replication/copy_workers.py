@@ -5,22 +5,33 @@ ranges of a large one (PostgreSQL 14+ scans a CTID range without reading the oth
 The readers are threads; COPY, Arrow's CSV parser and the conversions release the GIL, so they
 overlap. What they read goes through one bounded queue to the caller (the dlt resource), so
 memory stays bounded per worker: a few batches of about `snapshot.CSV_BLOCK_BYTES` each.
+
+Locks: each reader's transaction holds ACCESS SHARE on what it read until the copy ends. An
+ALTER TABLE queued behind one reader's lock would queue every later reader of that table behind
+itself, a wait PostgreSQL cannot see as a deadlock. So the first reader locks every table to
+read before any part is read (waiting, like a single reader would), and the others lock a table
+with NOWAIT before reading a part of it: a schema change waiting for the table then fails the
+copy with a clear message instead of hanging it (as `pg_dump --jobs` does).
 """
 
 import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import psycopg2.errors
 import pyarrow as pa
+from psycopg2 import sql
 
 from .catalog import TableInfo
+from .exceptions import SourceNotReadyError
 from .snapshot import BlockRange
 
 # A table is split into CTID ranges of about this many 8 KB blocks (64 MB) once it has more
 # than two of them; smaller tables are read whole, by one worker.
 PART_BLOCKS = 1 << 13
+BLOCK_BYTES = 8192  # PostgreSQL's block size unless it was compiled with another
 # With more than this many bytes to copy, the default is several workers.
 PARALLEL_FROM_BYTES = 1 << 30
 MAX_DEFAULT_WORKERS = 4
@@ -36,7 +47,7 @@ class CopyPart:
 
 
 def table_sizes(conn, tables: Sequence[TableInfo]) -> Dict[int, int]:
-    """Heap blocks per table OID (a partitioned table's partitions together)."""
+    """Heap blocks (of BLOCK_BYTES) per table OID (a partitioned table's partitions together)."""
     with conn.cursor() as cur:
         cur.execute(
             """SELECT c.oid, CASE WHEN c.relkind = 'p'
@@ -49,7 +60,7 @@ def table_sizes(conn, tables: Sequence[TableInfo]) -> Dict[int, int]:
 
 def default_workers(sizes: Dict[int, int]) -> int:
     """One worker for small copies; for large ones one per core, up to MAX_DEFAULT_WORKERS."""
-    if sum(sizes.values()) * 8192 < PARALLEL_FROM_BYTES:
+    if sum(sizes.values()) * BLOCK_BYTES < PARALLEL_FROM_BYTES:
         return 1
     return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
 
@@ -72,10 +83,10 @@ def plan_parts(tables: Sequence[TableInfo], sizes: Dict[int, int], workers: int,
     return parts
 
 
-ReadPart = Callable[[object, CopyPart], Iterator[pa.Table]]
+ReadPart = Callable[[Any, CopyPart], Iterator[pa.Table]]
 
 
-def read_parts(readers: Sequence[object], parts: Sequence[CopyPart],
+def read_parts(readers: Sequence[Any], parts: Sequence[CopyPart],
                read: ReadPart) -> Iterator[Tuple[CopyPart, Optional[pa.Table]]]:
     """Reads the parts over the reader connections, one thread each; yields (part, batch) as
     batches arrive, and (part, None) once a part is read whole. The first failure stops every
@@ -86,11 +97,41 @@ def read_parts(readers: Sequence[object], parts: Sequence[CopyPart],
                 yield part, data
             yield part, None
         return
-    pool = _ReaderPool(readers, parts, read)
+    lock_tables(readers[0], {part.table.oid: part.table for part in parts}.values())
+    pool = _ReaderPool(readers, parts, _locking_first(read))
     try:
         yield from pool.results()
     finally:
         pool.stop()
+
+
+def lock_tables(conn, tables: Iterable[TableInfo], nowait: bool = False) -> None:
+    """Takes ACCESS SHARE on the tables in the connection's transaction.
+
+    Raises:
+        SourceNotReadyError: (`nowait`) another session waits for a stronger lock on one.
+    """
+    for table in tables:
+        statement = sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE{}").format(
+            sql.Identifier(table.schema, table.name), sql.SQL(" NOWAIT" if nowait else ""))
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        except psycopg2.errors.LockNotAvailable:
+            raise SourceNotReadyError(
+                f"table {table.name!r}: another session waits to change it (ALTER TABLE, ...) "
+                "while the parallel copy reads it: run the snapshot again once that is done, or "
+                "with --workers 1") from None
+
+
+def _locking_first(read: ReadPart) -> ReadPart:
+    """`read`, after the reader locked the part's table without waiting (see the docstring)."""
+
+    def locked_read(conn, part: CopyPart) -> Iterator[pa.Table]:
+        lock_tables(conn, [part.table], nowait=True)
+        yield from read(conn, part)
+
+    return locked_read
 
 
 class _ReaderPool:
@@ -98,7 +139,7 @@ class _ReaderPool:
 
     def __init__(self, readers: Sequence[object], parts: Sequence[CopyPart],
                  read: ReadPart) -> None:
-        self.todo = list(parts)
+        self.todo, self.readers = list(parts), list(readers)
         self.lock = threading.Lock()
         self.out: "queue.Queue" = queue.Queue(maxsize=BATCHES_PER_WORKER * len(readers))
         self.stopping = threading.Event()
@@ -121,6 +162,14 @@ class _ReaderPool:
 
     def stop(self) -> None:
         self.stopping.set()
+        busy = [thread.is_alive() for thread in self.threads]
+        for conn, alive in zip(self.readers, busy):  # a reader blocked in the server returns
+            if not alive:
+                continue
+            try:
+                conn.cancel()
+            except Exception:  # noqa: BLE001 - a closed or broken connection has nothing to stop
+                pass
         while any(thread.is_alive() for thread in self.threads):
             try:  # unblocks a worker waiting to put a batch
                 self.out.get(timeout=0.05)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import dlt
 
 from .bounds import RunBounds
-from .catalog import table_key, unreplicable_tables
+from .catalog import TableInfo, table_key, unreplicable_tables
 from .changes import SegmentResult
 from .connect import connect
 from .chunks import Chunk
@@ -69,7 +69,7 @@ class SnapshotReport:
     seconds: float
     keyless_tables: List[str] = field(default_factory=list)
     skipped_tables: List[str] = field(default_factory=list)  # UNLOGGED or foreign: no WAL
-    online: Optional[Dict[str, int]] = None  # `--online`: chunks per table copied online
+    online_chunks: Optional[Dict[str, int]] = None  # `--online`: chunks per table copied online
 
     def summary(self) -> str:
         return f"{sum(self.rows.values())} rows in {len(self.rows)} tables"
@@ -78,10 +78,10 @@ class SnapshotReport:
         return [self._table_line(table, rows) for table, rows in sorted(self.rows.items())]
 
     def _table_line(self, table: str, rows: int) -> str:
-        if self.online is None:
+        if self.online_chunks is None:
             return f"{table}: {rows} rows"
-        if table in self.online:
-            return f"{table}: {rows} rows copied online in {self.online[table]} chunks"
+        if table in self.online_chunks:
+            return f"{table}: {rows} rows copied online in {self.online_chunks[table]} chunks"
         return f"{table}: {rows} rows (no key: copied whole, in one consistent snapshot)"
 
     def warnings(self) -> List[str]:
@@ -115,7 +115,8 @@ class CdcReport:
     not_replicable: List[str] = field(default_factory=list)  # why others cannot be added
     # table -> [rows read, chunks] of the online copies' chunks this run loaded (chunks.py)
     copied_online: Dict[str, List[int]] = field(default_factory=dict)
-    online: List[CopyProgress] = field(default_factory=list)  # online copies still in progress
+    stuck_copies: Dict[str, str] = field(default_factory=dict)  # table_key -> why it stopped
+    in_progress: List[CopyProgress] = field(default_factory=list)  # online copies not finished
 
     @property
     def total(self) -> int:
@@ -144,9 +145,11 @@ class CdcReport:
         """What the run did for the online copies, and what is left of them."""
         note = "".join(f"; {table}: {rows} rows copied online in {chunks} chunks"
                        for table, (rows, chunks) in sorted(self.copied_online.items()))
-        if self.online:
-            names = [progress.table for progress in self.online]
-            note += (f"; online copy in progress: {'; '.join(p.line() for p in self.online)} "
+        for key, problem in sorted(self.stuck_copies.items()):
+            note += f"; the online copy of {key} could not go on: {problem}"
+        if self.in_progress:
+            names = [progress.table for progress in self.in_progress]
+            note += (f"; online copy in progress: {'; '.join(p.line() for p in self.in_progress)} "
                      f"(it goes on with {snapshot_command(names, online=True)} or "
                      "`cdc --max-seconds N`)")
         return note
@@ -218,7 +221,10 @@ def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
         acquire_run_lock(lock, settings.slot_name)
         tables = select_tables(lock, settings.schema_name, settings.table_names)  # fail fast
         finish_pending_load(pipeline, lock, settings.slot_name)
-        in_progress = stored_state(pipeline).online
+        # A copy that creates a new slot starts a new stream: every table starts over.
+        slot = get_slot(lock, settings.slot_name)
+        in_progress = (stored_state(pipeline).online_copies
+                       if slot is not None and slot.wal_status != "lost" else {})
         starting = {name: table for name, table in tables.items()
                     if table_key(settings.schema_name, name) not in in_progress}
         rows: Dict[str, int] = {}
@@ -227,28 +233,34 @@ def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
             plan = prepare_copy(lock, settings=settings, tables=starting, online=list(starting))
             rows = _run_snapshot_source(copy_source(settings=settings, plan=plan), pipeline)
         report = CdcReport()
-        _cdc_on(lock, settings, pipeline, bounds, report, on_chunk)
+        _run_cdc_on(lock, settings, pipeline, bounds, report, on_chunk)
         report.seconds = time.monotonic() - started
-        stuck = [progress.table for progress in report.online
-                 if progress.table in tables and bounds.max_seconds is None]
+        stuck = [(name, problem) for key, problem in report.stuck_copies.items()
+                 for name in short_names([key], settings.schema_name) if name in tables]
         if stuck:
+            name, problem = stuck[0]
             raise CopyMissingError(
-                f"{', '.join(stuck)}: the online copy could not go on (the table was dropped, or "
-                "changed while a chunk was read, several times in a row): run "
-                f"{snapshot_command(stuck, online=True)} again")
-        keyless = sorted(name for name, table in tables.items() if not table.merge_key)
-        online = [name for name in tables if name not in keyless]
-        # The copy's counts are by destination name; those of the online tables (0, emptied)
-        # give way to the rows their chunks copied.
-        emptied = {destination_identifier(name) for name in online}
-        rows = {name: count for name, count in rows.items() if name not in emptied}
-        chunks: Dict[str, int] = {}
-        for name in online:
-            rows[name], chunks[name] = report.copied_online.get(name, (0, 0))
-        copy = SnapshotReport(rows, None, time.monotonic() - started, keyless, online=chunks)
-        return copy, report
+                f"{name}: the online copy could not go on ({problem}, {ONLINE_CHUNK_MISSES} times "
+                f"in a row): run {snapshot_command([name], online=True)} again, or "
+                f"{snapshot_command([name])} to copy it in one consistent snapshot")
+        return _online_snapshot_report(tables, rows, report, started), report
     finally:
         lock.close()
+
+
+def _online_snapshot_report(tables: Dict[str, TableInfo], rows: Dict[str, int],
+                            report: CdcReport, started: float) -> SnapshotReport:
+    """What `snapshot --online` says per table: rows and chunks copied online, or rows copied
+    whole (`rows`: the consistent copy's counts, by destination name)."""
+    keyless = sorted(name for name, table in tables.items() if not table.merge_key)
+    online = [name for name in tables if name not in keyless]
+    # The online tables' counts from the consistent copy (0: emptied) give way to their chunks'.
+    emptied = {destination_identifier(name) for name in online}
+    rows = {name: count for name, count in rows.items() if name not in emptied}
+    chunks: Dict[str, int] = {}
+    for name in online:
+        rows[name], chunks[name] = report.copied_online.get(name, (0, 0))
+    return SnapshotReport(rows, None, time.monotonic() - started, keyless, online_chunks=chunks)
 
 
 def _run_snapshot_source(source, pipeline: dlt.Pipeline) -> Dict[str, int]:
@@ -277,7 +289,7 @@ def run_cdc(settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds = RunB
     report = CdcReport()
     lock = connect(settings.dsn)
     try:
-        _cdc_on(lock, settings, pipeline, bounds, report,
+        _run_cdc_on(lock, settings, pipeline, bounds, report,
                 on_chunk if bounds.max_seconds is not None else None)
     finally:
         lock.close()
@@ -285,7 +297,7 @@ def run_cdc(settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds = RunB
     return report
 
 
-def _cdc_on(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds,
+def _run_cdc_on(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds,
             report: CdcReport, on_chunk: Optional[Callable[[CopyProgress], None]]) -> None:
     """A cdc run on the run's connection; then, with `on_chunk`, the online copies' chunks."""
     shapes, expected_truncates, stop_lsn = _checked_start(lock, settings, pipeline, report)
@@ -300,7 +312,7 @@ def _cdc_on(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds,
         _refuse_partition_truncates(settings, shapes, expected_truncates)
     if on_chunk is not None and report.confirmed_lsn is not None and report.confirmed_lsn >= stop_lsn:
         _advance_online_copies(lock, settings, pipeline, bounds, report, on_chunk)
-    report.online = copy_progress(lock, stored_state(pipeline), settings.schema_name)
+    report.in_progress = copy_progress(lock, stored_state(pipeline), settings.schema_name)
 
 
 def _confirm_segment(lock, settings: Settings, report: CdcReport, segment: SegmentResult) -> None:
@@ -315,49 +327,68 @@ def _confirm_segment(lock, settings: Settings, report: CdcReport, segment: Segme
 def _advance_online_copies(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds,
                            report: CdcReport, on_chunk: Callable[[CopyProgress], None]) -> None:
     """Copies chunks of the online copies in progress, one table after the other, until they are
-    done or `bounds` end the run; each chunk is one window of the stream (chunks.py)."""
+    done or `bounds` end the run; each chunk is one window of the stream (chunks.py). A table
+    whose chunk failed ONLINE_CHUNK_MISSES times in a row is left for this run, and why is noted
+    in `report.stuck_copies`."""
     reader = ChunkReader(settings.dsn, settings.online_chunk_rows, settings.online_chunk_bytes)
-    misses = 0  # chunks in a row that could not be handed on
+    misses: Dict[str, int] = {}
     try:
-        while not bounds.should_stop() and misses < ONLINE_CHUNK_MISSES:
+        while not bounds.should_stop():
             loaded = stored_state(pipeline)
-            if not loaded.online:
+            keys = sorted(key for key in loaded.online_copies if key not in report.stuck_copies)
+            if not keys:
                 return
-            key = min(loaded.online)
-            chunk = _copy_chunk(lock, reader, settings, pipeline, bounds, report, loaded, key)
-            if chunk is None or chunk.released is None:
-                misses += 1
-                continue
-            misses = 0
-            copied = report.copied_online.setdefault(chunk.table.name, [0, 0])
-            copied[0] += chunk.rows.num_rows
-            copied[1] += 1
-            for progress in copy_progress(lock, stored_state(pipeline), settings.schema_name):
-                on_chunk(progress)
+            chunk = _copy_chunk(lock, reader, settings, pipeline, bounds, report, loaded, keys[0])
+            if chunk is not None and chunk.released is not None:
+                misses.pop(keys[0], None)
+                copied = report.copied_online.setdefault(chunk.table.name, [0, 0])
+                copied[0] += chunk.rows.num_rows
+                copied[1] += 1
+                for progress in copy_progress(lock, stored_state(pipeline), settings.schema_name):
+                    on_chunk(progress)
+            elif not bounds.stop_was_requested():
+                misses[keys[0]] = misses.get(keys[0], 0) + 1
+                if misses[keys[0]] >= ONLINE_CHUNK_MISSES:
+                    report.stuck_copies[keys[0]] = _chunk_problem(chunk, reader)
     finally:
         reader.close()
 
 
-ONLINE_CHUNK_MISSES = 3  # a run stops copying online after this many chunks in a row failed
+ONLINE_CHUNK_MISSES = 5  # a run leaves a table's online copy after this many failed chunks
+
+
+def _chunk_problem(chunk: Optional[Chunk], reader: ChunkReader) -> str:
+    """Why a chunk could not be handed on."""
+    if chunk is None:
+        return reader.problem
+    if chunk.unknown_key:
+        return ("in every window the stream changed a row whose key it did not send (a TOASTed "
+                "key left unchanged), so no chunk could be matched")
+    return "the stream did not reach the chunk's high watermark"
 
 
 def _copy_chunk(lock, reader: ChunkReader, settings: Settings, pipeline: dlt.Pipeline,
-                bounds: RunBounds, report: CdcReport, loaded: LoadedState, key: str):
+                bounds: RunBounds, report: CdcReport, loaded: LoadedState,
+                key: str) -> Optional[Chunk]:
     """Reads the table's next chunk, then loads the stream up to its high watermark, where the
     chunk is handed on; None when no chunk could be read (online.ChunkReader.next_chunk)."""
     leaves = read_leaves(lock, list(loaded.oids.values()))
-    chunk = reader.next_chunk(lock, key, loaded.online[key])
+    name = short_names([key], settings.schema_name)[0]
+    chunk = reader.next_chunk(lock, settings.schema_name, name, loaded.online_copies[key])
     if chunk is None:
         return None
     # The high watermark is the window's stop: the schema changes before it are checked.
-    shapes, _ = _refuse_uncarried_schema_changes(lock, settings, loaded, report, leaves)
+    shapes, truncates = _refuse_uncarried_schema_changes(lock, settings, loaded, report, leaves)
     window = RunBounds(stop_lsn=chunk.high, stop_requested=bounds.stop_requested)
     while True:
         pending = chunk if chunk.released is None else None
         segment = _load_segment(lock, settings, pipeline, window, shapes, pending)
         _confirm_segment(lock, settings, report, segment)
         if not segment.more or bounds.stop_was_requested():
-            return chunk
+            break
+    if report.confirmed_lsn is not None and report.confirmed_lsn >= chunk.high:
+        _refuse_partition_truncates(settings, shapes, truncates)
+    return chunk
 
 
 def _checked_start(lock, settings: Settings, pipeline: dlt.Pipeline, report: CdcReport

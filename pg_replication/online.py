@@ -27,31 +27,35 @@ class ChunkReader:
         self.conn = connect(dsn)
         self.chunk_rows, self.chunk_bytes = chunk_rows, chunk_bytes
         self.bytes_per_row: Dict[int, float] = {}  # by table OID
+        self.problem = ""  # why the last chunk could not be read
 
     def close(self) -> None:
         self.conn.close()
 
-    def next_chunk(self, lock, key: str, progress: Mapping[str, Any]) -> Optional[Chunk]:
+    def next_chunk(self, lock, schema: str, name: str,
+                   progress: Mapping[str, Any]) -> Optional[Chunk]:
         """The chunk after the table's cursor, read between a low and a high watermark written on
-        the run's connection `lock`; None when the table is gone, lost its key, or changed its
-        columns while the chunk was read (the run's checks deal with that)."""
-        schema, name = key.split(".", 1)
+        the run's connection `lock`; None (and why, in `problem`) when the table is gone, lost
+        its key, or changed its columns while the chunk was read."""
         token = uuid.uuid4().hex
         low = emit_watermark(lock, f"{token} low")
         begin_snapshot_transaction(self.conn, None)
         try:
             table = describe_tables(self.conn, schema, [name]).get(name)
             if table is None or not table.merge_key:
+                self.problem = ("the table no longer exists under this name" if table is None
+                                else "the table has no key any more")
                 return None
             limit = self._row_limit(table)
             rows = read_key_range(self.conn, table, chunk_columns(table), progress.get("cursor"),
                                   limit)
         finally:
-            self.conn.rollback()
-            self.conn.autocommit = True
+            _end_transaction(self.conn)
         high = emit_watermark(lock, f"{token} high")
         if describe_tables(lock, schema, [name]).get(name) != table:
-            return None  # its rows may lack a column the stream has from now on
+            # Its rows may lack a column the stream has from now on.
+            self.problem = "the table's columns changed while a chunk was read"
+            return None
         if rows.num_rows:
             self.bytes_per_row[table.oid] = rows.nbytes / rows.num_rows
         last_key = ([rows.column(k)[-1].as_py() for k in table.merge_key] if rows.num_rows
@@ -68,11 +72,21 @@ class ChunkReader:
 FIRST_CHUNK_ROWS = 1_000  # a table never analyzed: the rows of its first chunk
 
 
+def _end_transaction(conn) -> None:
+    """Ends the chunk's read-only transaction; a connection that broke meanwhile raises its own
+    error already."""
+    try:
+        conn.rollback()
+        conn.autocommit = True
+    except Exception:  # noqa: BLE001 - the failure that broke it is the one to report
+        pass
+
+
 def _estimated_row_bytes(conn, oid: int) -> Optional[float]:
-    """Bytes per row from the table's size (TOAST included) and the planner's row estimate; None
-    when the table was never analyzed."""
+    """Bytes per row from the table's size (TOAST included, indexes not) and the planner's row
+    estimate; None when the table was never analyzed."""
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_total_relation_size(oid)::float8 / reltuples FROM pg_class "
+        cur.execute("SELECT pg_table_size(oid)::float8 / reltuples FROM pg_class "
                     "WHERE oid = %s AND reltuples > 0", (oid,))
         row = cur.fetchone()
     return float(row[0]) if row and row[0] else None
@@ -98,7 +112,7 @@ class CopyProgress:
 def copy_progress(conn, loaded: LoadedState, schema_name: str) -> List[CopyProgress]:
     """The online copies in progress, with the planner's estimate of each table's rows."""
     found = []
-    for key, progress in sorted(loaded.online.items()):
+    for key, progress in sorted(loaded.online_copies.items()):
         with conn.cursor() as cur:  # never analyzed (-1): the statistics' live row count
             cur.execute("SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint "
                         "ELSE s.n_live_tup END FROM pg_class c LEFT JOIN pg_stat_user_tables s "

@@ -64,7 +64,7 @@ class StreamConfiguration(BaseConfiguration):
     snapshot_part_bytes: int = PART_BLOCKS * 8192
     # An online copy's chunk (chunks.py): at most this many rows, and about this many bytes of
     # text (the row count follows the bytes per row of the table's previous chunk).
-    online_chunk_rows: int = 50_000
+    online_chunk_rows: int = 200_000
     online_chunk_bytes: int = 32 << 20
     flush_slot: bool = True  # the library: confirm the loaded position before reading
 

@@ -60,11 +60,20 @@ def check_server(conn) -> None:
 
 def check_logical_messages(conn) -> None:
     """Raises unless pgoutput can send logical messages (PostgreSQL 14+), which an online copy's
-    watermarks are (chunks.py)."""
+    watermarks are (chunks.py), and the role may write them: checked before any table is
+    emptied for its copy."""
     if conn.server_version < 140000:
         raise SourceNotReadyError(
             "an online copy needs PostgreSQL 14 or later (the server runs "
             f"{conn.server_version // 10000}): copy the tables with `snapshot --tables ...`")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_logical_emit_message(false, 'pg_replication', 'check')")
+    except psycopg2.Error as e:
+        raise SourceNotReadyError(
+            f"an online copy writes watermarks with pg_logical_emit_message, which this role may "
+            f"not call ({describe_pg_error(e)}): grant it REPLICATION, or copy the tables with "
+            "`snapshot --tables ...`") from None
 
 
 def get_slot(conn, slot_name: str) -> Optional[SlotInfo]:

@@ -73,7 +73,7 @@ class LoadedState:
     # reset stamps}, for insert-only tables (insert_only.py)
     write_counts: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     # table_key -> {"cursor", "chunks", "rows"}: the tables whose online copy is not finished
-    online: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    online_copies: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     @property
     def anything_loaded(self) -> bool:

@@ -123,10 +123,16 @@ def test_online_snapshot_into_delta_under_concurrent_writes(source, tmp_path, so
     assert_table_matches(source, project, "big")
 
 
-def _online_progress(project) -> dict:
-    """The online copies in progress, by table, as `status --json` reports them."""
-    report = json.loads(project.run("status", "--json", expect=None).stdout)
-    return {entry["table"]: entry for entry in report["online_copies"]}
+def _online_progress(project, retries: int = 3) -> dict:
+    """The online copies in progress, by table, as `status --json` reports them (tried again
+    when a run was writing the pipeline's state just then)."""
+    for _ in range(retries):
+        result = project.run("status", "--json", expect=None)
+        if result.stdout.startswith("{"):
+            report = json.loads(result.stdout)
+            return {entry["table"]: entry for entry in report["online_copies"]}
+        time.sleep(0.2)
+    raise AssertionError(f"status failed: {result.output}")
 
 
 def _wait_for(condition, what: str, timeout: float = 120.0):

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from pg_replication.catalog import describe_tables
-from pg_replication.copy_workers import CopyPart, plan_parts, read_parts, table_sizes
+from pg_replication.copy_workers import CopyPart, _ReaderPool, plan_parts, table_sizes
 from tests.tools import assert_table_matches, run_sql
 
 PART_BYTES = 8 * 8192  # eight blocks: the tables below are split into many ranges
@@ -61,6 +61,7 @@ def test_parallel_copy_in_ctid_ranges_equals_source(source, project):
 
 
 def test_a_failing_part_stops_every_reader_and_is_raised():
+    """The reader threads alone (no server): one part fails, the other reader stops."""
     started = threading.Event()
     stopped = []
 
@@ -75,8 +76,16 @@ def test_a_failing_part_stops_every_reader_and_is_raised():
         finally:
             stopped.append(conn)
 
-    parts = [CopyPart(name) for name in ("a", "b", "c")]
-    with pytest.raises(RuntimeError, match="COPY failed"):
-        for _ in read_parts(["good", "bad"], parts, read):
+    class Reader(str):  # stands for a connection: what the pool cancels when it stops early
+        def cancel(self) -> None:
             pass
+
+    parts = [CopyPart(name) for name in ("a", "b", "c")]
+    pool = _ReaderPool([Reader("good"), Reader("bad")], parts, read)
+    with pytest.raises(RuntimeError, match="COPY failed"):
+        try:
+            for _ in pool.results():
+                pass
+        finally:
+            pool.stop()
     assert stopped == ["good"]

@@ -46,7 +46,7 @@ def test_defaults_are_the_documented_ones(tmp_path):
         "deletes": "hard", "target_batch_size": 50000, "target_batch_bytes": 16 << 20,
         "target_load_bytes": None, "merge_strategy": None, "delta_table_properties": None,
         "change_data_feed": False, "cluster_by_key": False, "snapshot_max_wait": None,
-        "snapshot_workers": None, "snapshot_part_bytes": 64 << 20, "online_chunk_rows": 50000,
+        "snapshot_workers": None, "snapshot_part_bytes": 64 << 20, "online_chunk_rows": 200000,
         "online_chunk_bytes": 32 << 20, "flush_slot": True}
 
 
