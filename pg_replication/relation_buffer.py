@@ -68,14 +68,27 @@ class RelationBuffer:
         if isinstance(message, Insert):
             return [self.key_of(message.new_tuple)]
         if isinstance(message, Update):
-            keys = [self.key_of(message.new_tuple)]
+            keys = [self.key_of(self._new_row(message))]
             if message.old_tuple is not None:
                 keys.append(self.key_of(message.old_tuple))
             return keys
         return [self.key_of(message.old_tuple)]
 
+    def _new_row(self, message: Update) -> List[TupleValue]:
+        """The new row of an update, with its key. A key value stored out of line (TOASTed) that
+        the update left unchanged is not in the new row; the server then sends the old key
+        (which is the new one) in the old tuple, as it does for every update of such a row."""
+        new, old = message.new_tuple, message.old_tuple
+        if type(new) is not PartialTuple or old is None or message.old_kind != "K":
+            return new
+        filled = list(new)
+        for i in self.key_indexes:
+            if filled[i] is UNCHANGED_TOAST:
+                filled[i] = old[i]
+        return PartialTuple(filled) if UNCHANGED_TOAST in filled else filled
+
     def add_update(self, message: Update, lsn: int, tx: TxStamp) -> None:
-        new = message.new_tuple
+        new = self._new_row(message)
         old = message.old_tuple
         if old is not None and message.old_kind == "O" and type(new) is PartialTuple:
             # REPLICA IDENTITY FULL sends the whole old row, TOASTed values included.

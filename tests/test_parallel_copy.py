@@ -2,7 +2,9 @@
 exported snapshot, large tables in CTID ranges (copy_workers.py)."""
 
 import threading
+import time
 
+import psycopg2
 import pytest
 
 from pg_replication.catalog import describe_tables
@@ -89,3 +91,52 @@ def test_a_failing_part_stops_every_reader_and_is_raised():
         finally:
             pool.stop()
     assert stopped == ["good"]
+
+
+def test_a_schema_change_waiting_for_a_table_fails_the_parallel_copy_instead_of_hanging(
+        source, project):
+    """The first reader locks every table; an ALTER TABLE then queues behind it, and a second
+    reader that had not locked the table yet would queue behind the ALTER, which waits for the
+    first reader's transaction: a hang PostgreSQL does not see. The second reader locks without
+    waiting and the copy fails with one line instead."""
+    run_sql(source,
+            "CREATE TABLE wide (id int PRIMARY KEY, note text)",
+            # a few seconds of reading, in 8-block parts: the ALTER below queues meanwhile
+            "INSERT INTO wide SELECT g, repeat(md5(g::text), 6) FROM generate_series(1, 300000) g",
+            "CREATE TABLE later (id int PRIMARY KEY)",  # the smallest table: read last
+            "INSERT INTO later VALUES (1)")
+    copying = project.start("snapshot", "--workers", "2", env={
+        "SOURCES__PG_REPLICATION__SNAPSHOT_PART_BYTES": str(PART_BYTES)})
+
+    def holders_of_later() -> set:
+        with source.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_locks WHERE relation = 'later'::regclass "
+                        "AND mode = 'AccessShareLock' AND granted AND database = (SELECT oid "
+                        "FROM pg_database WHERE datname = current_database()) "
+                        "AND pid <> pg_backend_pid()")
+            return {row[0] for row in cur.fetchall()}
+
+    # A reader's transaction holds the lock until the copy ends; a catalog query holds it for
+    # a moment: the same holder seen twice, 0.2 s apart, is a reader.
+    deadline, seen = time.monotonic() + 60, set()
+    while not (seen & holders_of_later()):
+        assert time.monotonic() < deadline and copying.poll() is None, copying.communicate()
+        seen = holders_of_later()
+        time.sleep(0.2)
+    def alter() -> None:  # waits behind the copy's first reader
+        conn = psycopg2.connect(project.source_url)
+        conn.autocommit = True
+        run_sql(conn, "ALTER TABLE later ADD COLUMN note text")
+        conn.close()
+
+    altering = threading.Thread(target=alter)
+    altering.start()
+    try:
+        _, stderr = copying.communicate(timeout=120)
+    finally:
+        if copying.poll() is None:
+            copying.kill()
+        altering.join(60)
+    assert copying.returncode == 4, stderr
+    assert "table 'later': another session waits to change it" in stderr, stderr
+    assert not altering.is_alive(), "the ALTER TABLE still waits"
