@@ -249,3 +249,10 @@ def test_every_partition_truncated_by_name_during_an_online_copy_is_refused(sour
     assert copying.returncode == 10, stderr
     assert "every partition was truncated or rewritten by name" in stderr, stderr
     assert "`snapshot --tables sales`" in stderr
+
+
+def test_chunk_options_without_online_are_refused(project):
+    for option in (["--chunk-rows", "100"], ["--max-seconds", "5"]):
+        result = project.run("snapshot", *option, expect=2)
+        assert result.stderr.strip() == ("Error: --chunk-rows and --max-seconds go with "
+                                         "--online"), result.stderr
