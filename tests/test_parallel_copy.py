@@ -98,13 +98,14 @@ def test_a_schema_change_waiting_for_a_table_fails_the_parallel_copy_instead_of_
     """The first reader locks every table; an ALTER TABLE then queues behind it, and a second
     reader that had not locked the table yet would queue behind the ALTER, which waits for the
     first reader's transaction: a hang PostgreSQL does not see. The second reader locks without
-    waiting and the copy fails with one line instead."""
+    waiting and the copy fails with one line instead (exit 4), after which the ALTER runs."""
     run_sql(source,
             "CREATE TABLE wide (id int PRIMARY KEY, note text)",
             # a few seconds of reading, in 8-block parts: the ALTER below queues meanwhile
             "INSERT INTO wide SELECT g, repeat(md5(g::text), 6) FROM generate_series(1, 300000) g",
-            "CREATE TABLE later (id int PRIMARY KEY)",  # the smallest table: read last
-            "INSERT INTO later VALUES (1)")
+            # read after `wide`, in many parts: both readers read some of them
+            "CREATE TABLE later (id int PRIMARY KEY, note text)",
+            "INSERT INTO later SELECT g, repeat(md5(g::text), 6) FROM generate_series(1, 8000) g")
     copying = project.start("snapshot", "--workers", "2", env={
         "SOURCES__PG_REPLICATION__SNAPSHOT_PART_BYTES": str(PART_BYTES)})
 
@@ -126,7 +127,7 @@ def test_a_schema_change_waiting_for_a_table_fails_the_parallel_copy_instead_of_
     def alter() -> None:  # waits behind the copy's first reader
         conn = psycopg2.connect(project.source_url)
         conn.autocommit = True
-        run_sql(conn, "ALTER TABLE later ADD COLUMN note text")
+        run_sql(conn, "ALTER TABLE later ADD COLUMN extra int")
         conn.close()
 
     altering = threading.Thread(target=alter)
