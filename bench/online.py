@@ -18,6 +18,7 @@ import argparse
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,8 +29,6 @@ from typing import Dict, Iterator, List
 from common import (BENCH_TABLE_DDL, cli, connect_autocommit, measure, print_result,
                     round_environment, start_cluster)
 from snapshot import COPY_SCRIPT, FILL_SQL
-
-import sys
 
 
 class WalPeak:
@@ -114,19 +113,25 @@ def resume_comparison(url: str, work: Path) -> Dict[str, float]:
 
 def workers_comparison(url: str, work: Path, rows: int) -> Dict[str, float]:
     copy = measure("raw COPY", [sys.executable, "-c", COPY_SCRIPT, url], rows)
-    one = run(["snapshot", "--tables", "bench", "--workers", "1"], round_environment(url, work, 5))
-    two = run(["snapshot", "--tables", "bench", "--workers", "2"], round_environment(url, work, 6))
-    print(f"snapshot --workers 1 {one:7.1f} s, --workers 2 {two:7.1f} s: {two / one:.2f}x; "
-          f"raw COPY {copy.work_seconds:.1f} s (workers 1: {one / copy.work_seconds:.2f}x COPY)",
-          flush=True)
-    return {"workers1_seconds": one, "workers2_seconds": two, "workers_ratio": two / one,
-            "raw_copy_seconds": copy.work_seconds}
+    one, two = (measure(f"snapshot --workers {n}", cli("snapshot", "--tables", "bench",
+                                                         "--workers", str(n)),
+                        rows, round_environment(url, work, 4 + n)) for n in (1, 2))
+    print(f"snapshot --workers 1 {one.seconds:7.1f} s ({one.peak_rss_mb:.0f} MB peak RSS), "
+          f"--workers 2 {two.seconds:7.1f} s ({two.peak_rss_mb:.0f} MB): "
+          f"{two.seconds / one.seconds:.2f}x time, {two.peak_rss_mb / one.peak_rss_mb:.2f}x "
+          f"memory; raw COPY {copy.work_seconds:.1f} s", flush=True)
+    return {"workers1_seconds": one.seconds, "workers2_seconds": two.seconds,
+            "workers_ratio": two.seconds / one.seconds, "raw_copy_seconds": copy.work_seconds,
+            "workers1_peak_rss_mb": one.peak_rss_mb, "workers2_peak_rss_mb": two.peak_rss_mb}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--only", choices=["wal", "resume", "workers"], action="append",
+                        help="Run only these comparisons (default: all three).")
     args = parser.parse_args()
+    chosen = set(args.only or ["wal", "resume", "workers"])
     if shutil.which("pgbench") is None:
         raise SystemExit("pgbench is not installed")
     cluster = start_cluster()
@@ -141,9 +146,12 @@ def main() -> None:
         subprocess.run(["pgbench", "-i", "-s", "10", "-q", cluster.url], check=True,
                        capture_output=True)
         figures: Dict[str, float] = {"rows": args.rows}
-        figures.update(wal_comparison(cluster.url, work))
-        figures.update(resume_comparison(cluster.url, work))
-        figures.update(workers_comparison(cluster.url, work, args.rows))
+        if "wal" in chosen:
+            figures.update(wal_comparison(cluster.url, work))
+        if "resume" in chosen:
+            figures.update(resume_comparison(cluster.url, work))
+        if "workers" in chosen:
+            figures.update(workers_comparison(cluster.url, work, args.rows))
         print_result("online", figures)
     finally:
         shutil.rmtree(work, ignore_errors=True)
