@@ -9,7 +9,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -45,7 +45,7 @@ def _copy_sql(table: TableInfo, blocks: Optional[BlockRange] = None) -> sql.Comp
     # ONLY: a plain table's inheritance children are tables of their own. A partitioned root has
     # no rows itself and must be read with its partitions.
     only = sql.SQL("") if table.is_partitioned else sql.SQL("ONLY ")
-    columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
+    columns = _row_marker_and(c.name for c in table.columns)
     where = sql.SQL("")
     if blocks is not None:  # a TID range scan (PostgreSQL 14+) reads only these blocks
         first, end = blocks
@@ -105,7 +105,7 @@ def read_key_range(conn, table: TableInfo, names: List[str], after: Optional[Lis
             key, sql.SQL(", ").join(sql.Literal(value) for value in after))
     only = sql.SQL("") if table.is_partitioned else sql.SQL("ONLY ")  # as _copy_sql
     query = sql.SQL("COPY (SELECT {} FROM {}{}{} ORDER BY {} LIMIT {}) TO STDOUT (FORMAT csv)"
-                    ).format(sql.SQL(", ").join(sql.Identifier(n) for n in names), only,
+                    ).format(_row_marker_and(names), only,
                              sql.Identifier(table.schema, table.name), after_key, key,
                              sql.Literal(limit))
     batches = list(_copy_csv_batches(conn, query.as_string(conn), names))
@@ -135,8 +135,17 @@ def _load_glibc() -> Optional[ctypes.CDLL]:
 _LIBC = _load_glibc()
 
 
+def _row_marker_and(names: Iterable[str]) -> sql.Composable:
+    """The columns a COPY reads, after a constant `1` that starts every row of its CSV. Arrow's
+    CSV reader drops a byte-order mark (U+FEFF) at the start of a block, and skips empty lines:
+    without the marker, a first value starting with U+FEFF lost it, and a row of one NULL
+    column was lost. `_copy_csv_batches` removes the marker."""
+    return sql.SQL("1, ") + sql.SQL(", ").join(sql.Identifier(name) for name in names)
+
+
 def _copy_csv_batches(conn, copy_sql: str, names: List[str]) -> Iterator[pa.RecordBatch]:
-    """Runs COPY in a thread writing into a pipe that Arrow's streaming CSV reader consumes."""
+    """Runs COPY in a thread writing into a pipe that Arrow's streaming CSV reader consumes; the
+    COPY's first column is the row marker (`_row_marker_and`), left out of the batches."""
     read_fd, write_fd = os.pipe()
     failure: List[BaseException] = []
 
@@ -150,12 +159,13 @@ def _copy_csv_batches(conn, copy_sql: str, names: List[str]) -> Iterator[pa.Reco
     producer = threading.Thread(target=produce, name="snapshot-copy", daemon=True)
     producer.start()
     source = os.fdopen(read_fd, "rb", buffering=1 << 20)
-    read_options = dict(column_names=names, use_threads=False)
+    marker = "pg_replication_row"  # the marker's name in the CSV reader only
+    read_options = dict(column_names=[marker, *names], use_threads=False)
     # Quoted newlines make the reader parse serially anyway; its read-ahead threads only kept
     # more blocks alive (measured: ~100 MB more peak RSS, no speed gain).
-    parse_options = pacsv.ParseOptions(newlines_in_values=True)
+    parse_options = pacsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False)
     convert_options = pacsv.ConvertOptions(
-        column_types={name: pa.string() for name in names},
+        column_types={name: pa.string() for name in [marker, *names]},
         strings_can_be_null=True,
         quoted_strings_can_be_null=False,  # "" is an empty string, bare empty is NULL
         null_values=[""],
@@ -168,7 +178,7 @@ def _copy_csv_batches(conn, copy_sql: str, names: List[str]) -> Iterator[pa.Reco
             table = pacsv.read_csv(pa.py_buffer(rows), read_options=options,
                                    parse_options=parse_options, convert_options=convert_options)
             del rows
-            yield from table.to_batches()
+            yield from table.remove_column(0).to_batches()
     finally:
         source.close()  # unblocks the producer if the consumer stopped early
         producer.join()
