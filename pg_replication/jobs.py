@@ -27,7 +27,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import dlt
 
@@ -116,6 +116,7 @@ class CdcReport:
     # table -> [rows read, chunks] of the online copies' chunks this run loaded (chunks.py)
     copied_online: Dict[str, List[int]] = field(default_factory=dict)
     stuck_copies: Dict[str, str] = field(default_factory=dict)  # table_key -> why it stopped
+    ended_copies: List[str] = field(default_factory=list)  # table_keys gone during their copy
     in_progress: List[CopyProgress] = field(default_factory=list)  # online copies not finished
 
     @property
@@ -145,6 +146,9 @@ class CdcReport:
         """What the run did for the online copies, and what is left of them."""
         note = "".join(f"; {table}: {rows} rows copied online in {chunks} chunks"
                        for table, (rows, chunks) in sorted(self.copied_online.items()))
+        for key in self.ended_copies:
+            note += (f"; the online copy of {key} ended unfinished: the table is gone (dropped "
+                     "or renamed); the destination keeps what was copied")
         for key, problem in sorted(self.stuck_copies.items()):
             note += f"; the online copy of {key} could not go on: {problem}"
         if self.in_progress:
@@ -346,7 +350,7 @@ def _advance_online_copies(lock, settings: Settings, pipeline: dlt.Pipeline, bou
                 copied[1] += 1
                 for progress in copy_progress(lock, stored_state(pipeline), settings.schema_name):
                     on_chunk(progress)
-            elif not bounds.stop_was_requested():
+            elif not bounds.stop_was_requested() and not reader.gone:
                 misses[keys[0]] = misses.get(keys[0], 0) + 1
                 if misses[keys[0]] >= ONLINE_CHUNK_MISSES:
                     report.stuck_copies[keys[0]] = _chunk_problem(chunk, reader)
@@ -371,22 +375,28 @@ def _copy_chunk(lock, reader: ChunkReader, settings: Settings, pipeline: dlt.Pip
                 bounds: RunBounds, report: CdcReport, loaded: LoadedState,
                 key: str) -> Optional[Chunk]:
     """Reads the table's next chunk, then loads the stream up to its high watermark, where the
-    chunk is handed on; None when no chunk could be read (online.ChunkReader.next_chunk)."""
+    chunk is handed on; None when no chunk could be read (online.ChunkReader.next_chunk). The
+    copy of a table that is gone ends there, with a load of the stream up to now."""
     leaves = read_leaves(lock, list(loaded.oids.values()))
     name = short_names([key], settings.schema_name)[0]
     chunk = reader.next_chunk(lock, settings.schema_name, name, loaded.online_copies[key])
-    if chunk is None:
+    if chunk is None and not reader.gone:
         return None
-    # The high watermark is the window's stop: the schema changes before it are checked.
+    stop = chunk.high if chunk is not None else run_stop_position(lock)
+    # The window's stop is taken: the schema changes before it are checked.
     shapes, truncates = _refuse_uncarried_schema_changes(lock, settings, loaded, report, leaves)
-    window = RunBounds(stop_lsn=chunk.high, stop_requested=bounds.stop_requested)
+    window = RunBounds(stop_lsn=stop, stop_requested=bounds.stop_requested)
+    ended = [] if chunk is not None else [key]
     while True:
-        pending = chunk if chunk.released is None else None
-        segment = _load_segment(lock, settings, pipeline, window, shapes, pending)
+        pending = chunk if chunk is not None and chunk.released is None else None
+        segment = _load_segment(lock, settings, pipeline, window, shapes, pending, ended)
         _confirm_segment(lock, settings, report, segment)
+        ended = []  # stored with the first load
         if not segment.more or bounds.stop_was_requested():
             break
-    if report.confirmed_lsn is not None and report.confirmed_lsn >= chunk.high:
+    if chunk is None:
+        report.ended_copies.append(key)
+    if report.confirmed_lsn is not None and report.confirmed_lsn >= stop:
         _refuse_partition_truncates(settings, shapes, truncates)
     return chunk
 
@@ -600,13 +610,15 @@ def _refuse_partition_truncates(settings: Settings, shapes: Dict[str, Dict[str, 
 
 
 def _load_segment(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds,
-                  shapes: Dict[str, Dict[str, Any]], chunk: Optional[Chunk] = None
-                  ) -> SegmentResult:
+                  shapes: Dict[str, Dict[str, Any]], chunk: Optional[Chunk] = None,
+                  ended_copies: Sequence[str] = ()) -> SegmentResult:
     """Reads one segment on the run's checked connection and loads it (with an online copy's
-    chunk, when the stream reaches its high watermark)."""
+    chunk, when the stream reaches its high watermark; ending the online copies of tables that
+    are gone)."""
     segment = SegmentResult(Position())
     resource = changes_resource(settings=settings, bounds=bounds, result=segment, conn=lock,
-                                require_copies=True, table_shapes=shapes, chunk=chunk)
+                                require_copies=True, table_shapes=shapes, chunk=chunk,
+                                ended_copies=ended_copies)
     source = make_source(SOURCE_NAME, [resource])
     apply_table_format(source, pipeline)
     pipeline.run(source, loader_file_format="parquet")

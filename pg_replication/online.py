@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from .catalog import TableInfo, describe_tables
 from .chunks import Chunk, chunk_columns
 from .connect import connect
+from .exceptions import ConfigError
 from .snapshot import begin_snapshot_transaction, read_key_range
 from .state import LoadedState
 from .stream import emit_watermark
@@ -28,6 +29,7 @@ class ChunkReader:
         self.chunk_rows, self.chunk_bytes = chunk_rows, chunk_bytes
         self.bytes_per_row: Dict[int, float] = {}  # by table OID
         self.problem = ""  # why the last chunk could not be read
+        self.gone = False  # because the table is no longer there (dropped, or renamed)
 
     def close(self) -> None:
         self.conn.close()
@@ -40,9 +42,11 @@ class ChunkReader:
         token = uuid.uuid4().hex
         low = emit_watermark(lock, f"{token} low")
         begin_snapshot_transaction(self.conn, None)
+        self.gone = False
         try:
-            table = describe_tables(self.conn, schema, [name]).get(name)
+            table = _table_now(self.conn, schema, name)
             if table is None or not table.merge_key:
+                self.gone = table is None
                 self.problem = ("the table no longer exists under this name" if table is None
                                 else "the table has no key any more")
                 return None
@@ -52,7 +56,7 @@ class ChunkReader:
         finally:
             _end_transaction(self.conn)
         high = emit_watermark(lock, f"{token} high")
-        if describe_tables(lock, schema, [name]).get(name) != table:
+        if _table_now(lock, schema, name) != table:
             # Its rows may lack a column the stream has from now on.
             self.problem = "the table's columns changed while a chunk was read"
             return None
@@ -70,6 +74,14 @@ class ChunkReader:
 
 
 FIRST_CHUNK_ROWS = 1_000  # a table never analyzed: the rows of its first chunk
+
+
+def _table_now(conn, schema: str, name: str) -> Optional[TableInfo]:
+    """The table as the catalog describes it now, or None when it is gone (dropped, renamed)."""
+    try:
+        return describe_tables(conn, schema, [name]).get(name)
+    except ConfigError:
+        return None
 
 
 def _end_transaction(conn) -> None:

@@ -35,8 +35,8 @@ from .settings import PgReplicationConfiguration as Settings
 from .slots import (advance_slot, check_slot_usable, current_database, current_wal_lsn,
                     existing_publications, get_slot, publication_relations, publication_tables)
 from .snapshot import release_freed_memory
-from .state import (LoadedState, Position, record_chunk, record_shapes, record_truncate,
-                    save_position)
+from .state import (LoadedState, Position, end_online_copy, record_chunk, record_shapes,
+                    record_truncate, save_position)
 from .stream import ReplicationStream, emit_heartbeat
 
 Shapes = Dict[str, Dict[str, Any]]
@@ -47,12 +47,13 @@ def changes_resource(*, settings: Settings, bounds: RunBounds = RunBounds(),
                      require_copies: bool = False, table_shapes: Optional[Shapes] = None,
                      include_columns: Optional[Dict[str, Sequence[str]]] = None,
                      columns: Optional[Dict[str, Dict[str, Any]]] = None,
-                     chunk: Optional[Chunk] = None) -> Any:
+                     chunk: Optional[Chunk] = None, ended_copies: Sequence[str] = ()) -> Any:
     """The changes in the slot since the stored position, as one dlt resource (see
     sources.replication_resource for the arguments). With `conn`, the caller holds a connection
     and has checked the slot; otherwise the resource connects and checks when it starts. With
     `chunk`, an online copy's chunk is handed on at its high watermark (chunks.py), and the
-    copy's progress stored with the load."""
+    copy's progress stored with the load; the online copies of `ended_copies` (table_keys) end
+    with it."""
 
     def changes() -> Iterator[Any]:
         segment = result if result is not None else SegmentResult(Position())
@@ -68,6 +69,8 @@ def changes_resource(*, settings: Settings, bounds: RunBounds = RunBounds(),
             if flush_slot and pipeline is not None and not pipeline.has_pending_data:
                 advance_slot(connection, settings.slot_name, loaded.position.lsn)
             yield from reader.read(connection)
+        for key in ended_copies:
+            end_online_copy(state, key)
         if chunk is not None and chunk.released is not None:
             record_chunk(state, table_key(chunk.table.schema, chunk.table.name), chunk.last_key,
                          chunk.rows.num_rows, chunk.last)

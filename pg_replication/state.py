@@ -139,6 +139,14 @@ def record_chunk(state: MutableMapping[str, Any], key: str, last_key: Optional[l
     progress.update(cursor=last_key, chunks=progress["chunks"] + 1, rows=progress["rows"] + rows)
 
 
+def end_online_copy(state: MutableMapping[str, Any], key: str) -> None:
+    """The table's online copy ends unfinished (the table is gone): the destination keeps what
+    the chunks and the stream brought, as it keeps any dropped table."""
+    entry = (state.get(TABLES_KEY) or {}).get(key)
+    if entry is not None:
+        entry.pop(ONLINE_KEY, None)
+
+
 def record_shapes(state: MutableMapping[str, Any], shapes: Mapping[str, Dict[str, Any]]) -> None:
     """Stores the shapes a run checked (ddl.check_tables) with that run's load."""
     tables = state.setdefault(TABLES_KEY, {})
