@@ -88,7 +88,8 @@ class SnapshotReport:
         """What the tables left out, or replicated only in part, mean (for stderr)."""
         skipped = [f"warning: {table} is UNLOGGED or a foreign table: PostgreSQL writes no WAL "
                    "for it, so it is not replicated" for table in self.skipped_tables]
-        keyless = [f"warning: {table} has no primary key (or a deferrable one): only its "
+        keyless = [f"warning: {table} has no usable key (none, a deferrable one, or one on a "
+                   "generated column, which the stream does not send): only its "
                    "inserts are replicated (append), and an UPDATE or DELETE of it stops cdc "
                    "until it is copied again; to replicate them give it a primary key, REPLICA "
                    "IDENTITY USING INDEX, or (with a deferrable key) REPLICA IDENTITY FULL"
@@ -225,12 +226,8 @@ def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
         acquire_run_lock(lock, settings.slot_name)
         tables = select_tables(lock, settings.schema_name, settings.table_names)  # fail fast
         finish_pending_load(pipeline, lock, settings.slot_name)
-        # A copy that creates a new slot starts a new stream: every table starts over.
-        slot = get_slot(lock, settings.slot_name)
-        in_progress = (stored_state(pipeline).online_copies
-                       if slot is not None and slot.wal_status != "lost" else {})
-        starting = {name: table for name, table in tables.items()
-                    if table_key(settings.schema_name, name) not in in_progress}
+        resumed = _resumable_copies(lock, settings, stored_state(pipeline), tables)
+        starting = {name: table for name, table in tables.items() if name not in resumed}
         rows: Dict[str, int] = {}
         if starting:  # emptied in the destination, with a hand-off from now on
             recreate_tables_gone_from_destination(pipeline, starting)
@@ -250,6 +247,23 @@ def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
         return _online_snapshot_report(tables, rows, report, started), report
     finally:
         lock.close()
+
+
+def _resumable_copies(conn, settings: Settings, loaded: LoadedState,
+                       tables: Dict[str, TableInfo]) -> List[str]:
+    """The named tables whose online copy goes on from its cursor. The others start over: a copy
+    that creates a new slot starts a new stream, and a table that changed in a way the stream
+    cannot carry (ddl.py) needs a new copy anyway."""
+    slot = get_slot(conn, settings.slot_name)
+    if slot is None or slot.wal_status == "lost":
+        return []
+    keys = [table_key(settings.schema_name, name) for name in tables
+            if table_key(settings.schema_name, name) in loaded.online_copies]
+    if not keys:
+        return []
+    _, checks = check_schema_changes(conn, settings.schema_name, loaded, keys)
+    return short_names([key for key in keys if key in checks and not checks[key].needs_copy],
+                       settings.schema_name)
 
 
 def _online_snapshot_report(tables: Dict[str, TableInfo], rows: Dict[str, int],

@@ -277,3 +277,19 @@ def test_a_table_dropped_during_its_online_copy_ends_that_copy_only(source, proj
     for name in ("b", "c"):
         assert_table_matches(source, project, name)
     assert "✗" not in project.run("verify").stdout
+
+
+def test_a_schema_change_that_needs_a_new_copy_restarts_the_online_copy(source, project):
+    """After such a change, the command `verify` names (`snapshot --online --tables t`) went on
+    from the old cursor and was refused again, every time."""
+    _big_table(source, rows=3000)
+    project.run("snapshot", "--online", "--chunk-rows", "100", "--max-seconds", "0.5")
+    assert "big" in _online_progress(project)
+    run_sql(source, "ALTER TABLE big ADD COLUMN flag int DEFAULT 7")  # rows get 7, no WAL
+    refused = project.run("cdc", "--max-seconds", "1", expect=10)
+    assert "`snapshot --tables big`" in refused.stderr
+    unfinished = project.run("verify", expect=9).stdout
+    assert "`snapshot --online --tables big` finishes it" in unfinished
+    project.run("snapshot", "--online", "--tables", "big", "--chunk-rows", "1000")
+    project.run("cdc")
+    assert_table_matches(source, project, "big")
