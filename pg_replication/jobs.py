@@ -600,7 +600,9 @@ def _refuse_uncarried_schema_changes(conn, settings: Settings, loaded: LoadedSta
     problems += insert_only_problems(conn, loaded, required, settings.schema_name)
     if problems:
         raise CopyMissingError(problems[0])
-    report.schema_changes = schema_change_notes(checks, settings.schema_name)
+    # Added to: an online run checks again before each chunk, against the shapes it recorded.
+    report.schema_changes += [note for note in schema_change_notes(checks, settings.schema_name)
+                              if note not in report.schema_changes]
     expected = {key: check.expected_truncate for key, check in checks.items()
                 if check.expected_truncate is not None}
     return {key: check.shape for key, check in checks.items()}, expected

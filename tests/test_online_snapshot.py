@@ -293,3 +293,14 @@ def test_a_schema_change_that_needs_a_new_copy_restarts_the_online_copy(source, 
     project.run("snapshot", "--online", "--tables", "big", "--chunk-rows", "1000")
     project.run("cdc")
     assert_table_matches(source, project, "big")
+
+
+def test_a_schema_change_carried_during_an_online_run_is_named_in_its_summary(source, project):
+    _big_table(source, rows=2000)
+    project.run("snapshot", "--online", "--chunk-rows", "100", "--max-seconds", "0.5")
+    run_sql(source, "ALTER TABLE big DROP COLUMN note")
+    result = project.run("snapshot", "--online", "--tables", "big", "--chunk-rows", "500")
+    summary = next(line for line in result.stdout.splitlines() if line.startswith("cdc:"))
+    assert "schema changes:" in summary and "note" in summary, summary
+    project.run("cdc")
+    assert_table_matches(source, project, "big")
