@@ -40,19 +40,15 @@ class TableInfo:
         named by REPLICA IDENTITY USING INDEX. A table with neither cannot publish UPDATE/DELETE
         without making the application's writes fail.
         """
-        key: List[str] = []
         if self.replica_identity == "i" and self.identity_index_columns:
-            key = self.identity_index_columns
-        elif self.replica_identity == "f" and self.primary_key:
-            key = self.primary_key
+            return self.identity_index_columns
+        if self.replica_identity == "f" and self.primary_key:
+            return self.primary_key
         # A deferrable primary key cannot be the replica identity: PostgreSQL then rejects the
         # table's UPDATE and DELETE in a publication that publishes them.
-        elif self.replica_identity == "d" and self.primary_key and not self.deferrable_key:
-            key = self.primary_key
-        # pgoutput does not send generated columns: an insert's row would come without its key.
-        if any(column.generated for column in self.columns if column.name in key):
-            return []
-        return key
+        if self.replica_identity == "d" and self.primary_key and not self.deferrable_key:
+            return self.primary_key
+        return []
 
     def column(self, name: str) -> Optional[ColumnInfo]:
         return next((c for c in self.columns if c.name == name), None)

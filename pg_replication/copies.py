@@ -50,7 +50,8 @@ def select_tables(conn, schema_name: str,
 def refuse_colliding_names(tables, replicated: Sequence[str] = ()) -> None:
     """Raises ConfigError when two source tables (of `tables` and the `replicated` names), or two
     columns of one table, would land under one destination name after dlt's snake_case (they
-    would be silently merged), or a column takes a name the pipeline adds (`_pg_lsn`, ...)."""
+    would be silently merged), a column takes a name the pipeline adds (`_pg_lsn`, ...), or a
+    table's key has a generated column."""
     tables = list(tables)
     names = sorted({t.name for t in tables} | set(replicated))
     for first, second in name_collisions(names, destination_identifier):
@@ -58,6 +59,7 @@ def refuse_colliding_names(tables, replicated: Sequence[str] = ()) -> None:
             f"tables {first!r} and {second!r} would both land in destination table "
             f"{destination_identifier(second)!r}: replicate one of them (`--tables`) or rename it")
     for table in tables:
+        _refuse_generated_key(table)
         clashes = name_collisions([c.name for c in table.columns], destination_identifier,
                                   RESERVED_COLUMNS)
         for first, second in clashes:
@@ -67,6 +69,18 @@ def refuse_colliding_names(tables, replicated: Sequence[str] = ()) -> None:
                 f"table {table.name!r}: column {second!r} would land in destination column "
                 f"{destination_identifier(second)!r}, the same as {what}: rename it, or leave "
                 "the table out (`--tables`)")
+
+
+def _refuse_generated_key(table: TableInfo) -> None:
+    """pgoutput does not send generated columns: an insert would come without its key, and
+    every cdc would fail on it."""
+    generated = [name for name in table.merge_key
+                 if (column := table.column(name)) is not None and column.generated]
+    if generated:
+        raise ConfigError(
+            f"table {table.name!r}: its key includes the generated column {generated[0]!r}, "
+            "which the change stream does not send: key it on stored columns (REPLICA IDENTITY "
+            "USING INDEX on a unique index of them), or leave the table out (`--tables`)")
 
 
 def addable_tables(conn, schema_name: str, pub_name: str,

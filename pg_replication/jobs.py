@@ -88,8 +88,7 @@ class SnapshotReport:
         """What the tables left out, or replicated only in part, mean (for stderr)."""
         skipped = [f"warning: {table} is UNLOGGED or a foreign table: PostgreSQL writes no WAL "
                    "for it, so it is not replicated" for table in self.skipped_tables]
-        keyless = [f"warning: {table} has no usable key (none, a deferrable one, or one on a "
-                   "generated column, which the stream does not send): only its "
+        keyless = [f"warning: {table} has no primary key (or a deferrable one): only its "
                    "inserts are replicated (append), and an UPDATE or DELETE of it stops cdc "
                    "until it is copied again; to replicate them give it a primary key, REPLICA "
                    "IDENTITY USING INDEX, or (with a deferrable key) REPLICA IDENTITY FULL"
@@ -148,8 +147,8 @@ class CdcReport:
         note = "".join(f"; {table}: {rows} rows copied online in {chunks} chunks"
                        for table, (rows, chunks) in sorted(self.copied_online.items()))
         for key in self.ended_copies:
-            note += (f"; the online copy of {key} ended unfinished: the table is gone (dropped "
-                     "or renamed); the destination keeps what was copied")
+            note += (f"; the online copy of {key} ended unfinished: the table was dropped; the "
+                     "destination keeps what was copied")
         for key, problem in sorted(self.stuck_copies.items()):
             note += f"; the online copy of {key} could not go on: {problem}"
         if self.in_progress:
@@ -393,7 +392,8 @@ def _copy_chunk(lock, reader: ChunkReader, settings: Settings, pipeline: dlt.Pip
     copy of a table that is gone ends there, with a load of the stream up to now."""
     leaves = read_leaves(lock, list(loaded.oids.values()))
     name = short_names([key], settings.schema_name)[0]
-    chunk = reader.next_chunk(lock, settings.schema_name, name, loaded.online_copies[key])
+    chunk = reader.next_chunk(lock, settings.schema_name, name, loaded.oids.get(key, 0),
+                              loaded.online_copies[key])
     if chunk is None and not reader.gone:
         return None
     stop = chunk.high if chunk is not None else run_stop_position(lock)

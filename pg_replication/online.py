@@ -7,6 +7,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
+import psycopg2.errors
+
 from .catalog import TableInfo, describe_tables
 from .chunks import Chunk, chunk_columns
 from .connect import connect
@@ -34,25 +36,28 @@ class ChunkReader:
     def close(self) -> None:
         self.conn.close()
 
-    def next_chunk(self, lock, schema: str, name: str,
+    def next_chunk(self, lock, schema: str, name: str, oid: int,
                    progress: Mapping[str, Any]) -> Optional[Chunk]:
-        """The chunk after the table's cursor, read between a low and a high watermark written on
-        the run's connection `lock`; None (and why, in `problem`) when the table is gone, lost
-        its key, or changed its columns while the chunk was read."""
+        """The chunk after the cursor of the table copied as `oid`, read between a low and a high
+        watermark written on the run's connection `lock`; None (and why, in `problem`) when the
+        table was dropped (`gone`), renamed, lost its key, or changed its columns while the chunk
+        was read."""
         token = uuid.uuid4().hex
         low = emit_watermark(lock, f"{token} low")
         begin_snapshot_transaction(self.conn, None)
         self.gone = False
         try:
             table = _table_now(self.conn, schema, name)
-            if table is None or not table.merge_key:
-                self.gone = table is None
-                self.problem = ("the table no longer exists under this name" if table is None
-                                else "the table has no key any more")
+            if table is None or table.oid != oid or not table.merge_key:
+                self.problem = _why_not_readable(self.conn, table, oid)
+                self.gone = self.problem == GONE
                 return None
             limit = self._row_limit(table)
             rows = read_key_range(self.conn, table, chunk_columns(table), progress.get("cursor"),
                                   limit)
+        except psycopg2.errors.UndefinedTable:  # dropped or renamed just now: the next try says
+            self.problem = "the table was dropped or renamed while a chunk was read"
+            return None
         finally:
             _end_transaction(self.conn)
         high = emit_watermark(lock, f"{token} high")
@@ -74,6 +79,22 @@ class ChunkReader:
 
 
 FIRST_CHUNK_ROWS = 1_000  # a table never analyzed: the rows of its first chunk
+
+
+GONE = "the table was dropped"
+
+
+def _why_not_readable(conn, table: Optional[TableInfo], oid: int) -> str:
+    """Why the table copied as `oid` cannot be read under its name now (GONE: dropped)."""
+    if table is not None and table.oid == oid:
+        return "the table has no key any more"
+    with conn.cursor() as cur:
+        cur.execute("SELECT relname FROM pg_class WHERE oid = %s", (oid,))
+        row = cur.fetchone()
+    if row is None:
+        return GONE
+    return (f"the table was renamed to {row[0]!r}: copy it under its new name "
+            "(`snapshot --online --tables ...`)")
 
 
 def _table_now(conn, schema: str, name: str) -> Optional[TableInfo]:

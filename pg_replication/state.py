@@ -116,6 +116,9 @@ def record_copy(state: MutableMapping[str, Any], schema: str, name: str, oid: in
                 write_count: Optional[Dict[str, Any]] = None, online: bool = False) -> None:
     """Stores a table's copy; `online`: the copy has only begun, its chunks follow."""
     entry: Dict[str, Any] = {"handoff_lsn": handoff_lsn, "oid": oid}
+    for other in (state.get(TABLES_KEY) or {}).values():
+        if other.get("oid") == oid:  # a copy in progress under an older name ends: this one counts
+            other.pop(ONLINE_KEY, None)
     if online:
         entry[ONLINE_KEY] = {"cursor": None, "chunks": 0, "rows": 0}
     if shape is not None:

@@ -271,7 +271,7 @@ def test_a_table_dropped_during_its_online_copy_ends_that_copy_only(source, proj
     project.run("snapshot", "--tables", "c")
     run_sql(source, "DROP TABLE a", "UPDATE c SET v = 'changed' WHERE id <= 10")
     result = project.run("snapshot", "--online", "--tables", "c", "--chunk-rows", "1000")
-    assert "the online copy of public.a ended unfinished: the table is gone" in result.stdout
+    assert "the online copy of public.a ended unfinished: the table was dropped" in result.stdout
     assert _online_progress(project) == {}
     project.run("cdc")
     for name in ("b", "c"):
@@ -302,5 +302,20 @@ def test_a_schema_change_carried_during_an_online_run_is_named_in_its_summary(so
     result = project.run("snapshot", "--online", "--tables", "big", "--chunk-rows", "500")
     summary = next(line for line in result.stdout.splitlines() if line.startswith("cdc:"))
     assert "schema changes:" in summary and "note" in summary, summary
+    project.run("cdc")
+    assert_table_matches(source, project, "big")
+
+
+def test_a_table_renamed_during_its_online_copy_does_not_end_it(source, project):
+    """A renamed table is not gone (its OID is there): its copy is not ended, which would leave
+    the rows past the cursor out for good should the table get its name back."""
+    _big_table(source, rows=2000)
+    project.run("snapshot", "--online", "--chunk-rows", "100", "--max-seconds", "0.5")
+    run_sql(source, "ALTER TABLE big RENAME TO huge")
+    refused = project.run("cdc", "--max-seconds", "2", expect=10)
+    assert "run `snapshot --tables huge`" in refused.stderr, refused.stderr
+    assert "big" in _online_progress(project)  # not ended: the rows past its cursor are missing
+    run_sql(source, "ALTER TABLE huge RENAME TO big")
+    project.run("snapshot", "--online", "--tables", "big", "--chunk-rows", "1000")
     project.run("cdc")
     assert_table_matches(source, project, "big")
