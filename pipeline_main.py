@@ -126,7 +126,9 @@ def cli(ctx: click.Context, destination: str, dataset: str, pipeline_name: str,
 
 
 @cli.command()
-@click.option("--tables", default=None, help="Comma-separated table names (default: all).")
+@click.option("--tables", default=None,
+              help="Comma-separated table names, `schema.table` for a schema other than the "
+                   "default one (default: all tables of the configured schemas).")
 @click.option("--max-wait", type=click.FloatRange(min=0.1), default=None,
               help="Give up (exit 4) after waiting this many seconds for transactions that were "
                    "open when the snapshot started (default: wait; what it waits for is printed "

@@ -131,7 +131,7 @@ class SegmentReader:
                 yield from self._read_segment(messages)
         finally:
             for relation_id, count in self.counts.items():
-                self.result.count(self.collector.relations[relation_id].relation.name, count)
+                self.result.count(self.collector.relations[relation_id].label, count)
 
     def _read_segment(self, messages: Iterator[Tuple[int, Message]]) -> Iterator[TableBatch]:
         handlers, unhandled, continue_ = _HANDLERS, _refuse_unhandled, CONTINUE
@@ -256,7 +256,7 @@ def _truncate_alone(reader: SegmentReader, batches: Iterable[TableBatch],
                     lsn: int) -> Iterator[TableBatch]:
     """The truncate's batches, as the whole segment."""
     for batch in batches:
-        reader.result.count(batch.table_name)
+        reader.result.count(batch.label)
         yield batch
     reader.result.took(lsn)
     reader.end_segment(reader.ordinal)

@@ -16,11 +16,13 @@ from .types import raw_values_to_arrow, refuse_inexact_keys, text_to_arrow
 
 @dataclass
 class TableBatch:
-    table_name: str
+    table_name: str  # the destination table (before snake_case): TableInfo.target
     hints: Dict[str, Any]
     data: pa.Table
     replace: bool = False  # the truncate of a table: load it as an empty replace
     xid: Optional[int] = None  # a truncate's transaction (ddl._check_leaves)
+    key: str = ""  # a truncate's source table (state.table_key), and as users write it
+    label: str = ""
 
 
 class ArrowBuilder:
@@ -35,7 +37,7 @@ class ArrowBuilder:
         """The rows (values as raw text) with their commit LSN, own LSN, commit time and delete
         marker."""
         columns = list(zip(*rows))
-        refuse_inexact_keys(state.table.name, [
+        refuse_inexact_keys(state.label, [
             (state.current_names[i] or state.relation.columns[i].name,
              pa.array(columns[i], pa.string()), state.kinds[i]) for i in state.key_indexes])
         arrays = [raw_values_to_arrow(columns[i], kind) for i, kind in enumerate(state.kinds)]
@@ -46,19 +48,19 @@ class ArrowBuilder:
         arrays.append(pa.array(commit_ts, pa.int64()).cast(META_ARROW_TYPES[COMMIT_TS_COLUMN]))
         arrays.append(self._delete_markers(commit_ts, deleted))
         data = pa.Table.from_arrays(arrays, names=state.output_names + self.meta_names)
-        return TableBatch(state.relation.name, state.hints, data)
+        return TableBatch(state.hints["table_name"], state.hints, data)
 
     def copied_batch(self, state: RelationBuffer, strings: pa.Table, lsn: int) -> TableBatch:
         """Rows read from the table (an online copy's chunk: every column as PostgreSQL's text,
         in the buffer's column order) as a batch of the relation, as if committed at `lsn`."""
         columns = [pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], pa.string())
                    for column in strings.columns]
-        refuse_inexact_keys(state.table.name, [(state.current_names[i], columns[i], state.kinds[i])
+        refuse_inexact_keys(state.label, [(state.current_names[i], columns[i], state.kinds[i])
                                                for i in state.key_indexes])
         arrays = [text_to_arrow(column, kind) for column, kind in zip(columns, state.kinds)]
         arrays += copied_row_meta(strings.num_rows, lsn, self.meta_names[-1])
         data = pa.Table.from_arrays(arrays, names=state.output_names + self.meta_names)
-        return TableBatch(state.relation.name, state.hints, data)
+        return TableBatch(state.hints["table_name"], state.hints, data)
 
     def _delete_markers(self, commit_ts: Sequence[int], deleted: Sequence[bool]) -> pa.Array:
         """Hard deletes: True on deleted rows; soft deletes: when the row was deleted."""
@@ -70,8 +72,8 @@ class ArrowBuilder:
     def truncate(self, state: RelationBuffer, xid: int) -> TableBatch:
         """The truncate of the relation's table: an empty `replace` of it."""
         hints = dict(state.hints, write_disposition="replace")
-        return TableBatch(state.relation.name, hints, self._empty_table(state), replace=True,
-                          xid=xid)
+        return TableBatch(hints["table_name"], hints, self._empty_table(state), replace=True,
+                          xid=xid, key=state.table_key, label=state.label)
 
     def _empty_table(self, state: RelationBuffer) -> pa.Table:
         fields = [pa.field(name, kind.arrow_type)

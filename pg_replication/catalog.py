@@ -1,11 +1,12 @@
 """Reads what the pipeline needs from the source's system catalogs: tables, columns, keys, types."""
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from psycopg2 import sql
 
 from .exceptions import ConfigError
+from .names import destination_table, display_name
 from .state import table_key  # noqa: F401 - the state's naming of a table, used with the catalog
 from .types import ColumnKind, PgTypeRow, resolve_kind
 
@@ -31,6 +32,19 @@ class TableInfo:
     primary_key: List[str]  # empty when there is none
     identity_index_columns: List[str] = field(default_factory=list)
     deferrable_key: bool = False  # the primary key may be violated until commit
+    # The pipeline's default schema, which decides the names below (names.py); "": this
+    # table's own schema (its plain name everywhere).
+    default_schema: str = ""
+
+    @property
+    def label(self) -> str:
+        """The table as a user writes it (`--tables`, messages): `name` or `schema.name`."""
+        return display_name(self.schema, self.name, self.default_schema or self.schema)
+
+    @property
+    def target(self) -> str:
+        """Its destination table (before dlt's snake_case): `name` or `schema__name`."""
+        return destination_table(self.schema, self.name, self.default_schema or self.schema)
 
     @property
     def merge_key(self) -> List[str]:
@@ -108,6 +122,11 @@ def list_tables(conn, schema: str) -> List[str]:
         return [row[0] for row in cur.fetchall()]
 
 
+def list_schema_tables(conn, schemas: Sequence[str]) -> List[Tuple[str, str]]:
+    """(schema, table) of every replicable table (list_tables) of the `schemas`, in their order."""
+    return [(schema, name) for schema in schemas for name in list_tables(conn, schema)]
+
+
 def unreplicable_tables(conn, schema: str) -> List[str]:
     """UNLOGGED and foreign tables of `schema`: they write no WAL the slot could decode."""
     with conn.cursor() as cur:
@@ -115,11 +134,19 @@ def unreplicable_tables(conn, schema: str) -> List[str]:
         return [row[0] for row in cur.fetchall()]
 
 
-def describe_tables(conn, schema: str, names: Sequence[str]) -> Dict[str, TableInfo]:
-    """Columns, keys and replica identity of the named tables, in the order given.
+def unreplicable_schema_tables(conn, schemas: Sequence[str]) -> List[Tuple[str, str]]:
+    """(schema, table) of the UNLOGGED and foreign tables of the `schemas`."""
+    return [(schema, name) for schema in schemas for name in unreplicable_tables(conn, schema)]
+
+
+def describe_tables(conn, schema: str, names: Sequence[str], default_schema: str = "",
+                    strict: bool = True) -> Dict[str, TableInfo]:
+    """Columns, keys and replica identity of the named tables, in the order given; their
+    `default_schema` names them for users and the destination (TableInfo.label, .target).
 
     Raises:
-        ConfigError: A name is not a table of `schema` (a view, a partition or missing).
+        ConfigError: (`strict`) A name is not a table of `schema` (a view, a partition or
+            missing); otherwise such names are left out.
     """
     with conn.cursor() as cur:
         cur.execute(_DESCRIBE_SQL, (schema, list(names)))
@@ -130,19 +157,33 @@ def describe_tables(conn, schema: str, names: Sequence[str]) -> Dict[str, TableI
         table = tables.get(relname)
         if table is None:
             table = tables[relname] = TableInfo(schema, relname, oid, partitioned, identity, [], [],
-                                                deferrable_key=deferrable)
+                                                deferrable_key=deferrable,
+                                                default_schema=default_schema)
         table.columns.append(ColumnInfo(attname, typid, typmod, type_sql, not_null, generated))
         if in_pk:
             table.primary_key.append(attname)
         if in_identity_index:
             table.identity_index_columns.append(attname)
     missing = [name for name in names if name not in tables]
-    if missing:
+    if missing and strict:
         raise ConfigError(
             f"unknown table{'s' if len(missing) > 1 else ''} in schema {schema!r}: "
             + ", ".join(sorted(missing))
         )
-    return {name: tables[name] for name in names}
+    return {name: tables[name] for name in names if name in tables}
+
+
+def describe_schema_tables(conn, tables: Sequence[Tuple[str, str]], default_schema: str,
+                           strict: bool = True) -> Dict[str, TableInfo]:
+    """describe_tables of (schema, table) pairs of several schemas, by TableInfo.label, in the
+    order given."""
+    by_schema: Dict[str, List[str]] = {}
+    for schema, name in tables:
+        by_schema.setdefault(schema, []).append(name)
+    described = {(schema, name): table for schema, names in by_schema.items()
+                 for name, table in describe_tables(conn, schema, names, default_schema,
+                                                    strict).items()}
+    return {described[pair].label: described[pair] for pair in tables if pair in described}
 
 
 def load_type_catalog(conn) -> Dict[int, PgTypeRow]:

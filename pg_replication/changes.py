@@ -55,6 +55,9 @@ class ChangeCollector:
             (renamed columns keep their destination column, ddl.py); default: by their names.
         copied_before (Callable[[int], int]): Per table OID, the latest hand-off of a copy under
             any name (handoff.HandoffRule.copied_before).
+        fill_bytes (int): Bytes of unchanged TOASTed values read back at once.
+        default_schema (str): The pipeline's default schema: a table of another one lands in
+            `schema__table` (names.py); default: every table keeps its own name.
     """
 
     def __init__(self, tables: Mapping[str, TableInfo], types: Dict[int, PgTypeRow],
@@ -64,10 +67,10 @@ class ChangeCollector:
                  applies_from: AppliesFrom = lambda schema, name: 0,
                  column_maps: Optional[Mapping[str, ColumnMap]] = None,
                  copied_before: Callable[[int], int] = lambda oid: 0,
-                 fill_bytes: int = BATCH_BYTES) -> None:
+                 fill_bytes: int = BATCH_BYTES, default_schema: str = "") -> None:
         self.tables_by_oid = {table.oid: table for table in tables.values()}
         self.shapes = RelationShapes(types, deletes, merge_strategy, existing_column,
-                                     column_maps or {})
+                                     column_maps or {}, default_schema)
         self.totals = BufferTotals()
         self.filler = ToastFiller(fetch_current, fill_bytes, self.totals)
         # Checked after every change: the filler's own method, bound once.
@@ -108,7 +111,7 @@ class ChangeCollector:
         if state.applies_from == NO_COPY:
             if commit_lsn < self.copied_before(relation_id):
                 return True  # made under an older name; the copy under the newer one holds it
-            raise _copy_missing(state.relation, self.tables_by_oid.get(relation_id))
+            raise _copy_missing(state, self.tables_by_oid.get(relation_id))
         return commit_lsn < state.applies_from
 
     def _state(self, relation_id: int, tag: str) -> RelationBuffer:
@@ -121,7 +124,7 @@ class ChangeCollector:
     def keys_of(self, message: Message) -> List[Tuple[str, Key]]:
         """The (table, key) pairs a change writes, for the repeated-key check."""
         state = self._state(message.relation_id, _TAGS.get(type(message), "D"))
-        return [(state.relation.name, key) for key in state.keys_written(message)]
+        return [(state.hints["table_name"], key) for key in state.keys_written(message)]
 
     def would_repeat_key(self, message: Message) -> bool:
         """True when an `upsert` merge would see this change's key twice in the segment: the key
@@ -178,7 +181,7 @@ class ChangeCollector:
         if not state.rows:
             return iter(())
         if state.row_index:
-            self.segment_keys.setdefault(state.relation.name, set()).update(state.row_index)
+            self.segment_keys.setdefault(state.hints["table_name"], set()).update(state.row_index)
         rows, meta, fill = state.take()
         if not fill:
             return iter([self.arrow.batch(state, rows, meta)])
@@ -187,11 +190,11 @@ class ChangeCollector:
                 if part_rows)
 
 
-def _copy_missing(relation: Relation, now: Optional[TableInfo]) -> CopyMissingError:
+def _copy_missing(state: RelationBuffer, now: Optional[TableInfo]) -> CopyMissingError:
     """The refusal of the changes of a table that has no copy; `now`: the table the catalog has
     under the relation's OID (renamed since: the copy takes its name now)."""
-    name = relation.name
-    fix = now.name if now is not None and now.schema == relation.namespace else name
+    name = state.label
+    fix = now.label if now is not None and now.schema == state.relation.namespace else name
     since = f" (named {fix} now)" if fix != name else ""
     return CopyMissingError(
         f"table {name}{since} has changes in the stream but no copy in the destination "

@@ -11,13 +11,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import dlt
 import pyarrow as pa
 
-from .catalog import (TableInfo, column_kinds, describe_tables, list_tables, load_type_catalog,
-                      unreplicable_tables)
+from .catalog import (TableInfo, column_kinds, describe_schema_tables, list_schema_tables,
+                      list_tables, load_type_catalog, unreplicable_schema_tables)
 from .connect import connect
 from .copy_workers import (BLOCK_BYTES, CopyPart, default_workers, plan_parts, read_parts,
                            table_sizes)
 from .ddl import read_catalog, read_leaves, shape_of
-from .dlt_compat import destination_identifier, make_source
+from .dlt_compat import destination_identifier, destination_table_identifier, make_source
 from .exceptions import ConfigError
 from .hints import (META_ARROW_TYPES, RESERVED_COLUMNS, delete_marker, existing_destination_column,
                     mark_batch, name_collisions, output_column_names, snapshot_hints, table_hints,
@@ -35,29 +35,44 @@ ColumnsByTable = Optional[Dict[str, Sequence[str]]]
 HintsByTable = Optional[Dict[str, Dict[str, Any]]]
 
 
-def select_tables(conn, schema_name: str,
-                  table_names: Optional[Sequence[str]]) -> Dict[str, TableInfo]:
-    """The tables to replicate: those named, or every table of the schema; UNLOGGED and foreign
-    tables are left out (`unreplicable_tables`, which the CLI names in a warning)."""
-    names = list(table_names) if table_names else list_tables(conn, schema_name)
-    skipped = set(unreplicable_tables(conn, schema_name))
-    names = [name for name in names if name not in skipped]
-    if not names:
-        raise ConfigError(f"no tables to replicate in schema {schema_name!r}")
-    return describe_tables(conn, schema_name, names)
+def select_tables(conn, settings: Settings) -> Dict[str, TableInfo]:
+    """The tables to replicate, by TableInfo.label: those named (`table_names`), or every table of
+    the configured schemas; UNLOGGED and foreign tables are left out (`unreplicable_tables`,
+    which the CLI names in a warning)."""
+    if settings.table_names:
+        pairs = [settings.source_table(name) for name in settings.table_names]
+        _refuse_unknown_schemas(conn, settings, pairs)
+    else:
+        pairs = list_schema_tables(conn, settings.schema_names)
+    skipped = set(unreplicable_schema_tables(conn, settings.schema_names))
+    pairs = [pair for pair in pairs if pair not in skipped]
+    if not pairs:
+        raise ConfigError(f"no tables to replicate in schema {', '.join(settings.schema_names)}")
+    return describe_schema_tables(conn, pairs, settings.schema_name)
 
 
-def refuse_colliding_names(tables, replicated: Sequence[str] = ()) -> None:
-    """Raises ConfigError when two source tables (of `tables` and the `replicated` names), or two
+def _refuse_unknown_schemas(conn, settings: Settings, pairs: List[Tuple[str, str]]) -> None:
+    """A configured schema that does not exist, named plainly (not as an unknown table)."""
+    for schema in dict.fromkeys(schema for schema, _ in pairs):
+        list_tables(conn, schema)  # ConfigError: the schema does not exist
+
+
+def refuse_colliding_names(tables, replicated: Sequence[TableInfo] = ()) -> None:
+    """Raises ConfigError when two source tables (of `tables` and the `replicated` ones), or two
     columns of one table, would land under one destination name after dlt's snake_case (they
     would be silently merged), a column takes a name the pipeline adds (`_pg_lsn`, ...), or a
     table's key has a generated column."""
     tables = list(tables)
-    names = sorted({t.name for t in tables} | set(replicated))
-    for first, second in name_collisions(names, destination_identifier):
-        raise ConfigError(
-            f"tables {first!r} and {second!r} would both land in destination table "
-            f"{destination_identifier(second)!r}: replicate one of them (`--tables`) or rename it")
+    landed: Dict[str, TableInfo] = {}
+    unique = {(t.schema, t.name): t for t in [*replicated, *tables]}
+    for pair in sorted(unique):
+        table = unique[pair]
+        landing = destination_table_identifier(table.target)
+        first = landed.setdefault(landing, table)
+        if first is not table:
+            raise ConfigError(
+                f"tables {first.label!r} and {table.label!r} would both land in destination "
+                f"table {landing!r}: replicate one of them (`--tables`) or rename it")
     for table in tables:
         _refuse_generated_key(table)
         clashes = name_collisions([c.name for c in table.columns], destination_identifier,
@@ -66,7 +81,7 @@ def refuse_colliding_names(tables, replicated: Sequence[str] = ()) -> None:
             what = ("a column the pipeline adds" if first in RESERVED_COLUMNS
                     else f"column {first!r}")
             raise ConfigError(
-                f"table {table.name!r}: column {second!r} would land in destination column "
+                f"table {table.label!r}: column {second!r} would land in destination column "
                 f"{destination_identifier(second)!r}, the same as {what}: rename it, or leave "
                 "the table out (`--tables`)")
 
@@ -78,32 +93,37 @@ def _refuse_generated_key(table: TableInfo) -> None:
                  if (column := table.column(name)) is not None and column.generated]
     if generated:
         raise ConfigError(
-            f"table {table.name!r}: its key includes the generated column {generated[0]!r}, "
+            f"table {table.label!r}: its key includes the generated column {generated[0]!r}, "
             "which the change stream does not send: key it on stored columns (REPLICA IDENTITY "
             "USING INDEX on a unique index of them), or leave the table out (`--tables`)")
 
 
-def addable_tables(conn, schema_name: str, pub_name: str,
-                   names: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """Of tables not replicated yet, those `snapshot --tables` can add, and one line for each of
-    the others saying why not (its name, or a column's, collides after snake_case)."""
-    accepted = published_names(conn, schema_name, pub_name)
+def addable_tables(conn, settings: Settings,
+                   pairs: Sequence[Tuple[str, str]]) -> Tuple[List[str], List[str]]:
+    """Of tables not replicated yet ((schema, table) pairs), those `snapshot --tables` can add (by
+    label), and one line for each of the others saying why not (its name, or a column's,
+    collides after snake_case)."""
+    accepted = published_tables(conn, settings)
     addable, refused = [], []
-    for name, table in sorted(describe_tables(conn, schema_name, list(names)).items()):
+    for label, table in sorted(describe_schema_tables(conn, pairs, settings.schema_name).items()):
         try:
             refuse_colliding_names([table], accepted)
         except ConfigError as e:
             refused.append(str(e))
             continue
-        addable.append(name)
-        accepted.append(name)
+        addable.append(label)
+        accepted.append(table)
     return addable, refused
 
 
-def published_names(conn, schema_name: str, pub_name: str) -> List[str]:
-    """The tables of the schema in the pipeline's publications."""
-    return sorted({name for pub in existing_publications(conn, pub_name)
-                   for schema, name in publication_tables(conn, pub) if schema == schema_name})
+def published_tables(conn, settings: Settings) -> List[TableInfo]:
+    """The tables of the configured schemas in the pipeline's publications (an admin's
+    publication may list partitions instead of their root: check_partition_root_publishing
+    refuses it, they are left out here)."""
+    pairs = sorted({(schema, name) for pub in existing_publications(conn, settings.pub_name)
+                    for schema, name in publication_tables(conn, pub)
+                    if schema in settings.schema_names})
+    return list(describe_schema_tables(conn, pairs, settings.schema_name, strict=False).values())
 
 
 @dataclass
@@ -129,8 +149,7 @@ def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
     invalidated and a copy follows). With `create_slot_now` a missing slot is created here (no
     copy follows); otherwise the copy creates it with its exported snapshot. The keyed tables
     named in `online` are to be copied online; the others are copied whole."""
-    refuse_colliding_names(tables.values(), published_names(conn, settings.schema_name,
-                                                            settings.pub_name))
+    refuse_colliding_names(tables.values(), published_tables(conn, settings))
     check_partition_root_publishing(conn, settings.pub_name)
     if reset:
         drop_slot(conn, settings.slot_name)
@@ -149,7 +168,7 @@ def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
     write_counts = {} if create_slot_now else updated_or_deleted_rows(
         conn, [table.oid for table in tables.values() if not table.merge_key])
     online_tables = [name for name in online if name in tables and tables[name].merge_key]
-    parts, workers = _plan_reading(conn, [t for t in tables.values() if t.name not in online_tables],
+    parts, workers = _plan_reading(conn, [t for t in tables.values() if t.label not in online_tables],
                                    settings.snapshot_workers, settings.snapshot_part_bytes)
     return CopyPlan(list(tables.values()), load_type_catalog(conn), slot is None, write_counts,
                     online_tables, parts, workers)
@@ -236,7 +255,7 @@ class _Copy:
                             self.plan.write_counts.get(table.oid), online)
 
             for table in self.plan.tables:
-                if table.name in self.plan.online_tables:  # emptied now, copied in chunks later
+                if table.label in self.plan.online_tables:  # emptied now, copied in chunks later
                     yield self._output(table).empty_batch()
                     record(table, online=True)
             yield from self._read_parts(lambda table: record(table, online=False))
@@ -270,11 +289,11 @@ class _Copy:
 
     def _output(self, table: TableInfo) -> "_TableOutput":
         kinds = column_kinds(table, self.plan.types)
-        names = _included(table.name, _copied_columns(table), self.include_columns)
-        outputs = output_column_names(table.name, [(n, kinds[n]) for n in names],
+        names = _included(table.label, _copied_columns(table), self.include_columns)
+        outputs = output_column_names(table.target, [(n, kinds[n]) for n in names],
                                       existing_destination_column())
         renames = dict(zip(names, outputs))
-        hints = table_hints(table.name, [(renames[n], kinds[n]) for n in names],
+        hints = table_hints(table.target, [(renames[n], kinds[n]) for n in names],
                             [renames.get(k, k) for k in table.merge_key], self.settings.deletes)
         hints = with_delta_options(hints, self.settings.delta_options)
         hints = snapshot_hints(with_column_hints(hints, self.columns))

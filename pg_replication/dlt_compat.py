@@ -94,9 +94,10 @@ def _parses(fs_client: Any, path: str) -> bool:
 
 
 def existing_destination_tables(pipeline: dlt.Pipeline, table_names: Iterable[str]) -> Set[str]:
-    """Which of the source-named tables exist in the destination (under their normalized name)."""
+    """Which of the destination tables (named as the pipeline hands them to dlt, before
+    snake_case: catalog.TableInfo.target) exist in the destination."""
     naming = pipeline.default_schema.naming if pipeline.default_schema_name else None
-    wanted = {(naming.normalize_table_identifier(name) if naming else name): name
+    wanted = {(naming.normalize_tables_path(name) if naming else name): name
               for name in table_names}
     if not wanted:
         return set()
@@ -109,7 +110,7 @@ def existing_destination_tables(pipeline: dlt.Pipeline, table_names: Iterable[st
 def recreate_tables_gone_from_destination(pipeline: dlt.Pipeline, table_names: Iterable[str]
                                           ) -> List[str]:
     """Creates again, empty, the tables dlt's schema knows that an SQL destination no longer has
-    (dropped by hand), and returns their source names.
+    (dropped by hand), and returns their names (TableInfo.target, as given).
 
     dlt creates tables only while migrating a schema version the destination has not stored; for
     a stored one it would truncate or insert into a table that is not there, on every run. The
@@ -118,7 +119,7 @@ def recreate_tables_gone_from_destination(pipeline: dlt.Pipeline, table_names: I
     if not pipeline.default_schema_name:
         return []
     schema = pipeline.default_schema
-    known = {name: schema.naming.normalize_table_identifier(name) for name in table_names}
+    known = {name: schema.naming.normalize_tables_path(name) for name in table_names}
     known = {name: table for name, table in known.items() if table in schema.tables}
     if not known:
         return []
@@ -139,6 +140,14 @@ def destination_identifier(name: str) -> str:
     from dlt.common.normalizers.naming.snake_case import NamingConvention
 
     return NamingConvention().normalize_identifier(name)
+
+
+def destination_table_identifier(name: str) -> str:
+    """The name dlt's snake_case gives a destination table: unlike a column's, a table's name is a
+    path, so the `__` between a schema and its table (names.py) is kept."""
+    from dlt.common.normalizers.naming.snake_case import NamingConvention
+
+    return NamingConvention().normalize_tables_path(name)
 
 
 def make_source(name: str, resources: List[Any]) -> Any:

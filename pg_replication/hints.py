@@ -248,7 +248,7 @@ def existing_destination_column() -> ExistingColumn:
         return lambda table, column: None
 
     def lookup(table: str, column: str) -> Optional[Dict[str, Any]]:
-        found = schema.tables.get(schema.naming.normalize_table_identifier(table))
+        found = schema.tables.get(schema.naming.normalize_tables_path(table))  # keeps `__`
         if not found:
             return None
         return found.get("columns", {}).get(schema.naming.normalize_identifier(column))

@@ -26,13 +26,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import dlt
 import psycopg2
 
-from .catalog import describe_tables, list_tables, load_type_catalog, table_key
+from .catalog import describe_schema_tables, list_schema_tables, load_type_catalog, table_key
 from .ddl import Leaves, TableCheck, check_tables
 from .dlt_compat import destination_state, existing_destination_tables, state_version
 from .exceptions import SourceNotReadyError, snapshot_command
 from .failures import essential_line
 from .handoff import short_names, tables_without_copy
 from .insert_only import insert_only_problems
+from .names import destination_table
 from .settings import PgReplicationConfiguration as Settings
 from .state import LoadedState
 from .slots import (INSERT_ONLY_SUFFIX, check_partition_root_publishing, ensure_publications,
@@ -78,25 +79,25 @@ def loaded_state(pipeline: dlt.Pipeline, remote: Optional[Dict[str, Any]]) -> Lo
 
 
 def required_tables(conn, settings: Settings) -> List[str]:
-    """table_keys the stream applies changes to: the published tables of the configured schema,
-    and the configured tables."""
+    """table_keys the stream applies changes to: the published tables of the configured
+    schemas, and the configured tables."""
     keys = {table_key(schema, name)
             for publication in existing_publications(conn, settings.pub_name)
             for schema, name in publication_tables(conn, publication)
-            if schema == settings.schema_name}
-    keys |= {table_key(settings.schema_name, name) for name in settings.table_names or []}
+            if schema in settings.schema_names}
+    keys |= {settings.table_key(name) for name in settings.table_names or []}
     return sorted(keys)
 
 
-def tables_not_replicated(conn, settings: Settings) -> List[str]:
-    """Tables of the schema not published (created since the snapshot, or left out of it), when
-    every table of the schema is wanted (no `table_names`): not an error, since a new table may
-    be scratch space, but said on every run and in `status`."""
+def tables_not_replicated(conn, settings: Settings) -> List[Tuple[str, str]]:
+    """(schema, table) of the tables of the schemas not published (created since the snapshot,
+    or left out of it), when every table of the schemas is wanted (no `table_names`): not an
+    error, since a new table may be scratch space, but said on every run and in `status`."""
     if settings.table_names:
         return []
     required = set(required_tables(conn, settings))
-    return [name for name in list_tables(conn, settings.schema_name)
-            if table_key(settings.schema_name, name) not in required]
+    return [(schema, name) for schema, name in list_schema_tables(conn, settings.schema_names)
+            if table_key(schema, name) not in required]
 
 
 def copy_problems(conn, settings: Settings, pipeline: dlt.Pipeline,
@@ -130,9 +131,10 @@ def copy_problems(conn, settings: Settings, pipeline: dlt.Pipeline,
             f"{_tables(replaced)} {'is' if len(replaced) == 1 else 'are'} not the table copied "
             "under that name (renamed over, swapped, or dropped and created again since the "
             f"copy): run {snapshot_command(replaced)}")
-    copied = {key.split(".", 1)[1]: key for key in required if key in loaded.handoffs}
+    copied = {destination_table(*key.split(".", 1), settings.schema_name): key
+              for key in required if key in loaded.handoffs}
     present = existing_destination_tables(pipeline, copied)
-    gone = short_names(sorted(key for name, key in copied.items() if name not in present),
+    gone = short_names(sorted(key for target, key in copied.items() if target not in present),
                        settings.schema_name)
     if gone:
         problems.append(f"{_tables(gone)} missing from the destination although copied: run "
@@ -148,21 +150,19 @@ def _replaced_tables(conn, settings: Settings, loaded: LoadedState,
     and created again is not published, but its destination table holds the old one's rows)."""
     wanted = set(required)
     if not settings.table_names:
-        wanted |= {table_key(settings.schema_name, name)
-                   for name in list_tables(conn, settings.schema_name)}
-    prefix = settings.schema_name + "."
-    copied = {key[len(prefix):]: key for key in wanted
-              if key in loaded.oids and key.startswith(prefix)}
+        wanted |= {table_key(schema, name)
+                   for schema, name in list_schema_tables(conn, settings.schema_names)}
+    copied = [key for key in wanted if key in loaded.oids
+              and key.split(".", 1)[0] in settings.schema_names]
     if not copied:
         return []
     with conn.cursor() as cur:
-        cur.execute("SELECT c.relname, c.oid FROM pg_class c "
+        cur.execute("SELECT n.nspname || '.' || c.relname, c.oid FROM pg_class c "
                     "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = %s AND c.relname = ANY (%s) AND c.relkind IN ('r', 'p')",
-                    (settings.schema_name, list(copied)))
-        now = {name: int(oid) for name, oid in cur.fetchall()}
-    return sorted(key for name, key in copied.items()
-                  if name in now and now[name] != loaded.oids[key])
+                    "WHERE n.nspname || '.' || c.relname = ANY (%s) AND c.relkind IN ('r', 'p')",
+                    (copied,))
+        now = {key: int(oid) for key, oid in cur.fetchall()}
+    return sorted(key for key in copied if key in now and now[key] != loaded.oids[key])
 
 
 def _has_local_state(pipeline: dlt.Pipeline) -> bool:
@@ -198,13 +198,13 @@ def release_tables_without_identity(conn, settings: Settings) -> Optional[str]:
     insert-only publication they work again; the changes they make are no longer streamed, so the
     table needs a new copy (and is appended from then on).
     """
-    names = sorted(name for schema, name in publication_tables(conn, settings.pub_name) or []
-                   if schema == settings.schema_name)
-    lost = [table for table in describe_tables(conn, settings.schema_name, names).values()
-            if not table.merge_key] if names else []
+    pairs = sorted((schema, name) for schema, name in publication_tables(conn, settings.pub_name)
+                   or [] if schema in settings.schema_names)
+    lost = [table for table in describe_schema_tables(conn, pairs, settings.schema_name).values()
+            if not table.merge_key]
     if not lost:
         return None
-    shown = [table.name for table in lost]
+    shown = [table.label for table in lost]
     them = "it" if len(shown) == 1 else "them"
     problem = (f"{_tables(shown)} lost {'its' if len(shown) == 1 else 'their'} row identity "
                "(primary key dropped or deferrable, or REPLICA IDENTITY NOTHING), so the "

@@ -32,14 +32,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import dlt
 
 from .bounds import RunBounds
-from .catalog import TableInfo, table_key, unreplicable_tables
+from .catalog import TableInfo, table_key, unreplicable_schema_tables
 from .changes import SegmentResult
 from .connect import connect
 from .chunks import Chunk
 from .copies import addable_tables, copy_source, prepare_copy, select_tables
 from .ddl import Leaves, read_leaves
 from .destinations import apply_table_format, is_local_duckdb
-from .dlt_compat import (destination_identifier, destination_state, make_source,
+from .dlt_compat import (destination_state, destination_table_identifier, make_source,
                          recreate_tables_gone_from_destination, repair_crashed_packages)
 from .exceptions import (CopyMissingError, SlotError, SlotInUseError, mask_secrets,
                          snapshot_command)
@@ -51,6 +51,7 @@ from .integrity import (check_schema_changes, copy_problems, destination_lost,
                         remember_loaded_state, required_tables, schema_change_notes,
                         tables_not_replicated)
 from .online import ChunkReader, CopyProgress, copy_progress
+from .names import destination_table, display_name
 from .protocol import int_to_lsn
 from .segments import changes_resource, run_stop_position
 from .settings import PgReplicationConfiguration as Settings
@@ -189,21 +190,28 @@ def run_snapshot(settings: Settings, pipeline: dlt.Pipeline) -> SnapshotReport:
     try:
         check_server(lock)
         acquire_run_lock(lock, settings.slot_name)
-        tables = select_tables(lock, settings.schema_name, settings.table_names)  # fail fast
+        tables = select_tables(lock, settings)  # fail fast
         finish_pending_load(pipeline, lock, settings.slot_name)
         # Before any slot or snapshot exists: a slow destination holds nothing open on the source.
-        recreate_tables_gone_from_destination(pipeline, tables)
+        recreate_tables_gone_from_destination(pipeline, [t.target for t in tables.values()])
         plan = prepare_copy(lock, settings=settings, tables=tables)
-        rows = _run_snapshot_source(copy_source(settings=settings, plan=plan), pipeline)
+        rows = _run_snapshot_source(copy_source(settings=settings, plan=plan), pipeline, tables)
         # Every table of one snapshot shares its hand-off: report the first one's.
+        first = next(iter(tables.values()))
         handoff = LoadedState.from_pipeline_state(pipeline.state).handoffs.get(
-            table_key(settings.schema_name, next(iter(tables))))
+            table_key(first.schema, first.name))
         keyless = sorted(name for name, table in tables.items() if not table.merge_key)
-        skipped = [name for name in unreplicable_tables(lock, settings.schema_name)
-                   if not settings.table_names or name in settings.table_names]
-        return SnapshotReport(rows, handoff, time.monotonic() - started, keyless, skipped)
+        return SnapshotReport(rows, handoff, time.monotonic() - started, keyless,
+                              _skipped_tables(lock, settings))
     finally:
         lock.close()
+
+
+def _skipped_tables(conn, settings: Settings) -> List[str]:
+    """The UNLOGGED and foreign tables among those wanted, as users write them."""
+    names = [display_name(schema, name, settings.schema_name)
+             for schema, name in unreplicable_schema_tables(conn, settings.schema_names)]
+    return [name for name in names if not settings.table_names or name in settings.table_names]
 
 
 def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
@@ -223,15 +231,16 @@ def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
         check_server(lock)
         check_logical_messages(lock)
         acquire_run_lock(lock, settings.slot_name)
-        tables = select_tables(lock, settings.schema_name, settings.table_names)  # fail fast
+        tables = select_tables(lock, settings)  # fail fast
         finish_pending_load(pipeline, lock, settings.slot_name)
         resumed = _resumable_copies(lock, settings, stored_state(pipeline), tables)
         starting = {name: table for name, table in tables.items() if name not in resumed}
         rows: Dict[str, int] = {}
         if starting:  # emptied in the destination, with a hand-off from now on
-            recreate_tables_gone_from_destination(pipeline, starting)
+            recreate_tables_gone_from_destination(pipeline, [t.target for t in starting.values()])
             plan = prepare_copy(lock, settings=settings, tables=starting, online=list(starting))
-            rows = _run_snapshot_source(copy_source(settings=settings, plan=plan), pipeline)
+            rows = _run_snapshot_source(copy_source(settings=settings, plan=plan), pipeline,
+                                        starting)
         report = CdcReport()
         _run_cdc_on(lock, settings, pipeline, bounds, report, on_chunk)
         report.seconds = time.monotonic() - started
@@ -256,8 +265,8 @@ def _resumable_copies(conn, settings: Settings, loaded: LoadedState,
     slot = get_slot(conn, settings.slot_name)
     if slot is None or slot.wal_status == "lost":
         return []
-    keys = [table_key(settings.schema_name, name) for name in tables
-            if table_key(settings.schema_name, name) in loaded.online_copies]
+    keys = [key for key in (table_key(t.schema, t.name) for t in tables.values())
+            if key in loaded.online_copies]
     if not keys:
         return []
     _, checks = check_schema_changes(conn, settings.schema_name, loaded, keys)
@@ -268,19 +277,21 @@ def _resumable_copies(conn, settings: Settings, loaded: LoadedState,
 def _online_snapshot_report(tables: Dict[str, TableInfo], rows: Dict[str, int],
                             report: CdcReport, started: float) -> SnapshotReport:
     """What `snapshot --online` says per table: rows and chunks copied online, or rows copied
-    whole (`rows`: the consistent copy's counts, by destination name)."""
+    whole (`rows`: the consistent copy's counts)."""
     keyless = sorted(name for name, table in tables.items() if not table.merge_key)
     online = [name for name in tables if name not in keyless]
     # The online tables' counts from the consistent copy (0: emptied) give way to their chunks'.
-    emptied = {destination_identifier(name) for name in online}
-    rows = {name: count for name, count in rows.items() if name not in emptied}
+    rows = {name: count for name, count in rows.items() if name not in online}
     chunks: Dict[str, int] = {}
     for name in online:
         rows[name], chunks[name] = report.copied_online.get(name, (0, 0))
     return SnapshotReport(rows, None, time.monotonic() - started, keyless, online_chunks=chunks)
 
 
-def _run_snapshot_source(source, pipeline: dlt.Pipeline) -> Dict[str, int]:
+def _run_snapshot_source(source, pipeline: dlt.Pipeline,
+                         tables: Dict[str, TableInfo]) -> Dict[str, int]:
+    """Loads the copy; returns its rows per table, by TableInfo.label."""
+    label_of = {destination_table_identifier(t.target): label for label, t in tables.items()}
     apply_table_format(source, pipeline)
     pipeline.run(source, loader_file_format="parquet")
     remember_loaded_state(pipeline)
@@ -290,7 +301,8 @@ def _run_snapshot_source(source, pipeline: dlt.Pipeline) -> Dict[str, int]:
     if normalize is not None:
         for table, count in normalize.row_counts.items():
             if not table.startswith("_dlt"):
-                counts[table] = counts.get(table, 0) + count
+                label = label_of.get(table, table)
+                counts[label] = counts.get(label, 0) + count
     return counts
 
 
@@ -358,7 +370,8 @@ def _advance_online_copies(lock, settings: Settings, pipeline: dlt.Pipeline, bou
             chunk = _copy_chunk(lock, reader, settings, pipeline, bounds, report, loaded, keys[0])
             if chunk is not None and chunk.released is not None:
                 misses.pop(keys[0], None)
-                copied = report.copied_online.setdefault(chunk.table.name, [0, 0])
+                name = short_names([keys[0]], settings.schema_name)[0]
+                copied = report.copied_online.setdefault(name, [0, 0])
                 copied[0] += chunk.rows.num_rows
                 copied[1] += 1
                 for progress in copy_progress(lock, stored_state(pipeline), settings.schema_name):
@@ -391,8 +404,8 @@ def _copy_chunk(lock, reader: ChunkReader, settings: Settings, pipeline: dlt.Pip
     chunk is handed on; None when no chunk could be read (online.ChunkReader.next_chunk). The
     copy of a table that is gone ends there, with a load of the stream up to now."""
     leaves = read_leaves(lock, list(loaded.oids.values()))
-    name = short_names([key], settings.schema_name)[0]
-    chunk = reader.next_chunk(lock, settings.schema_name, name, loaded.oids.get(key, 0),
+    schema, name = key.split(".", 1)
+    chunk = reader.next_chunk(lock, schema, name, loaded.oids.get(key, 0),
                               loaded.online_copies[key])
     if chunk is None and not reader.gone:
         return None
@@ -511,10 +524,22 @@ def run_status(settings: Settings, pipeline: dlt.Pipeline,
             report.destination_checked = problems is not None
             report.problems.extend(problems or [])
         report.not_replicated, report.not_replicable = _not_replicated(conn, settings)
+        report.tables = _tables_by_schema(conn, settings)
         report.online_copies = copy_progress(conn, stored_state(pipeline), settings.schema_name)
         return report
     finally:
         conn.close()
+
+
+def _tables_by_schema(conn, settings: Settings) -> Dict[str, List[str]]:
+    """The replicated tables of each configured schema; those of the non-default schemas with
+    their destination table."""
+    tables: Dict[str, List[str]] = {schema: [] for schema in settings.schema_names}
+    for key in required_tables(conn, settings):
+        schema, name = key.split(".", 1)
+        target = destination_table(schema, name, settings.schema_name)
+        tables[schema].append(name if target == name else f"{name} -> {target}")
+    return tables
 
 
 def _not_replicated(conn, settings: Settings) -> Tuple[List[str], List[str]]:
@@ -523,7 +548,7 @@ def _not_replicated(conn, settings: Settings) -> Tuple[List[str], List[str]]:
     names = tables_not_replicated(conn, settings)
     if not names:
         return [], []
-    return addable_tables(conn, settings.schema_name, settings.pub_name, names)
+    return addable_tables(conn, settings, names)
 
 
 def _destination_problems(conn, settings: Settings,

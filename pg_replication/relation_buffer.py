@@ -9,6 +9,7 @@ from .catalog import TableInfo, table_key
 from .ddl import ColumnMap
 from .exceptions import CopyMissingError, snapshot_command
 from .hints import DeleteMode, ExistingColumn, MergeStrategy, output_column_names, table_hints
+from .names import destination_table, display_name
 from .protocol import (UNCHANGED_TOAST, Insert, Message, PartialTuple, Relation, TupleValue,
                        Update)
 from .types import ColumnKind, PgTypeRow, resolve_kind
@@ -38,6 +39,7 @@ class RelationBuffer:
 
     relation: Relation
     table: TableInfo
+    label: str  # the table as users write it (names.py): in counts and messages
     kinds: List[ColumnKind]
     key_indexes: List[int]
     hints: Dict[str, Any]
@@ -59,6 +61,11 @@ class RelationBuffer:
     current_names: List[Optional[str]] = field(default_factory=list)
     generated: int = 0  # generated columns the server did not send, after the sent ones
     problem: Optional[str] = None  # why a change of this shape cannot be applied exactly
+
+    @property
+    def table_key(self) -> str:
+        """The relation's table as the state keys it (state.table_key)."""
+        return table_key(self.relation.namespace, self.relation.name)
 
     def key_of(self, values: Sequence[TupleValue]) -> Key:
         return tuple(values[i] for i in self.key_indexes)
@@ -157,6 +164,9 @@ class RelationShapes:
     merge_strategy: MergeStrategy
     existing_column: Optional[ExistingColumn]
     column_maps: Mapping[str, ColumnMap]
+    # The pipeline's default schema (names.py): a relation of another schema lands in the
+    # destination table `schema__name`. "": the relation's own.
+    default_schema: str = ""
 
     def buffer(self, relation: Relation, table: TableInfo, applies_from: int,
                totals: BufferTotals) -> RelationBuffer:
@@ -177,31 +187,36 @@ class RelationShapes:
         kinds += [resolve_kind(c.type_oid, c.type_modifier, self.types) for c in generated]
         names = sent + [c.name for c in generated]
         destination = [column_map.destination.get(n, n) if column_map else n for n in names]
-        output_names = output_column_names(relation.name, list(zip(destination, kinds)),
+        # Named as the message names it: a table renamed since keeps its changes in the
+        # destination table of its copy under the old name.
+        default = self.default_schema or relation.namespace
+        target = destination_table(relation.namespace, relation.name, default)
+        label = display_name(relation.namespace, relation.name, default)
+        output_names = output_column_names(target, list(zip(destination, kinds)),
                                            self.existing_column)
         output_key = [output_names[i] for i in key_indexes]
-        hints = table_hints(relation.name, list(zip(output_names, kinds)), output_key,
+        hints = table_hints(target, list(zip(output_names, kinds)), output_key,
                             self.deletes, self.merge_strategy)
         return RelationBuffer(
-            relation, table, kinds, key_indexes, hints, output_names, totals,
+            relation, table, label, kinds, key_indexes, hints, output_names, totals,
             hard_deletes=self.deletes == "hard", upsert=self.merge_strategy == "upsert",
             transaction_rows={} if table.deferrable_key and relation.replica_identity == "f"
             else None, applies_from=applies_from,
             current_names=current, generated=len(generated),
-            problem=_unknown_columns_problem(relation, sent, column_map),
+            problem=_unknown_columns_problem(label, sent, column_map),
         )
 
 
-def _unknown_columns_problem(relation: Relation, sent: List[str],
+def _unknown_columns_problem(label: str, sent: List[str],
                              column_map: Optional[ColumnMap]) -> Optional[str]:
     """A column the recorded shape does not know: renamed (or added and dropped) between two
     runs, so which destination column it belongs to cannot be told."""
     unknown = [n for n in sent if column_map is not None and n not in column_map.destination]
     if not unknown:
         return None
-    return (f"table {relation.name} has changes with column(s) {', '.join(unknown)} that the "
+    return (f"table {label} has changes with column(s) {', '.join(unknown)} that the "
             "catalog no longer has (renamed twice, or added and dropped, between two runs): run "
-            f"{snapshot_command([relation.name])}")
+            f"{snapshot_command([label])}")
 
 
 def table_from_relation(relation: Relation) -> TableInfo:

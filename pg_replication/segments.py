@@ -18,7 +18,8 @@ import dlt
 import pyarrow as pa
 
 from .bounds import RunBounds
-from .catalog import TableInfo, describe_tables, fetch_current_values, load_type_catalog, table_key
+from .catalog import (TableInfo, describe_schema_tables, fetch_current_values, load_type_catalog,
+                      table_key)
 from .changes import BatchLimits, ChangeCollector, SegmentResult, TableBatch, read_changes
 from .chunks import Chunk
 from .connect import connect
@@ -120,7 +121,7 @@ class _SlotSegment:
 
     def read(self, conn) -> Iterator[Any]:
         publications = existing_publications(conn, self.settings.pub_name)
-        published = _published_tables(conn, self.settings.schema_name, publications)
+        published = _published_tables(conn, self.settings, publications)
         stop_lsn = self.bounds.stop_lsn or run_stop_position(conn)
         column_maps = self.shape_check.column_maps(conn)  # after the stop is fixed (ddl.py)
         slot = _existing_slot(conn, self.settings.slot_name)  # dropped since the checks?
@@ -141,9 +142,9 @@ class _SlotSegment:
                                functools.partial(fetch_current_values, conn),
                                self.settings.deletes, self.merge_strategy,
                                existing_destination_column(),
-                               _in_schema(self.settings.schema_name, self.handoffs.applies_from),
+                               _in_schemas(self.settings.schema_names, self.handoffs.applies_from),
                                column_maps, self.handoffs.copied_before,
-                               self.limits.buffer_bytes)
+                               self.limits.buffer_bytes, self.settings.schema_name)
 
     def _stream(self, collector: ChangeCollector, streamed: List[str],
                 stop_lsn: int) -> Iterator[Any]:
@@ -156,8 +157,7 @@ class _SlotSegment:
                                       stop_lsn, segment, self.limits, bounds,
                                       lambda: stream.received_bytes, self.chunk):
                 if batch.xid is not None:
-                    self.shape_check.carried_truncate(
-                        table_key(self.settings.schema_name, batch.table_name), batch.xid)
+                    self.shape_check.carried_truncate(batch.key, batch.xid)
                 yield _batch_item(batch, sent_hints, self.include_columns, self.columns,
                                   self.settings.delta_options)
             if segment.exhausted and not segment.more:
@@ -244,13 +244,12 @@ def _publications_to_stream(conn, publications: List[str], handoffs: HandoffRule
     return streamed, (min(later) if later else None)
 
 
-def _in_schema(schema_name: str, applies_from):
+def _in_schemas(schema_names: Sequence[str], applies_from):
     """A publication an admin made may cover tables of other schemas (`audit.orders` beside
-    `public.orders`): their changes are never applied, so never written into a table of the
-    configured schema that has the same name."""
+    `public.orders`): their changes are never applied (nor written anywhere)."""
 
     def rule(schema: str, name: str) -> int:
-        return applies_from(schema, name) if schema == schema_name else NEVER
+        return applies_from(schema, name) if schema in schema_names else NEVER
 
     return rule
 
@@ -261,10 +260,11 @@ def run_stop_position(conn) -> int:
     return emit_heartbeat(conn) or current_wal_lsn(conn)
 
 
-def _published_tables(conn, schema_name: str, publications: List[str]) -> Dict[str, TableInfo]:
-    names = sorted({name for pub in publications for schema, name in publication_tables(conn, pub)
-                    if schema == schema_name})
-    return describe_tables(conn, schema_name, names) if names else {}
+def _published_tables(conn, settings: Settings, publications: List[str]) -> Dict[str, TableInfo]:
+    pairs = sorted({(schema, name) for pub in publications
+                    for schema, name in publication_tables(conn, pub)
+                    if schema in settings.schema_names})
+    return describe_schema_tables(conn, pairs, settings.schema_name)
 
 
 def _batch_item(batch: TableBatch, sent_hints: Dict[str, int], include_columns, columns,

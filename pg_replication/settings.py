@@ -8,7 +8,7 @@ already configured dlt's `sql_database` source needs nothing more.
 """
 
 import json
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import dlt
 from dlt.common.configuration import configspec, resolve_configuration
@@ -20,7 +20,8 @@ from .copy_workers import PART_BLOCKS
 from .exceptions import ConfigError
 from .hints import DeltaOptions
 from .slots import validate_slot_name
-from .state import SOURCE_NAME
+from .names import split_table_name
+from .state import SOURCE_NAME, table_key
 
 DEFAULT_SLOT_NAME = "pg_replication_slot"
 DEFAULT_PUB_NAME = "pg_replication_pub"
@@ -38,8 +39,13 @@ class StreamConfiguration(BaseConfiguration):
 
     slot_name: str = DEFAULT_SLOT_NAME
     pub_name: str = DEFAULT_PUB_NAME
-    schema_name: str = "public"
-    table_names: Optional[Any] = None  # a list, or comma-separated; default every table
+    # The schemas whose tables are replicated, and the default one among them, whose tables keep
+    # their own names (names.py): `schema_names` alone takes its first; neither means "public".
+    schema_name: Optional[str] = None
+    schema_names: Optional[Any] = None  # a list, or comma-separated
+    # A list, or comma-separated: `table` (default schema) or `schema.table`; default every table
+    # of the schemas.
+    table_names: Optional[Any] = None
     deletes: str = "hard"  # or "soft": deleted rows stay, with `_pg_deleted_at`
     target_batch_size: int = 50_000  # rows buffered before they are handed to dlt
     # Bytes (of the stream, of unchanged TOASTed values read back) buffered before they are
@@ -67,6 +73,14 @@ class StreamConfiguration(BaseConfiguration):
     online_chunk_rows: int = 200_000
     online_chunk_bytes: int = 32 << 20
     flush_slot: bool = True  # the library: confirm the loaded position before reading
+
+    def source_table(self, written: str) -> Tuple[str, str]:
+        """(schema, table) of a table name as a user writes it (`table` or `schema.table`)."""
+        return split_table_name(written, self.schema_names, self.schema_name)
+
+    def table_key(self, written: str) -> str:
+        """The state's key (state.table_key) of a table name as a user writes it."""
+        return table_key(*self.source_table(written))
 
     @property
     def delta_options(self) -> DeltaOptions:
@@ -133,6 +147,7 @@ def checked(settings: PgReplicationConfiguration) -> PgReplicationConfiguration:
     """
     settings.credentials = to_dsn(_connection_string(settings.credentials))  # ConfigError if none
     settings.table_names = table_list(settings.table_names)
+    _resolve_schemas(settings)
     validate_slot_name(settings.slot_name)
     if settings.deletes not in ("hard", "soft"):
         raise ConfigError(f"invalid deletes {settings.deletes!r}: use \"hard\" or \"soft\"")
@@ -141,6 +156,18 @@ def checked(settings: PgReplicationConfiguration) -> PgReplicationConfiguration:
         raise ConfigError(f"invalid merge_strategy {settings.merge_strategy!r}: use "
                           "\"delete-insert\" or \"upsert\" (default: by destination)")
     return settings
+
+
+def _resolve_schemas(settings: PgReplicationConfiguration) -> None:
+    """Sets `schema_names` (a list) and `schema_name` (the default schema, one of them)."""
+    schemas = table_list(settings.schema_names, "schema_names") or []
+    if len(set(schemas)) != len(schemas):
+        raise ConfigError(f"invalid schema_names {schemas!r}: a schema is named twice")
+    default = settings.schema_name or (schemas[0] if schemas else "public")
+    if schemas and default not in schemas:
+        raise ConfigError(f"schema_name {default!r} is not one of schema_names {schemas!r}: add "
+                          "it, or leave schema_name out (the first of schema_names is the default)")
+    settings.schema_name, settings.schema_names = default, schemas or [default]
 
 
 def _check_positive(settings: PgReplicationConfiguration) -> None:
@@ -164,22 +191,22 @@ def _connection_string(value: Any) -> Any:
     return value
 
 
-def _json_list(text: str) -> List[str]:
+def _json_list(text: str, key: str) -> List[str]:
     try:
         names = json.loads(text)
     except ValueError:
         names = None
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise ConfigError(f"invalid table_names {text!r}: use a JSON list of names "
+        raise ConfigError(f"invalid {key} {text!r}: use a JSON list of names "
                           "('[\"a\", \"b\"]') or comma-separated names (a,b)")
     return names
 
 
-def table_list(value: Optional[Any]) -> Optional[List[str]]:
-    """Table names from a list or a comma-separated string (`--tables a,b`); None for none."""
+def table_list(value: Optional[Any], key: str = "table_names") -> Optional[List[str]]:
+    """Names from a list or a comma-separated string (`--tables a,b`); None for none."""
     if value is None or value == "":
         return None
     if isinstance(value, str) and value.strip().startswith("["):
-        value = _json_list(value)  # dlt's list syntax in an environment variable
+        value = _json_list(value, key)  # dlt's list syntax in an environment variable
     names: Sequence[str] = value.split(",") if isinstance(value, str) else value
     return [name.strip() for name in names if name.strip()] or None

@@ -31,7 +31,8 @@ def pg_replication(
     credentials: Any = None,
     slot_name: str = dlt.config.value,
     pub_name: str = dlt.config.value,
-    schema_name: str = dlt.config.value,
+    schema_name: Optional[str] = dlt.config.value,
+    schema_names: Optional[Sequence[str]] = dlt.config.value,
     include_columns: ColumnsByTable = None,
     columns: HintsByTable = None,
     target_batch_size: int = dlt.config.value,
@@ -50,7 +51,7 @@ def pg_replication(
     `bounds` limits the run; see `replication_resource` for the other arguments."""
     settings = settings_of(
         credentials=credentials, slot_name=slot_name, pub_name=pub_name, schema_name=schema_name,
-        target_batch_size=target_batch_size, target_batch_bytes=target_batch_bytes,
+        schema_names=schema_names, target_batch_size=target_batch_size, target_batch_bytes=target_batch_bytes,
         target_load_bytes=target_load_bytes, flush_slot=flush_slot, deletes=deletes,
         merge_strategy=merge_strategy)
     return changes_resource(settings=settings, bounds=bounds or RunBounds(), result=result,
@@ -71,6 +72,7 @@ def init_replication(
     reset: bool = False,
     deletes: Optional[DeleteMode] = None,
     max_wait_seconds: Optional[float] = None,
+    schema_names: Optional[Sequence[str]] = None,
 ) -> Optional[Any]:
     """Creates the publication and the replication slot; optionally returns the initial copy.
 
@@ -81,8 +83,9 @@ def init_replication(
     snapshot and the slot keeps its position. Arguments not given come from configuration.
 
     Args:
-        slot_name, pub_name, schema_name, table_names, credentials, deletes: the settings
-            (settings.PgReplicationConfiguration).
+        slot_name, pub_name, schema_name, schema_names, table_names, credentials, deletes: the
+            settings (settings.PgReplicationConfiguration); `table_names` entries are `table`
+            (of the default schema) or `schema.table`.
         persist_snapshots (bool): Return a dlt source with the initial copy of the tables.
         include_columns (Optional[Dict[str, Sequence[str]]]): Per table, the columns to copy.
         columns (Optional[Dict[str, Dict[str, Any]]]): Per table, extra dlt column hints.
@@ -94,12 +97,13 @@ def init_replication(
         Optional[DltSource]: The snapshot source when `persist_snapshots`, else None.
     """
     settings = resolve_settings(
-        slot_name=slot_name, pub_name=pub_name, schema_name=schema_name, table_names=table_names,
-        credentials=credentials, deletes=deletes, snapshot_max_wait=max_wait_seconds)
+        slot_name=slot_name, pub_name=pub_name, schema_name=schema_name, schema_names=schema_names,
+        table_names=table_names, credentials=credentials, deletes=deletes,
+        snapshot_max_wait=max_wait_seconds)
     conn = connect(settings.dsn)
     try:
         check_server(conn)
-        tables = select_tables(conn, settings.schema_name, settings.table_names)
+        tables = select_tables(conn, settings)
         plan = prepare_copy(conn, settings=settings, tables=tables, reset=reset,
                             create_slot_now=not persist_snapshots)
     finally:

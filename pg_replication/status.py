@@ -27,6 +27,9 @@ class StatusReport:
     wal_status: Optional[str] = None
     safe_wal_size: Optional[int] = None
     publications: Dict[str, List[str]] = field(default_factory=dict)
+    # The replicated tables of each configured schema, and where each lands in the destination
+    # (names.py): `orders -> sales__orders`.
+    tables: Dict[str, List[str]] = field(default_factory=dict)
     last_loaded_lsn: Optional[str] = None
     last_run: Optional[Dict[str, Any]] = None
     problems: List[str] = field(default_factory=list)
@@ -54,6 +57,8 @@ class StatusReport:
         ]
         for name, tables in self.publications.items():
             rows.append((f"publication {name}", ", ".join(tables) or "(no tables)"))
+        for schema, tables in self.tables.items():
+            rows.append((f"tables in {schema}", ", ".join(tables) or "(none)"))
         if self.not_replicated:
             rows.append(("not replicated", ", ".join(self.not_replicated)
                          + f" ({snapshot_command(self.not_replicated)} adds them)"))

