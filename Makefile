@@ -28,7 +28,7 @@ test-matrix: install
 # requirements install; sandbox/pg_server.py SERVER_WHEELS). `make test` uses the machine's server.
 VERSION_TESTS = tests/test_snapshot.py tests/test_cdc.py tests/test_ddl_columns.py \
 	tests/test_ddl_tables.py tests/test_handoff.py tests/test_insert_only.py tests/test_crash.py \
-	tests/test_schemas.py
+	tests/test_schemas.py tests/test_versions.py
 test-versions: install
 	for version in 16 18; do \
 		echo "== PostgreSQL $$version"; \

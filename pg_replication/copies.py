@@ -19,6 +19,7 @@ from .copy_workers import (BLOCK_BYTES, CopyPart, default_workers, plan_parts, r
 from .ddl import read_catalog, read_leaves, shape_of
 from .dlt_compat import destination_identifier, destination_table_identifier, make_source
 from .exceptions import ConfigError
+from .failover import align_failover, wanted_failover
 from .hints import (META_ARROW_TYPES, RESERVED_COLUMNS, delete_marker, existing_destination_column,
                     mark_batch, name_collisions, output_column_names, snapshot_hints, table_hints,
                     with_column_hints, with_delta_options)
@@ -140,6 +141,7 @@ class CopyPlan:
     # What the copy reads (the other tables, whole or in CTID ranges), over how many connections.
     parts: List[CopyPart] = field(default_factory=list)
     workers: int = 1
+    failover: bool = False  # a slot created with the copy is a failover slot (failover.py)
 
 
 def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
@@ -159,10 +161,12 @@ def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
     if slot is not None and slot.wal_status == "lost" and not create_slot_now:
         drop_slot(conn, settings.slot_name)  # a new copy starts over: a new slot goes with it
         slot = None
+    failover = wanted_failover(conn, settings.failover)
     if slot is not None:
         check_slot_usable(slot, settings.slot_name, current_database(conn))
+        align_failover(conn, settings.dsn, settings.slot_name, settings.failover)
     elif create_slot_now:
-        create_slot(conn, settings.slot_name)
+        create_slot(conn, settings.slot_name, failover)
     # Read before the slot's consistent point: every UPDATE or DELETE after it counts (only a
     # copy records them).
     write_counts = {} if create_slot_now else updated_or_deleted_rows(
@@ -171,7 +175,7 @@ def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
     parts, workers = _plan_reading(conn, [t for t in tables.values() if t.label not in online_tables],
                                    settings.snapshot_workers, settings.snapshot_part_bytes)
     return CopyPlan(list(tables.values()), load_type_catalog(conn), slot is None, write_counts,
-                    online_tables, parts, workers)
+                    online_tables, parts, workers, failover)
 
 
 def _plan_reading(conn, tables: List[TableInfo], workers: Optional[int], part_bytes: int
@@ -192,7 +196,7 @@ def copy_source(*, settings: Settings, plan: CopyPlan,
     state, with the rows updated or deleted before it of the insert-only ones."""
     readers, handoff_lsn = _open_snapshot_readers(settings.dsn, settings.slot_name,
                                                   plan.new_stream, settings.snapshot_max_wait,
-                                                  plan.workers)
+                                                  plan.workers, plan.failover)
     copy = _Copy(readers, plan, handoff_lsn, settings, include_columns, columns)
     # Each table carries its own `replace` hint. The resource itself must not be `replace`: dlt
     # would then also truncate every other table this resource loaded before (a later
@@ -205,7 +209,8 @@ def copy_source(*, settings: Settings, plan: CopyPlan,
 
 
 def _open_snapshot_readers(dsn: str, slot_name: str, new_stream: bool,
-                           max_wait: Optional[float] = None, count: int = 1):
+                           max_wait: Optional[float] = None, count: int = 1,
+                           failover: bool = False):
     """`count` connections inside one exported snapshot, and that snapshot's hand-off LSN.
 
     With `new_stream` the pipeline's slot is created here and exports it; otherwise a temporary
@@ -217,7 +222,7 @@ def _open_snapshot_readers(dsn: str, slot_name: str, new_stream: bool,
         readers += [connect(dsn) for _ in range(count)]
         exporter, handoff_lsn, snapshot_name = create_slot_with_snapshot(
             dsn, slot_name if new_stream else copy_slot_name(slot_name), temporary=not new_stream,
-            max_wait=max_wait)
+            max_wait=max_wait, failover=failover and new_stream)
         try:
             for reader in readers:
                 begin_snapshot_transaction(reader, snapshot_name)

@@ -41,8 +41,9 @@ from .ddl import Leaves, read_leaves
 from .destinations import apply_table_format, is_local_duckdb
 from .dlt_compat import (destination_state, destination_table_identifier, make_source,
                          recreate_tables_gone_from_destination, repair_crashed_packages)
-from .exceptions import (CopyMissingError, SlotError, SlotInUseError, mask_secrets,
-                         snapshot_command)
+from .exceptions import (CopyMissingError, SlotError, SlotInUseError, SourceNotReadyError,
+                         mask_secrets, snapshot_command)
+from .failover import align_failover, standby_wait_problem
 from .failures import essential_line, is_file_lock_conflict
 from .handoff import short_names
 from .insert_only import insert_only_problems
@@ -514,6 +515,8 @@ def run_status(settings: Settings, pipeline: dlt.Pipeline,
         report = collect_status(conn, settings.slot_name, settings.pub_name, position,
                                 read_run_record(pipeline.working_dir), max_lag_mb)
         report.running_pid = run_lock_holder(conn, settings.slot_name)
+        report.problems += [held for held in [standby_wait_problem(conn, settings.slot_name)]
+                            if held]
         if not report.running_pid:  # a running job's own packages are not left behind
             report.pending_packages = len(pending_packages(pipeline))
         # The running job holds DuckDB's file: opening it, even to read, would fail here and
@@ -603,6 +606,10 @@ def _refuse_without_copies(conn, settings: Settings, pipeline: dlt.Pipeline,
         raise CopyMissingError(f"slot {settings.slot_name!r} does not exist and no snapshot has "
                                "been loaded: run `snapshot`")
     check_slot_usable(slot, settings.slot_name, current_database(conn))
+    align_failover(conn, settings.dsn, settings.slot_name, settings.failover)
+    held_back = standby_wait_problem(conn, settings.slot_name)
+    if held_back:
+        raise SourceNotReadyError(held_back)
     problems = copy_problems(conn, settings, pipeline, loaded)
     if not problems:
         return

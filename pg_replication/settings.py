@@ -73,6 +73,9 @@ class StreamConfiguration(BaseConfiguration):
     online_chunk_rows: int = 200_000
     online_chunk_bytes: int = 32 << 20
     flush_slot: bool = True  # the library: confirm the loaded position before reading
+    # PostgreSQL 17+: a slot synchronized to physical standbys, so it survives a promotion
+    # (failover.py); default: on when the server has a standby configured for it.
+    failover: Optional[bool] = None
 
     def source_table(self, written: str) -> Tuple[str, str]:
         """(schema, table) of a table name as a user writes it (`table` or `schema.table`)."""

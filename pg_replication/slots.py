@@ -36,6 +36,7 @@ class SlotInfo:
     confirmed_flush_lsn: Optional[int]
     wal_status: Optional[str]
     safe_wal_size: Optional[int]
+    failover: Optional[bool] = None  # PostgreSQL 17+: synchronized to standbys (failover.py)
 
 
 def validate_slot_name(slot_name: str) -> str:
@@ -77,11 +78,12 @@ def check_logical_messages(conn) -> None:
 
 
 def get_slot(conn, slot_name: str) -> Optional[SlotInfo]:
+    failover = "failover" if conn.server_version >= 170000 else "NULL"
     with conn.cursor() as cur:
         cur.execute(
-            """SELECT slot_name, plugin, database, active, active_pid, restart_lsn::text,
-                      confirmed_flush_lsn::text, wal_status, safe_wal_size
-               FROM pg_replication_slots WHERE slot_name = %s""",
+            f"""SELECT slot_name, plugin, database, active, active_pid, restart_lsn::text,
+                       confirmed_flush_lsn::text, wal_status, safe_wal_size, {failover}
+                FROM pg_replication_slots WHERE slot_name = %s""",
             (slot_name,),
         )
         row = cur.fetchone()
@@ -89,7 +91,7 @@ def get_slot(conn, slot_name: str) -> Optional[SlotInfo]:
         return None
     to_int = lambda lsn: lsn_to_int(lsn) if lsn else None  # noqa: E731
     return SlotInfo(row[0], row[1], row[2], row[3], row[4], to_int(row[5]), to_int(row[6]),
-                    row[7], row[8])
+                    row[7], row[8], row[9])
 
 
 def check_slot_usable(slot: SlotInfo, slot_name: str, database: str) -> None:
@@ -328,8 +330,10 @@ def copy_slot_name(slot_name: str) -> str:
 
 
 def create_slot_with_snapshot(dsn: str, slot_name: str, temporary: bool = False,
-                              max_wait: Optional[float] = None) -> Tuple[object, int, str]:
-    """Creates a pgoutput slot and exports the snapshot of its consistent point.
+                              max_wait: Optional[float] = None,
+                              failover: bool = False) -> Tuple[object, int, str]:
+    """Creates a pgoutput slot and exports the snapshot of its consistent point; a `failover`
+    slot (PostgreSQL 17+, failover.py) is synchronized to standbys.
 
     The snapshot sees exactly the transactions whose commit record lies before the consistent
     point; the slot decodes exactly those at or after it. The returned replication connection must
@@ -349,10 +353,12 @@ def create_slot_with_snapshot(dsn: str, slot_name: str, temporary: bool = False,
     waiting = _SlotWait(dsn, conn, max_wait)
     try:
         with waiting, conn.cursor() as cur:
+            # The option list (PostgreSQL 15+) only when it says more than the old syntax.
+            options = ("(SNAPSHOT 'export', FAILOVER true)" if failover else "EXPORT_SNAPSHOT")
             cur.execute(
-                sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput EXPORT_SNAPSHOT").format(
-                    sql.Identifier(slot_name), sql.SQL("TEMPORARY " if temporary else "")
-                )
+                sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput {}").format(
+                    sql.Identifier(slot_name), sql.SQL("TEMPORARY " if temporary else ""),
+                    sql.SQL(options))
             )
             _, consistent_point, snapshot_name, _ = cur.fetchone()
     except psycopg2.Error as e:
@@ -431,14 +437,19 @@ class _SlotWait:
             return ""
 
 
-def create_slot(conn, slot_name: str) -> int:
-    """Creates the pgoutput slot without a snapshot; returns its consistent point."""
+def create_slot(conn, slot_name: str, failover: bool = False) -> int:
+    """Creates the pgoutput slot without a snapshot (a `failover` one: PostgreSQL 17+); returns
+    its consistent point."""
     try:
         with conn.cursor() as cur:
-            cur.execute(
-                "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
-                (slot_name,),
-            )
+            if failover:  # (name, plugin, temporary, two-phase, failover)
+                cur.execute("SELECT lsn::text FROM pg_create_logical_replication_slot("
+                            "%s, 'pgoutput', false, false, true)", (slot_name,))
+            else:
+                cur.execute(
+                    "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
+                    (slot_name,),
+                )
             return lsn_to_int(cur.fetchone()[0])
     except psycopg2.Error as e:
         raise _slot_error(e, slot_name) from None

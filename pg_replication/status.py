@@ -26,6 +26,7 @@ class StatusReport:
     retained_wal_bytes: Optional[int] = None  # WAL the server keeps for the slot (restart_lsn)
     wal_status: Optional[str] = None
     safe_wal_size: Optional[int] = None
+    failover: Optional[bool] = None  # PostgreSQL 17+: a failover slot (None: older server)
     publications: Dict[str, List[str]] = field(default_factory=dict)
     # The replicated tables of each configured schema, and where each lands in the destination
     # (names.py): `orders -> sales__orders`.
@@ -54,6 +55,7 @@ class StatusReport:
             ("WAL retained", _bytes(self.retained_wal_bytes)),
             ("wal_status", self.wal_status or "-"),
             ("safe_wal_size", _bytes(self.safe_wal_size)),
+            ("failover", "-" if self.failover is None else _yes_no(self.failover)),
         ]
         for name, tables in self.publications.items():
             rows.append((f"publication {name}", ", ".join(tables) or "(no tables)"))
@@ -113,6 +115,7 @@ def collect_status(conn, slot_name: str, pub_name: str, last_loaded_lsn: Optiona
     report.slot_exists = True
     report.active, report.active_pid = slot.active, slot.active_pid
     report.wal_status, report.safe_wal_size = slot.wal_status, slot.safe_wal_size
+    report.failover = slot.failover
     if slot.confirmed_flush_lsn is not None:
         report.confirmed_flush_lsn = int_to_lsn(slot.confirmed_flush_lsn)
         report.lag_bytes = max(current - slot.confirmed_flush_lsn, 0)
