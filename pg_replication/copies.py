@@ -18,7 +18,7 @@ from .copy_workers import (BLOCK_BYTES, CopyPart, default_workers, plan_parts, r
                            table_sizes)
 from .ddl import read_catalog, read_leaves, shape_of
 from .dlt_compat import destination_identifier, destination_table_identifier, make_source
-from .exceptions import ConfigError
+from .exceptions import ConfigError, SourceNotReadyError
 from .failover import align_failover, wanted_failover
 from .hints import (META_ARROW_TYPES, RESERVED_COLUMNS, delete_marker, existing_destination_column,
                     mark_batch, name_collisions, output_column_names, snapshot_hints, table_hints,
@@ -26,10 +26,12 @@ from .hints import (META_ARROW_TYPES, RESERVED_COLUMNS, delete_marker, existing_
 from .insert_only import updated_or_deleted_rows
 from .settings import PgReplicationConfiguration as Settings
 from .slots import (check_partition_root_publishing, check_slot_usable, copy_slot_name,
-                    create_slot, create_slot_with_snapshot, current_database, drop_publications,
+                    create_slot, create_slot_with_snapshot, current_database, current_wal_lsn,
+                    drop_publications,
                     drop_slot, ensure_publications, existing_publications, get_slot,
-                    publication_tables)
+                    publication_statements, publication_tables, unpublished_tables)
 from .snapshot import begin_snapshot_transaction, read_table
+from .standby import primary_connection, standby_snapshots, wait_for_replay
 from .state import SOURCE_NAME, record_copy, start_snapshot
 
 ColumnsByTable = Optional[Dict[str, Sequence[str]]]
@@ -155,27 +157,64 @@ def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
     check_partition_root_publishing(conn, settings.pub_name)
     if reset:
         drop_slot(conn, settings.slot_name)
-        drop_publications(conn, settings.pub_name)
-    ensure_publications(conn, settings.pub_name, list(tables.values()))
-    slot = get_slot(conn, settings.slot_name)
-    if slot is not None and slot.wal_status == "lost" and not create_slot_now:
-        drop_slot(conn, settings.slot_name)  # a new copy starts over: a new slot goes with it
-        slot = None
-    failover = wanted_failover(conn, settings.failover)
-    if slot is not None:
-        check_slot_usable(slot, settings.slot_name, current_database(conn))
-        align_failover(conn, settings.dsn, settings.slot_name, settings.failover)
-    elif create_slot_now:
-        create_slot(conn, settings.slot_name, failover)
-    # Read before the slot's consistent point: every UPDATE or DELETE after it counts (only a
-    # copy records them).
-    write_counts = {} if create_slot_now else updated_or_deleted_rows(
-        conn, [table.oid for table in tables.values() if not table.merge_key])
+    with primary_connection(conn, settings.primary_dsn) as primary:
+        _publish(conn, primary, settings, list(tables.values()), reset)
+        slot = get_slot(conn, settings.slot_name)
+        if slot is not None and slot.wal_status == "lost" and not create_slot_now:
+            drop_slot(conn, settings.slot_name)  # a new copy starts over: a new slot goes with it
+            slot = None
+        failover = wanted_failover(conn, settings.failover)
+        if slot is not None:
+            check_slot_usable(slot, settings.slot_name, current_database(conn))
+            align_failover(conn, settings.dsn, settings.slot_name, settings.failover)
+        elif create_slot_now:
+            with standby_snapshots(conn, settings.primary_dsn):
+                create_slot(conn, settings.slot_name, failover)
+        # Read before the slot's consistent point: every UPDATE or DELETE after it counts (only
+        # a copy records them).
+        write_counts = {} if create_slot_now else _write_counts(primary, tables)
     online_tables = [name for name in online if name in tables and tables[name].merge_key]
     parts, workers = _plan_reading(conn, [t for t in tables.values() if t.label not in online_tables],
                                    settings.snapshot_workers, settings.snapshot_part_bytes)
     return CopyPlan(list(tables.values()), load_type_catalog(conn), slot is None, write_counts,
                     online_tables, parts, workers, failover)
+
+
+def _publish(conn, primary, settings: Settings, tables: List[TableInfo], reset: bool) -> None:
+    """Publishes the tables, through the primary when the source is a standby (standby.py);
+    a standby without `primary_credentials` needs them published already."""
+    if primary is None:
+        missing = unpublished_tables(conn, settings.pub_name, tables)
+        if reset:
+            raise SourceNotReadyError("the source is a standby (read-only), where the "
+                                      "publications cannot be made again: set "
+                                      "primary_credentials to the primary")
+        if missing:
+            raise SourceNotReadyError(
+                f"the source is a standby (read-only), and publication {settings.pub_name!r} "
+                f"does not cover {', '.join(t.label for t in missing)}: set primary_credentials "
+                "to the primary, or have an admin run on the primary: "
+                f"{'; '.join(publication_statements(conn, settings.pub_name, missing))}")
+        return
+    if reset:
+        drop_publications(primary, settings.pub_name)
+    ensure_publications(primary, settings.pub_name, tables)
+    if primary is not conn and not wait_for_replay(conn, current_wal_lsn(primary)):
+        raise SourceNotReadyError("the standby did not replay the publication change of the "
+                                  "primary in time: is it streaming? (run the command again)")
+
+
+def _write_counts(primary, tables: Dict[str, TableInfo]) -> Dict[int, Dict[str, Any]]:
+    """The UPDATE and DELETE counts of the tables without a key (insert_only.py), from the
+    primary: a standby's statistics do not count the primary's writes."""
+    keyless = [table for table in tables.values() if not table.merge_key]
+    if keyless and primary is None:
+        raise SourceNotReadyError(
+            f"{', '.join(t.label for t in keyless)}: a table without a key takes only inserts "
+            "through the stream, and its updates and deletes are found in the primary's "
+            "statistics, which a standby does not have: set primary_credentials to the primary, "
+            "or leave the table out (`--tables`)")
+    return updated_or_deleted_rows(primary, [table.oid for table in keyless]) if keyless else {}
 
 
 def _plan_reading(conn, tables: List[TableInfo], workers: Optional[int], part_bytes: int
@@ -196,7 +235,8 @@ def copy_source(*, settings: Settings, plan: CopyPlan,
     state, with the rows updated or deleted before it of the insert-only ones."""
     readers, handoff_lsn = _open_snapshot_readers(settings.dsn, settings.slot_name,
                                                   plan.new_stream, settings.snapshot_max_wait,
-                                                  plan.workers, plan.failover)
+                                                  plan.workers, plan.failover,
+                                                  settings.primary_dsn)
     copy = _Copy(readers, plan, handoff_lsn, settings, include_columns, columns)
     # Each table carries its own `replace` hint. The resource itself must not be `replace`: dlt
     # would then also truncate every other table this resource loaded before (a later
@@ -210,7 +250,7 @@ def copy_source(*, settings: Settings, plan: CopyPlan,
 
 def _open_snapshot_readers(dsn: str, slot_name: str, new_stream: bool,
                            max_wait: Optional[float] = None, count: int = 1,
-                           failover: bool = False):
+                           failover: bool = False, primary_dsn: Optional[str] = None):
     """`count` connections inside one exported snapshot, and that snapshot's hand-off LSN.
 
     With `new_stream` the pipeline's slot is created here and exports it; otherwise a temporary
@@ -220,9 +260,10 @@ def _open_snapshot_readers(dsn: str, slot_name: str, new_stream: bool,
     readers: List[Any] = []
     try:
         readers += [connect(dsn) for _ in range(count)]
-        exporter, handoff_lsn, snapshot_name = create_slot_with_snapshot(
-            dsn, slot_name if new_stream else copy_slot_name(slot_name), temporary=not new_stream,
-            max_wait=max_wait, failover=failover and new_stream)
+        with standby_snapshots(readers[0], primary_dsn):
+            exporter, handoff_lsn, snapshot_name = create_slot_with_snapshot(
+                dsn, slot_name if new_stream else copy_slot_name(slot_name),
+                temporary=not new_stream, max_wait=max_wait, failover=failover and new_stream)
         try:
             for reader in readers:
                 begin_snapshot_transaction(reader, snapshot_name)

@@ -30,10 +30,11 @@ UPDATE committed just before a run may only be seen by the next run; the check n
 one, since the recorded sum only moves with a new copy.
 """
 
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Optional
 
 from .exceptions import snapshot_command
 from .handoff import short_names
+from .standby import primary_connection
 from .state import LoadedState
 
 # The sum over the relation itself, or over the leaves of a partitioned table. Cleared first: in
@@ -89,16 +90,26 @@ def _was_reset(recorded: Any, now: Any) -> bool:
 
 
 def insert_only_problems(conn, loaded: LoadedState, required: Iterable[str],
-                         schema_name: str) -> List[str]:
+                         schema_name: str, primary_dsn: Optional[str] = None) -> List[str]:
     """The problem line (at most one, naming every table and the command) when an insert-only
     table among the `required` table_keys was updated or deleted from since its copy, or cannot
-    be checked (copied before counts were recorded; statistics reset or off)."""
+    be checked (copied before counts were recorded; statistics reset or off; a standby source
+    without `primary_dsn`, whose statistics do not count the primary's writes)."""
     required = set(required)
     keys = sorted(key for key in required if key in loaded.write_counts and key in loaded.oids)
     # Copied before this check existed (its shape says it has no key, and no count was recorded).
     unchecked = sorted(key for key in required - set(keys)
                        if key in loaded.shapes and not loaded.shapes[key].get("key"))
-    now = updated_or_deleted_rows(conn, (loaded.oids[key] for key in keys))
+    if not keys and not unchecked:
+        return []
+    with primary_connection(conn, primary_dsn) as counts:
+        if counts is None:
+            names = short_names(keys + unchecked, schema_name)
+            return [f"{', '.join(names)}: a table without a key takes only inserts through the "
+                    "stream, and its updates and deletes are found in the primary's statistics, "
+                    "which the standby the source points at does not have: set "
+                    "primary_credentials to the primary"]
+        now = updated_or_deleted_rows(counts, (loaded.oids[key] for key in keys))
     reasons: Dict[str, List[str]] = {}
     for key in keys:
         count, recorded = now.get(loaded.oids[key]), loaded.write_counts[key]

@@ -35,6 +35,7 @@ from .handoff import short_names, tables_without_copy
 from .insert_only import insert_only_problems
 from .names import destination_table
 from .settings import PgReplicationConfiguration as Settings
+from .standby import primary_connection
 from .state import LoadedState
 from .slots import (INSERT_ONLY_SUFFIX, check_partition_root_publishing, ensure_publications,
                     existing_publications, get_slot, publication_tables)
@@ -210,7 +211,11 @@ def release_tables_without_identity(conn, settings: Settings) -> Optional[str]:
                "(primary key dropped or deferrable, or REPLICA IDENTITY NOTHING), so the "
                f"application's UPDATE and DELETE on {them} fail")
     try:
-        ensure_publications(conn, settings.pub_name, lost)  # autocommit: done, whatever follows
+        with primary_connection(conn, settings.primary_dsn) as primary:
+            if primary is None:
+                raise SourceNotReadyError("the source is a standby, set primary_credentials")
+            # Autocommit: done, whatever follows.
+            ensure_publications(primary, settings.pub_name, lost)
     except (psycopg2.Error, SourceNotReadyError) as e:
         return (f"{problem}: have an admin take {them} out of publication {settings.pub_name} "
                 f"({essential_line(e)}), then run {snapshot_command(shown)}")
@@ -268,7 +273,8 @@ def integrity_problems(conn, settings: Settings, pipeline: dlt.Pipeline) -> List
     if loaded.anything_loaded:
         required = required_tables(conn, settings)
         problems += check_schema_changes(conn, settings.schema_name, loaded, required)[0]
-        problems += insert_only_problems(conn, loaded, required, settings.schema_name)
+        problems += insert_only_problems(conn, loaded, required, settings.schema_name,
+                                         settings.primary_dsn)
     return problems
 
 

@@ -59,6 +59,7 @@ from .settings import PgReplicationConfiguration as Settings
 from .slots import (acquire_run_lock, advance_slot, check_logical_messages,
                     check_partition_root_publishing, check_server, check_slot_usable,
                     current_database, get_slot, run_lock_holder)
+from .standby import refuse_on_standby
 from .state import SOURCE_NAME, LoadedState, Position
 from .status import StatusReport, collect_status, read_run_record, record_run
 from .verify import Check, pending_packages, run_checks
@@ -230,6 +231,7 @@ def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
     lock = connect(settings.dsn)
     try:
         check_server(lock)
+        refuse_on_standby(lock, "an online copy (`snapshot --online`)")
         check_logical_messages(lock)
         acquire_run_lock(lock, settings.slot_name)
         tables = select_tables(lock, settings)  # fail fast
@@ -410,7 +412,7 @@ def _copy_chunk(lock, reader: ChunkReader, settings: Settings, pipeline: dlt.Pip
                               loaded.online_copies[key])
     if chunk is None and not reader.gone:
         return None
-    stop = chunk.high if chunk is not None else run_stop_position(lock)
+    stop = chunk.high if chunk is not None else run_stop_position(lock, settings.primary_dsn)
     # The window's stop is taken: the schema changes before it are checked.
     shapes, truncates = _refuse_uncarried_schema_changes(lock, settings, loaded, report, leaves)
     window = RunBounds(stop_lsn=stop, stop_requested=bounds.stop_requested)
@@ -451,7 +453,7 @@ def _checked_start(lock, settings: Settings, pipeline: dlt.Pipeline, report: Cdc
     # Read before the stop is taken: a TRUNCATE that changed them is before the stop.
     leaves = read_leaves(lock, list(loaded.oids.values()))
     # Taken before the catalog is checked: every DDL the run reads up to is in that check.
-    stop_lsn = run_stop_position(lock)
+    stop_lsn = run_stop_position(lock, settings.primary_dsn)
     shapes, expected_truncates = _refuse_uncarried_schema_changes(lock, settings, loaded,
                                                                   report, leaves)
     report.not_replicated, report.not_replicable = _not_replicated(lock, settings)
@@ -615,7 +617,7 @@ def _refuse_without_copies(conn, settings: Settings, pipeline: dlt.Pipeline,
         return
     if not loaded.anything_loaded:
         # Nothing loaded needs the slot's WAL (see the module docstring).
-        advance_slot(conn, settings.slot_name, run_stop_position(conn))
+        advance_slot(conn, settings.slot_name, run_stop_position(conn, settings.primary_dsn))
     raise CopyMissingError(problems[0])
 
 
@@ -629,7 +631,8 @@ def _refuse_uncarried_schema_changes(conn, settings: Settings, loaded: LoadedSta
     required = required_tables(conn, settings)
     problems, checks = check_schema_changes(conn, settings.schema_name, loaded, required, leaves)
     # A table taking only inserts that was updated since its copy (insert_only.py).
-    problems += insert_only_problems(conn, loaded, required, settings.schema_name)
+    problems += insert_only_problems(conn, loaded, required, settings.schema_name,
+                                     settings.primary_dsn)
     if problems:
         raise CopyMissingError(problems[0])
     # Added to: an online run checks again before each chunk, against the shapes it recorded.

@@ -38,6 +38,7 @@ from .slots import (advance_slot, check_slot_usable, current_database, current_w
 from .snapshot import release_freed_memory
 from .state import (LoadedState, Position, end_online_copy, record_chunk, record_shapes,
                     record_truncate, save_position)
+from .standby import is_standby, primary_connection, replay_lsn, wait_for_replay
 from .stream import ReplicationStream, emit_heartbeat
 
 Shapes = Dict[str, Dict[str, Any]]
@@ -63,7 +64,8 @@ def changes_resource(*, settings: Settings, bounds: RunBounds = RunBounds(),
         segment.position = loaded.position
         reader = _SlotSegment(settings, bounds.started(), segment, loaded,
                                 HandoffRule(loaded.handoffs, require_copies, loaded.oids),
-                                ShapeCheck(loaded, settings.schema_name, table_shapes),
+                                ShapeCheck(loaded, settings.schema_name, table_shapes,
+                                           settings.primary_dsn),
                                 include_columns, columns, chunk)
         with _checked_connection(conn, settings) as connection:
             pipeline = current_pipeline()
@@ -122,7 +124,7 @@ class _SlotSegment:
     def read(self, conn) -> Iterator[Any]:
         publications = existing_publications(conn, self.settings.pub_name)
         published = _published_tables(conn, self.settings, publications)
-        stop_lsn = self.bounds.stop_lsn or run_stop_position(conn)
+        stop_lsn = self.bounds.stop_lsn or run_stop_position(conn, self.settings.primary_dsn)
         column_maps = self.shape_check.column_maps(conn)  # after the stop is fixed (ddl.py)
         slot = _existing_slot(conn, self.settings.slot_name)  # dropped since the checks?
         streamed, deferred_until = _publications_to_stream(
@@ -189,8 +191,9 @@ class ShapeCheck:
     accepted (`cdc`), or, for the library, the result of a check made here."""
 
     def __init__(self, loaded: LoadedState, schema_name: str,
-                 checked: Optional[Shapes]) -> None:
+                 checked: Optional[Shapes], primary_dsn: Optional[str] = None) -> None:
         self.loaded, self.schema_name, self.checked = loaded, schema_name, checked
+        self.primary_dsn = primary_dsn  # a standby source's primary (standby.py)
 
     def column_maps(self, conn) -> Dict[str, ColumnMap]:
         """Records the shapes in the source state and returns each table's ColumnMap.
@@ -203,7 +206,7 @@ class ShapeCheck:
         if shapes is None:
             problems, checks = check_schema_changes(conn, self.schema_name, self.loaded)
             problems += insert_only_problems(conn, self.loaded, self.loaded.handoffs,
-                                             self.schema_name)
+                                             self.schema_name, self.primary_dsn)
             if problems:
                 raise CopyMissingError(problems[0])
             shapes = {key: check.shape for key, check in checks.items()}
@@ -254,10 +257,19 @@ def _in_schemas(schema_names: Sequence[str], applies_from):
     return rule
 
 
-def run_stop_position(conn) -> int:
+def run_stop_position(conn, primary_dsn: Optional[str] = None) -> int:
     """Where a run stops reading: a heartbeat written now (so an idle slot has a position to
-    reach), or the WAL insert position when the role may not write one."""
-    return emit_heartbeat(conn) or current_wal_lsn(conn)
+    reach), or the WAL insert position when the role may not write one. On a standby the
+    heartbeat is written on the primary (`primary_dsn`) and awaited; without one, or when the
+    standby does not replay it in time, the standby's replay position (standby.py)."""
+    if not is_standby(conn):
+        return emit_heartbeat(conn) or current_wal_lsn(conn)
+    if primary_dsn:
+        with primary_connection(conn, primary_dsn) as primary:
+            heartbeat = emit_heartbeat(primary)
+        if heartbeat and wait_for_replay(conn, heartbeat):
+            return heartbeat
+    return replay_lsn(conn)
 
 
 def _published_tables(conn, settings: Settings, publications: List[str]) -> Dict[str, TableInfo]:

@@ -100,11 +100,21 @@ class PgReplicationConfiguration(StreamConfiguration):
     the pipeline at another database)."""
 
     credentials: Optional[Any] = None  # a postgresql:// URL, libpq key=value pairs or a table
+    # When `credentials` point at a physical standby (standby.py): the primary, for heartbeats,
+    # publications and the statistics of tables without a key.
+    primary_credentials: Optional[Any] = None
 
     @property
     def dsn(self) -> str:
         """The source as a libpq URL."""
         return to_dsn(self.credentials)
+
+    @property
+    def primary_dsn(self) -> Optional[str]:
+        """The primary as a libpq URL, when the source is a standby and it is configured."""
+        if self.primary_credentials in (None, ""):
+            return None
+        return to_dsn(_connection_string(self.primary_credentials))
 
 
 def resolve_settings(**given: Any) -> PgReplicationConfiguration:

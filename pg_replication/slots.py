@@ -20,6 +20,7 @@ from .connect import connect, describe_pg_error
 from .exceptions import (ConfigError, SlotError, SlotInUseError, SourceNotReadyError,
                          snapshot_command)
 from .protocol import int_to_lsn, lsn_to_int
+from .standby import check_standby
 
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 INSERT_ONLY_SUFFIX = "_insert_only"
@@ -57,6 +58,7 @@ def check_server(conn) -> None:
             f"the source has wal_level={wal_level}; logical replication needs wal_level=logical "
             "(set it in postgresql.conf and restart the server)"
         )
+    check_standby(conn)
 
 
 def check_logical_messages(conn) -> None:
@@ -112,7 +114,9 @@ def current_wal_lsn(conn) -> int:
     write position, pg_current_wal_lsn(), can lag behind a commit made with
     synchronous_commit=off)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_current_wal_insert_lsn()::text")
+        # A standby (standby.py) has no insert position: what it replayed is its present.
+        cur.execute("SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+                    "ELSE pg_current_wal_insert_lsn() END)::text")
         return lsn_to_int(cur.fetchone()[0])
 
 
@@ -186,13 +190,44 @@ def ensure_publications(conn, pub_name: str, tables: Sequence[TableInfo]) -> Lis
         ) from None
 
 
+def _publication_targets(pub_name: str, tables: Sequence[TableInfo]
+                         ) -> List[Tuple[str, List[TableInfo], str]]:
+    """(publication, its tables, what it publishes): keyed tables in `pub_name`, the others in
+    the insert-only one."""
+    return [(pub_name, [t for t in tables if t.merge_key], "insert, update, delete, truncate"),
+            (pub_name + INSERT_ONLY_SUFFIX, [t for t in tables if not t.merge_key],
+             "insert, truncate")]
+
+
+def unpublished_tables(conn, pub_name: str, tables: Sequence[TableInfo]) -> List[TableInfo]:
+    """The tables not in the publication ensure_publications would put them in."""
+    missing = []
+    for name, wanted, _ in _publication_targets(pub_name, tables):
+        existing = publication_tables(conn, name) or []
+        missing += [t for t in wanted if (t.schema, t.name) not in existing]
+    return missing
+
+
+def publication_statements(conn, pub_name: str, tables: Sequence[TableInfo]) -> List[str]:
+    """The statements an admin runs to publish the tables (a role that may not)."""
+    statements = []
+    for name, wanted, publish in _publication_targets(pub_name, tables):
+        if not wanted:
+            continue
+        names = sql.SQL(", ").join(_table_identifier(t) for t in wanted)
+        if publication_tables(conn, name) is None:
+            statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {}, "
+                                "publish_via_partition_root = true)").format(
+                sql.Identifier(name), names, sql.Literal(publish))
+        else:
+            statement = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                sql.Identifier(name), names)
+        statements.append(statement.as_string(conn))
+    return statements
+
+
 def _ensure_publications(conn, pub_name: str, tables: Sequence[TableInfo]) -> List[str]:
-    keyed = [t for t in tables if t.merge_key]
-    keyless = [t for t in tables if not t.merge_key]
-    targets = [
-        (pub_name, keyed, "insert, update, delete, truncate"),
-        (pub_name + INSERT_ONLY_SUFFIX, keyless, "insert, truncate"),
-    ]
+    targets = _publication_targets(pub_name, tables)
     for name, wanted, publish in targets:
         for other, other_tables, _ in targets:
             if other != name:

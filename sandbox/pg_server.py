@@ -66,8 +66,9 @@ def free_port() -> int:
 class PostgresCluster:
     """initdb + pg_ctl start; `url` is a superuser libpq URL to database `postgres`."""
 
-    def __init__(self, port: Optional[int] = None, extra_settings: Optional[dict] = None) -> None:
-        self.bindir = find_bindir()
+    def __init__(self, port: Optional[int] = None, extra_settings: Optional[dict] = None,
+                 bindir: Optional[str] = None) -> None:
+        self.bindir = bindir or find_bindir()
         self.port = port or free_port()
         self.root = Path(tempfile.mkdtemp(prefix="pgtest-"))
         self.data = self.root / "data"
@@ -116,6 +117,27 @@ class PostgresCluster:
                 conf.write(f"{key} = '{value}'\n")
         self.pg_ctl("start")
         return self
+
+    def start_standby(self, slot: Optional[str] = None) -> "PostgresCluster":
+        """A streaming physical standby of this (running) cluster, from `pg_basebackup` with the
+        same binaries, with `hot_standby_feedback` (logical decoding on a standby needs it);
+        `slot`: the physical slot it streams from (created here)."""
+        standby = PostgresCluster(extra_settings={**self.settings, "hot_standby_feedback": "on"},
+                                  bindir=self.bindir)
+        standby.settings["unix_socket_directories"] = str(standby.root)
+        standby._prepare_user()
+        args = [f"{self.bindir}/pg_basebackup", "-D", str(standby.data), "-h", "127.0.0.1",
+                "-p", str(self.port), "-U", "postgres", "-R", "-X", "stream", "-c", "fast"]
+        if slot:
+            args += ["-C", "-S", slot]
+        backup = standby._run(args, check=False)
+        if backup.returncode != 0:
+            raise RuntimeError(f"pg_basebackup failed: {backup.stderr.strip()}")
+        with open(standby.data / "postgresql.conf", "a") as conf:
+            for key, value in standby.settings.items():
+                conf.write(f"{key} = '{value}'\n")
+        standby.pg_ctl("start")
+        return standby
 
     def pg_ctl(self, action: str, *extra: str) -> None:
         args = [f"{self.bindir}/pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w",
