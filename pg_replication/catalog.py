@@ -35,6 +35,16 @@ class TableInfo:
     # The pipeline's default schema, which decides the names below (names.py); "": this
     # table's own schema (its plain name everywhere).
     default_schema: str = ""
+    # What the publication leaves out (filters.py): columns that never leave the source (gone
+    # from `columns` too), and the rows a WHERE keeps.
+    excluded: List[str] = field(default_factory=list)
+    row_filter: Optional[str] = None
+
+    @property
+    def column_list(self) -> Optional[List[str]]:
+        """The publication's column list for the table: None (every column) unless some are
+        excluded; generated columns are never in one."""
+        return [c.name for c in self.columns if not c.generated] if self.excluded else None
 
     @property
     def label(self) -> str:

@@ -20,12 +20,13 @@ from .ddl import read_catalog, read_leaves, shape_of
 from .dlt_compat import destination_identifier, destination_table_identifier, make_source
 from .exceptions import ConfigError, SourceNotReadyError
 from .failover import align_failover, wanted_failover
+from .filters import published_record, with_filters
 from .hints import (META_ARROW_TYPES, RESERVED_COLUMNS, delete_marker, existing_destination_column,
                     mark_batch, name_collisions, output_column_names, snapshot_hints, table_hints,
                     with_column_hints, with_delta_options)
 from .insert_only import updated_or_deleted_rows
 from .settings import PgReplicationConfiguration as Settings
-from .slots import (check_partition_root_publishing, check_slot_usable, copy_slot_name,
+from .slots import (INSERT_ONLY_SUFFIX, check_partition_root_publishing, check_slot_usable, copy_slot_name,
                     create_slot, create_slot_with_snapshot, current_database, current_wal_lsn,
                     drop_publications,
                     drop_slot, ensure_publications, existing_publications, get_slot,
@@ -51,7 +52,20 @@ def select_tables(conn, settings: Settings) -> Dict[str, TableInfo]:
     pairs = [pair for pair in pairs if pair not in skipped]
     if not pairs:
         raise ConfigError(f"no tables to replicate in schema {', '.join(settings.schema_names)}")
-    return describe_schema_tables(conn, pairs, settings.schema_name)
+    _refuse_unknown_filtered_tables(conn, settings)
+    return with_filters(describe_schema_tables(conn, pairs, settings.schema_name),
+                        conn.server_version, settings.table_filters)
+
+
+def _refuse_unknown_filtered_tables(conn, settings: Settings) -> None:
+    """A table named in exclude_columns or row_filters that is not a table of the schemas (a
+    typo would let a column leave the source that was meant to stay)."""
+    known = set(list_schema_tables(conn, settings.schema_names))
+    unknown = [f"{schema}.{name}" for schema, name in settings.table_filters
+               if (schema, name) not in known]
+    if unknown:
+        raise ConfigError(f"exclude_columns or row_filters name {', '.join(unknown)}, not a "
+                          f"table of schema {', '.join(settings.schema_names)}")
 
 
 def _refuse_unknown_schemas(conn, settings: Settings, pairs: List[Tuple[str, str]]) -> None:
@@ -154,7 +168,7 @@ def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
     copy follows); otherwise the copy creates it with its exported snapshot. The keyed tables
     named in `online` are to be copied online; the others are copied whole."""
     refuse_colliding_names(tables.values(), published_tables(conn, settings))
-    check_partition_root_publishing(conn, settings.pub_name)
+    check_partition_root_publishing(conn, settings.pub_name, settings.table_filters)
     if reset:
         drop_slot(conn, settings.slot_name)
     with primary_connection(conn, settings.primary_dsn) as primary:
@@ -294,11 +308,15 @@ class _Copy:
             oids = [table.oid for table in self.plan.tables]
             # The catalog as of the hand-off: cdc compares later catalogs with it (ddl.py).
             shapes, leaves = read_catalog(self.readers[0], oids), read_leaves(self.readers[0], oids)
+            # Before the readers start: the column list and row filter each copy is made with.
+            publications = [self.settings.pub_name, self.settings.pub_name + INSERT_ONLY_SUFFIX]
+            published = {table.oid: published_record(self.readers[0], publications, table)
+                         for table in self.plan.tables}
 
             def record(table: TableInfo, online: bool) -> None:
                 shape = shape_of(shapes[table.oid], leaves) if table.oid in shapes else None
                 record_copy(state, table.schema, table.name, table.oid, self.handoff_lsn, shape,
-                            self.plan.write_counts.get(table.oid), online)
+                            self.plan.write_counts.get(table.oid), online, published[table.oid])
 
             for table in self.plan.tables:
                 if table.label in self.plan.online_tables:  # emptied now, copied in chunks later

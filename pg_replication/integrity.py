@@ -31,6 +31,7 @@ from .ddl import Leaves, TableCheck, check_tables
 from .dlt_compat import destination_state, existing_destination_tables, state_version
 from .exceptions import SourceNotReadyError, snapshot_command
 from .failures import essential_line
+from .filters import FILTERS_SINCE, filter_problem, published_filters, with_filters
 from .handoff import short_names, tables_without_copy
 from .insert_only import insert_only_problems
 from .names import destination_table
@@ -261,7 +262,7 @@ def schema_change_notes(checks: Dict[str, TableCheck], schema: str) -> List[str]
 def integrity_problems(conn, settings: Settings, pipeline: dlt.Pipeline) -> List[str]:
     """Every problem, for `status` and `verify` (which load nothing)."""
     try:  # before anything reads the publication: without it, it lists partitions
-        check_partition_root_publishing(conn, settings.pub_name)
+        check_partition_root_publishing(conn, settings.pub_name, settings.table_filters)
     except SourceNotReadyError as e:
         return [str(e)]
     remote = destination_state(pipeline)
@@ -273,9 +274,32 @@ def integrity_problems(conn, settings: Settings, pipeline: dlt.Pipeline) -> List
     if loaded.anything_loaded:
         required = required_tables(conn, settings)
         problems += check_schema_changes(conn, settings.schema_name, loaded, required)[0]
+        problems += filter_problems(conn, settings, loaded, required)
         problems += insert_only_problems(conn, loaded, required, settings.schema_name,
                                          settings.primary_dsn)
     return problems
+
+
+def filter_problems(conn, settings: Settings, loaded: LoadedState,
+                    required: List[str]) -> List[str]:
+    """The problem line (at most one) when a copied table's column list or row filter is no
+    longer what its copy was made with (filters.py), naming the command that copies it again."""
+    copied = [key for key in required if key in loaded.handoffs]
+    if not copied or conn.server_version < FILTERS_SINCE:
+        return []
+    pairs = [tuple(key.split(".", 1)) for key in copied]
+    tables = with_filters(describe_schema_tables(conn, pairs, settings.schema_name, strict=False),
+                          conn.server_version, settings.table_filters)
+    published = published_filters(conn, existing_publications(conn, settings.pub_name))
+    found = [(table.label, problem) for table in tables.values()
+             if (problem := filter_problem(table, loaded.published.get(
+                 table_key(table.schema, table.name)), published))]
+    if not found:
+        return []
+    names = [label for label, _ in found]
+    return [f"{_tables(names)}: {'; '.join(problem for _, problem in found)}: run "
+            f"{snapshot_command(names)} to copy {'it' if len(names) == 1 else 'them'} with the "
+            "columns and rows the stream sends now"]
 
 
 def _tables(names: List[str]) -> str:

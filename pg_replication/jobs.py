@@ -47,7 +47,7 @@ from .failover import align_failover, standby_wait_problem
 from .failures import essential_line, is_file_lock_conflict
 from .handoff import short_names
 from .insert_only import insert_only_problems
-from .integrity import (check_schema_changes, copy_problems, destination_lost,
+from .integrity import (check_schema_changes, copy_problems, destination_lost, filter_problems,
                         integrity_problems, loaded_state, release_tables_without_identity,
                         remember_loaded_state, required_tables, schema_change_notes,
                         tables_not_replicated)
@@ -362,7 +362,8 @@ def _advance_online_copies(lock, settings: Settings, pipeline: dlt.Pipeline, bou
     done or `bounds` end the run; each chunk is one window of the stream (chunks.py). A table
     whose chunk failed ONLINE_CHUNK_MISSES times in a row is left for this run, and why is noted
     in `report.stuck_copies`."""
-    reader = ChunkReader(settings.dsn, settings.online_chunk_rows, settings.online_chunk_bytes)
+    reader = ChunkReader(settings.dsn, settings.online_chunk_rows, settings.online_chunk_bytes,
+                         settings.table_filters)
     misses: Dict[str, int] = {}
     try:
         while not bounds.should_stop():
@@ -439,7 +440,7 @@ def _checked_start(lock, settings: Settings, pipeline: dlt.Pipeline, report: Cdc
     check_server(lock)
     acquire_run_lock(lock, settings.slot_name)
     # First: without publish_via_partition_root the publication lists partitions, not tables.
-    check_partition_root_publishing(lock, settings.pub_name)
+    check_partition_root_publishing(lock, settings.pub_name, settings.table_filters)
     released = release_tables_without_identity(lock, settings)
     if released:
         raise CopyMissingError(released)
@@ -630,6 +631,7 @@ def _refuse_uncarried_schema_changes(conn, settings: Settings, loaded: LoadedSta
     (table_key -> xid), and notes what changed in the report."""
     required = required_tables(conn, settings)
     problems, checks = check_schema_changes(conn, settings.schema_name, loaded, required, leaves)
+    problems += filter_problems(conn, settings, loaded, required)
     # A table taking only inserts that was updated since its copy (insert_only.py).
     problems += insert_only_problems(conn, loaded, required, settings.schema_name,
                                      settings.primary_dsn)

@@ -13,6 +13,7 @@ from .catalog import TableInfo, describe_tables
 from .chunks import Chunk, chunk_columns
 from .connect import connect
 from .exceptions import ConfigError
+from .filters import TableFilters, with_filters
 from .snapshot import begin_snapshot_transaction, read_key_range
 from .state import LoadedState
 from .stream import emit_watermark
@@ -26,8 +27,10 @@ class ChunkReader:
     from the table's size and row estimate).
     """
 
-    def __init__(self, dsn: str, chunk_rows: int, chunk_bytes: int) -> None:
+    def __init__(self, dsn: str, chunk_rows: int, chunk_bytes: int,
+                 table_filters: Optional[TableFilters] = None) -> None:
         self.conn = connect(dsn)
+        self.table_filters = table_filters or {}  # what the publication leaves out (filters.py)
         self.chunk_rows, self.chunk_bytes = chunk_rows, chunk_bytes
         self.bytes_per_row: Dict[int, float] = {}  # by table OID
         self.problem = ""  # why the last chunk could not be read
@@ -47,7 +50,7 @@ class ChunkReader:
         begin_snapshot_transaction(self.conn, None)
         self.gone = False
         try:
-            table = _table_now(self.conn, schema, name)
+            table = self._table_now(self.conn, schema, name)
             if table is None or table.oid != oid or not table.merge_key:
                 self.problem = _why_not_readable(self.conn, table, oid)
                 self.gone = self.problem == GONE
@@ -61,7 +64,7 @@ class ChunkReader:
         finally:
             _end_transaction(self.conn)
         high = emit_watermark(lock, f"{token} high")
-        if _table_now(lock, schema, name) != table:
+        if self._table_now(lock, schema, name) != table:
             # Its rows may lack a column the stream has from now on.
             self.problem = "the table's columns changed while a chunk was read"
             return None
@@ -70,6 +73,15 @@ class ChunkReader:
         last_key = ([rows.column(k)[-1].as_py() for k in table.merge_key] if rows.num_rows
                     else progress.get("cursor"))
         return Chunk(table, rows, last_key, rows.num_rows < limit, f"{token} high", low, high)
+
+    def _table_now(self, conn, schema: str, name: str) -> Optional[TableInfo]:
+        """The table as the catalog describes it now and as it is published, or None when it is
+        gone (dropped, renamed)."""
+        try:
+            found = describe_tables(conn, schema, [name]).get(name)
+        except ConfigError:
+            return None
+        return with_filters({name: found}, conn.server_version, self.table_filters)[name]
 
     def _row_limit(self, table: TableInfo) -> int:
         per_row = self.bytes_per_row.get(table.oid) or _estimated_row_bytes(self.conn, table.oid)
@@ -95,14 +107,6 @@ def _why_not_readable(conn, table: Optional[TableInfo], oid: int) -> str:
         return GONE
     return (f"the table was renamed to {row[0]!r}: copy it under its new name "
             "(`snapshot --online --tables ...`)")
-
-
-def _table_now(conn, schema: str, name: str) -> Optional[TableInfo]:
-    """The table as the catalog describes it now, or None when it is gone (dropped, renamed)."""
-    try:
-        return describe_tables(conn, schema, [name]).get(name)
-    except ConfigError:
-        return None
 
 
 def _end_transaction(conn) -> None:

@@ -27,6 +27,7 @@ from .ddl import ColumnMap
 from .destinations import load_bytes_for, merge_strategy_for
 from .dlt_compat import current_load_id, current_pipeline
 from .exceptions import CopyMissingError, SlotError
+from .filters import with_filters
 from .handoff import NEVER, NO_COPY, HandoffRule
 from .hints import (LOAD_ID_COLUMN, DeltaOptions, existing_destination_column, mark_batch,
                     with_column_hints, with_delta_options)
@@ -276,7 +277,8 @@ def _published_tables(conn, settings: Settings, publications: List[str]) -> Dict
     pairs = sorted({(schema, name) for pub in publications
                     for schema, name in publication_tables(conn, pub)
                     if schema in settings.schema_names})
-    return describe_schema_tables(conn, pairs, settings.schema_name)
+    return with_filters(describe_schema_tables(conn, pairs, settings.schema_name),
+                        conn.server_version, settings.table_filters)
 
 
 def _batch_item(batch: TableBatch, sent_hints: Dict[str, int], include_columns, columns,

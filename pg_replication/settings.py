@@ -73,6 +73,11 @@ class StreamConfiguration(BaseConfiguration):
     online_chunk_rows: int = 200_000
     online_chunk_bytes: int = 32 << 20
     flush_slot: bool = True  # the library: confirm the loaded position before reading
+    # PostgreSQL 15+ (filters.py): per table (as written in table_names), the columns that never
+    # leave the source, and a condition on the rows that do (a JSON object in an environment
+    # variable).
+    exclude_columns: Optional[Dict[str, Any]] = None
+    row_filters: Optional[Dict[str, Any]] = None
     # PostgreSQL 17+: a slot synchronized to physical standbys, so it survives a promotion
     # (failover.py); default: on when the server has a standby configured for it.
     failover: Optional[bool] = None
@@ -80,6 +85,18 @@ class StreamConfiguration(BaseConfiguration):
     def source_table(self, written: str) -> Tuple[str, str]:
         """(schema, table) of a table name as a user writes it (`table` or `schema.table`)."""
         return split_table_name(written, self.schema_names, self.schema_name)
+
+    @property
+    def table_filters(self) -> Dict[Tuple[str, str], Tuple[List[str], Optional[str]]]:
+        """(schema, table) -> (columns excluded, row filter) of the tables exclude_columns or
+        row_filters name (however they are written: `t`, `public.t`)."""
+        found: Dict[Tuple[str, str], Tuple[List[str], Optional[str]]] = {}
+        for name, columns in (self.exclude_columns or {}).items():
+            found[self.source_table(name)] = (list(columns), None)
+        for name, condition in (self.row_filters or {}).items():
+            pair = self.source_table(name)
+            found[pair] = (found.get(pair, ([], None))[0], condition)
+        return found
 
     def table_key(self, written: str) -> str:
         """The state's key (state.table_key) of a table name as a user writes it."""
@@ -165,6 +182,7 @@ def checked(settings: PgReplicationConfiguration) -> PgReplicationConfiguration:
     if settings.deletes not in ("hard", "soft"):
         raise ConfigError(f"invalid deletes {settings.deletes!r}: use \"hard\" or \"soft\"")
     _check_positive(settings)
+    _check_filters(settings)
     if settings.merge_strategy not in (None, "", "delete-insert", "upsert"):
         raise ConfigError(f"invalid merge_strategy {settings.merge_strategy!r}: use "
                           "\"delete-insert\" or \"upsert\" (default: by destination)")
@@ -181,6 +199,28 @@ def _resolve_schemas(settings: PgReplicationConfiguration) -> None:
         raise ConfigError(f"schema_name {default!r} is not one of schema_names {schemas!r}: add "
                           "it, or leave schema_name out (the first of schema_names is the default)")
     settings.schema_name, settings.schema_names = default, schemas or [default]
+
+
+def _check_filters(settings: PgReplicationConfiguration) -> None:
+    """exclude_columns: table -> list of column names; row_filters: table -> SQL condition."""
+    for key in ("exclude_columns", "row_filters"):
+        value = getattr(settings, key)
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else None
+            except ValueError:
+                raise ConfigError(f"invalid {key}: use a JSON object of tables") from None
+            setattr(settings, key, value)
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"invalid {key} {value!r}: use a table of tables")
+    for table, columns in (settings.exclude_columns or {}).items():
+        if isinstance(columns, str):
+            columns = settings.exclude_columns[table] = table_list(columns, "exclude_columns")
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise ConfigError(f"invalid exclude_columns for {table!r}: use a list of column names")
+    for table, condition in (settings.row_filters or {}).items():
+        if not isinstance(condition, str) or not condition.strip():
+            raise ConfigError(f"invalid row_filters for {table!r}: use an SQL condition")
 
 
 def _check_positive(settings: PgReplicationConfiguration) -> None:

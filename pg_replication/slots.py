@@ -9,13 +9,15 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Collection, List, Optional, Sequence, Tuple
 
 import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
 from .catalog import TableInfo
+from .filters import (needs_readding, publication_item, published_filters,
+                      refuse_rejected_writes)
 from .connect import connect, describe_pg_error
 from .exceptions import (ConfigError, SlotError, SlotInUseError, SourceNotReadyError,
                          snapshot_command)
@@ -214,7 +216,7 @@ def publication_statements(conn, pub_name: str, tables: Sequence[TableInfo]) -> 
     for name, wanted, publish in _publication_targets(pub_name, tables):
         if not wanted:
             continue
-        names = sql.SQL(", ").join(_table_identifier(t) for t in wanted)
+        names = sql.SQL(", ").join(publication_item(t) for t in wanted)
         if publication_tables(conn, name) is None:
             statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {}, "
                                 "publish_via_partition_root = true)").format(
@@ -227,13 +229,23 @@ def publication_statements(conn, pub_name: str, tables: Sequence[TableInfo]) -> 
 
 
 def _ensure_publications(conn, pub_name: str, tables: Sequence[TableInfo]) -> List[str]:
+    """In one transaction: a row filter that would make the application's writes fail
+    (filters.refuse_rejected_writes) is never committed."""
     targets = _publication_targets(pub_name, tables)
-    for name, wanted, publish in targets:
-        for other, other_tables, _ in targets:
-            if other != name:
-                _drop_from_publication(conn, other, wanted)
-        if wanted:
-            _add_to_publication(conn, name, wanted, publish)
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            for name, wanted, publish in targets:
+                for other, other_tables, _ in targets:
+                    if other != name:
+                        _drop_from_publication(conn, other, wanted)
+                if wanted:
+                    _add_to_publication(conn, name, wanted, publish)
+            refuse_rejected_writes(conn, pub_name, targets[0][1])
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
     return [name for name, _, _ in targets if publication_tables(conn, name) is not None]
 
 
@@ -247,17 +259,23 @@ def _add_to_publication(conn, pub_name: str, tables: Sequence[TableInfo], publis
                     "WITH (publish = {}, publish_via_partition_root = true)"
                 ).format(
                     sql.Identifier(pub_name),
-                    sql.SQL(", ").join(_table_identifier(t) for t in tables),
+                    sql.SQL(", ").join(publication_item(t) for t in tables),
                     sql.Literal(publish),
                 )
             )
             return
-        missing = [t for t in tables if (t.schema, t.name) not in existing]
+        published = published_filters(conn, [pub_name])
+        again = [t for t in tables if (t.schema, t.name) in existing
+                 and needs_readding(t, published)]
+        if again:  # with the column list and filter it should have now
+            cur.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+                sql.Identifier(pub_name), sql.SQL(", ").join(_table_identifier(t) for t in again)))
+        missing = [t for t in tables if (t.schema, t.name) not in existing or t in again]
         if missing:
             cur.execute(
                 sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                     sql.Identifier(pub_name),
-                    sql.SQL(", ").join(_table_identifier(t) for t in missing),
+                    sql.SQL(", ").join(publication_item(t) for t in missing),
                 )
             )
 
@@ -282,10 +300,13 @@ def existing_publications(conn, pub_name: str) -> List[str]:
             if publication_tables(conn, name) is not None]
 
 
-def check_partition_root_publishing(conn, pub_name: str) -> None:
+def check_partition_root_publishing(conn, pub_name: str,
+                                    filtered: Collection[Tuple[str, str]] = ()) -> None:
     """Raises SourceNotReadyError when a publication (an admin's) publishes a partitioned table
     without `publish_via_partition_root`: its changes would arrive under each partition's name,
-    and the root's destination table would go stale. Also when it leaves out an action."""
+    and the root's destination table would go stale. Also when it leaves out an action, or has a
+    column list or row filter for a table other than the (schema, table) pairs `filtered` (those
+    the configuration filters: filters.filter_problem checks them)."""
     with conn.cursor() as cur:
         cur.execute(
             """SELECT p.pubname, c.relname FROM pg_publication p
@@ -301,6 +322,7 @@ def check_partition_root_publishing(conn, pub_name: str) -> None:
             "publish_via_partition_root, so its changes would arrive per partition: have an admin "
             f"run ALTER PUBLICATION {publication} SET (publish_via_partition_root = true)")
     _check_published_actions(conn, pub_name)
+    _check_no_filters(conn, [pub_name, pub_name + INSERT_ONLY_SUFFIX], filtered)
 
 
 def _check_published_actions(conn, pub_name: str) -> None:
@@ -321,7 +343,6 @@ def _check_published_actions(conn, pub_name: str) -> None:
                 f"publication {name!r} does not publish {', '.join(missing)}, so those changes "
                 f"would be lost: have an admin run ALTER PUBLICATION {name} SET (publish = "
                 f"'{', '.join(needed[name])}')")
-    _check_no_filters(conn, list(needed))
 
 
 # PostgreSQL 15+: a publication's column list (prattrs) or row filter (prqual) for a table.
@@ -336,7 +357,7 @@ ORDER BY 1, 2, 3
 """
 
 
-def _check_no_filters(conn, publications: List[str]) -> None:
+def _check_no_filters(conn, publications: List[str], filtered: Collection[Tuple[str, str]]) -> None:
     """Raises SourceNotReadyError when a publication (an admin's) has a column list or a row
     filter: the copy reads whole tables, while the stream would send rows without the columns
     left out (updates would set them to NULL in the destination) and skip filtered rows."""
@@ -344,7 +365,7 @@ def _check_no_filters(conn, publications: List[str]) -> None:
         return
     with conn.cursor() as cur:
         cur.execute(_FILTERED_SQL, (publications,))
-        found = cur.fetchone()
+        found = next((row for row in cur.fetchall() if (row[1], row[2]) not in filtered), None)
     if found:
         publication, schema, table, column_list = found
         what = "a column list" if column_list else "a row filter"

@@ -46,15 +46,27 @@ def _copy_sql(table: TableInfo, blocks: Optional[BlockRange] = None) -> sql.Comp
     # no rows itself and must be read with its partitions.
     only = sql.SQL("") if table.is_partitioned else sql.SQL("ONLY ")
     columns = _row_marker_and(c.name for c in table.columns)
-    where = sql.SQL("")
+    conditions = _row_filter(table)
     if blocks is not None:  # a TID range scan (PostgreSQL 14+) reads only these blocks
         first, end = blocks
-        where = sql.SQL(" WHERE ctid >= {}::tid").format(sql.Literal(f"({first},0)"))
+        conditions.append(sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({first},0)")))
         if end is not None:
-            where += sql.SQL(" AND ctid < {}::tid").format(sql.Literal(f"({end},0)"))
+            conditions.append(sql.SQL("ctid < {}::tid").format(sql.Literal(f"({end},0)")))
     return sql.SQL("COPY (SELECT {} FROM {}{}{}) TO STDOUT (FORMAT csv)").format(
-        columns, only, sql.Identifier(table.schema, table.name), where
+        columns, only, sql.Identifier(table.schema, table.name), _where(conditions)
     )
+
+
+def _row_filter(table: TableInfo) -> List[sql.Composable]:
+    """The publication's row filter as a condition of the copy (filters.py): the copy holds the
+    rows the stream's filter lets through."""
+    return [sql.SQL("({})").format(sql.SQL(table.row_filter))] if table.row_filter else []
+
+
+def _where(conditions: List[sql.Composable]) -> sql.Composable:
+    if not conditions:
+        return sql.SQL("")
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
 
 
 def read_table(
@@ -99,10 +111,11 @@ def read_key_range(conn, table: TableInfo, names: List[str], after: Optional[Lis
     the key columns; None: from the start), every column as PostgreSQL's text, as one Arrow table
     of strings (an online copy's chunk, chunks.py). Runs in the caller's transaction."""
     key = sql.SQL(", ").join(sql.Identifier(k) for k in table.merge_key)
-    after_key = sql.SQL("")
+    conditions = _row_filter(table)
     if after is not None:  # a row comparison: the key's btree index finds where to start
-        after_key = sql.SQL(" WHERE ({}) > ({})").format(
-            key, sql.SQL(", ").join(sql.Literal(value) for value in after))
+        conditions.append(sql.SQL("({}) > ({})").format(
+            key, sql.SQL(", ").join(sql.Literal(value) for value in after)))
+    after_key = _where(conditions)
     only = sql.SQL("") if table.is_partitioned else sql.SQL("ONLY ")  # as _copy_sql
     query = sql.SQL("COPY (SELECT {} FROM {}{}{} ORDER BY {} LIMIT {}) TO STDOUT (FORMAT csv)"
                     ).format(_row_marker_and(names), only,

@@ -36,6 +36,7 @@ SLOT_KEY = "slot_name"
 SHAPE_KEY = "shape"
 WRITE_COUNT_KEY = "updated_or_deleted"  # insert-only tables: the server's count at the copy
 ONLINE_KEY = "online_copy"  # a table being copied online: its progress (chunks.py)
+PUBLISHED_KEY = "published"  # what its publication left out at the copy (filters.py)
 
 
 @dataclass
@@ -74,6 +75,9 @@ class LoadedState:
     write_counts: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     # table_key -> {"cursor", "chunks", "rows"}: the tables whose online copy is not finished
     online_copies: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    # table_key -> {"excluded": [...], "row_filter": as configured, "deparsed": as the server
+    # stores it}: the column list and row filter the copy was made with (filters.py)
+    published: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     @property
     def anything_loaded(self) -> bool:
@@ -91,7 +95,9 @@ class LoadedState:
                    {key: entry[WRITE_COUNT_KEY] for key, entry in tables.items()
                     if entry.get(WRITE_COUNT_KEY)},
                    {key: entry[ONLINE_KEY] for key, entry in tables.items()
-                    if entry.get(ONLINE_KEY) is not None})
+                    if entry.get(ONLINE_KEY) is not None},
+                   {key: entry[PUBLISHED_KEY] for key, entry in tables.items()
+                    if entry.get(PUBLISHED_KEY)})
 
     @classmethod
     def from_pipeline_state(cls, state: Optional[Mapping[str, Any]]) -> "LoadedState":
@@ -113,8 +119,10 @@ def start_snapshot(state: MutableMapping[str, Any], slot_name: str, handoff_lsn:
 
 def record_copy(state: MutableMapping[str, Any], schema: str, name: str, oid: int,
                 handoff_lsn: int, shape: Optional[Dict[str, Any]] = None,
-                write_count: Optional[Dict[str, Any]] = None, online: bool = False) -> None:
-    """Stores a table's copy; `online`: the copy has only begun, its chunks follow."""
+                write_count: Optional[Dict[str, Any]] = None, online: bool = False,
+                published: Optional[Dict[str, Any]] = None) -> None:
+    """Stores a table's copy; `online`: the copy has only begun, its chunks follow;
+    `published`: the column list and row filter it was made with."""
     entry: Dict[str, Any] = {"handoff_lsn": handoff_lsn, "oid": oid}
     for other in (state.get(TABLES_KEY) or {}).values():
         if other.get("oid") == oid:  # a copy in progress under an older name ends: this one counts
@@ -125,6 +133,8 @@ def record_copy(state: MutableMapping[str, Any], schema: str, name: str, oid: in
         entry[SHAPE_KEY] = shape
     if write_count is not None:
         entry[WRITE_COUNT_KEY] = write_count
+    if published:
+        entry[PUBLISHED_KEY] = published
     state.setdefault(TABLES_KEY, {})[table_key(schema, name)] = entry
 
 
