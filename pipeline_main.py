@@ -70,12 +70,13 @@ def handle_errors(command: Callable) -> Callable:
 
 def _job_settings(tables: Optional[str] = None, deletes: Optional[str] = None,
                   max_wait: Optional[float] = None, chunk_rows: Optional[int] = None,
-                  workers: Optional[int] = None):
+                  workers: Optional[int] = None, reader: Optional[str] = None):
     """`[sources.pg_replication]`, the options given taking precedence."""
     from pg_replication.settings import resolve_settings
 
     return resolve_settings(table_names=tables, deletes=deletes, snapshot_max_wait=max_wait,
-                            online_chunk_rows=chunk_rows, snapshot_workers=workers)
+                            online_chunk_rows=chunk_rows, snapshot_workers=workers,
+                            snapshot_reader=reader)
 
 
 def _pipeline(ctx: click.Context):
@@ -150,11 +151,15 @@ def cli(ctx: click.Context, destination: str, dataset: str, pipeline_name: str,
               help="Connections that read the consistent copy together, in one exported "
                    "snapshot: whole tables, and CTID ranges of large ones (default: 1, or one "
                    "per core up to 4 when the tables hold more than 1 GB).")
+@click.option("--reader", type=click.Choice(["copy", "sql_database"]), default=None,
+              help="What reads the consistent copy: `copy` (COPY TO STDOUT, the default and the "
+                   "fastest) or `sql_database` (dlt's sql_database source in the same snapshot; "
+                   "its backend is the config key sql_database_backend, default pyarrow).")
 @click.pass_context
 @handle_errors
 def snapshot(ctx: click.Context, tables: Optional[str], max_wait: Optional[float], online: bool,
              chunk_rows: Optional[int], max_seconds: Optional[float],
-             workers: Optional[int]) -> None:
+             workers: Optional[int], reader: Optional[str]) -> None:
     """Copy the tables as of the replication slot's start (creates slot and publication).
 
     \b
@@ -172,7 +177,7 @@ def snapshot(ctx: click.Context, tables: Optional[str], max_wait: Optional[float
     pipeline = _pipeline(ctx)
     with recorded_run(pipeline, "snapshot") as record:
         settings = _job_settings(tables, max_wait=max_wait, chunk_rows=chunk_rows,
-                                 workers=workers)
+                                 workers=workers, reader=reader)
         if online:
             report, changes = run_online_snapshot(settings, pipeline, _progress_printer(),
                                                   RunBounds(max_seconds=max_seconds))

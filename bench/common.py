@@ -152,11 +152,13 @@ def cli_env(url: str, workdir: Path, slot: str = "bench_slot", pub: str = "bench
     }
 
 
-def round_environment(url: str, workdir: Path, round_number: int) -> Dict[str, str]:
-    """A round of our CLI starts from nothing: its own slot, pipeline directory and DuckDB file."""
-    round_dir = workdir / f"round{round_number}"
+def round_environment(url: str, workdir: Path, round_number: int,
+                      label: str = "") -> Dict[str, str]:
+    """A round of our CLI starts from nothing: its own slot, pipeline directory and DuckDB file
+    (`label` tells apart two runs of one round)."""
+    round_dir = workdir / f"round{round_number}{label}"
     round_dir.mkdir()
-    return cli_env(url, round_dir, slot=f"bench_slot_{round_number}")
+    return cli_env(url, round_dir, slot=f"bench_slot_{round_number}{label}")
 
 
 def cli(*args: str) -> List[str]:

@@ -6,8 +6,11 @@ Measures, each in its own process and `--repeat` times interleaved (median wall 
 time without interpreter start and imports, rows/s, highest peak RSS):
 - raw `COPY (SELECT * FROM t) TO STDOUT` into /dev/null: the limit;
 - dlt `sql_database` with the connectorx backend into DuckDB: the best stock path;
-- our `snapshot` into DuckDB.
-Prints the ratios ours/COPY and connectorx/ours, and a final `RESULT snapshot {...}` line.
+- our `snapshot` into DuckDB, with its COPY reader (the default);
+- our `snapshot --reader sql_database` (dlt's sql_database, pyarrow backend, in the same
+  exported snapshot) into DuckDB.
+Prints the ratios ours/COPY, connectorx/ours and sql_database reader/COPY reader side by side, and a
+final `RESULT snapshot {...}` line.
 """
 
 import argparse
@@ -73,7 +76,7 @@ def main() -> None:
         print(f"table bench: {args.rows:,} rows, {size_mb:.0f} MB on disk")
         connectorx_env = cli_env(cluster.url, workdir)
 
-        runs = {"copy": [], "connectorx": [], "ours": []}
+        runs = {"copy": [], "connectorx": [], "ours": [], "ours_sql_database": []}
         phases = []  # where our run spent its time, from dlt's trace
         for round_number in range(args.repeat):
             runs["copy"].append(measure(
@@ -90,13 +93,18 @@ def main() -> None:
             runs["ours"].append(measure("pipeline_main.py snapshot", cli("snapshot"), args.rows,
                                         round_env))
             phases.append(dlt_phases(round_env["DLT_DATA_DIR"]))
+            runs["ours_sql_database"].append(measure(
+                "pipeline_main.py snapshot --reader sql_database",
+                cli("snapshot", "--reader", "sql_database"), args.rows,
+                round_environment(cluster.url, workdir, round_number, "sql")))
             for contender in runs.values():
                 if contender:
                     print(f"  round {round_number + 1}: {contender[-1].line()}")
         copy, ours = median_of(runs["copy"]), median_of(runs["ours"])
+        by_sql_database = median_of(runs["ours_sql_database"])
         connectorx = median_of(runs["connectorx"]) if runs["connectorx"] else None
         print(f"medians of {args.repeat} interleaved runs:")
-        for figure in (copy, connectorx, ours):
+        for figure in (copy, connectorx, ours, by_sql_database):
             if figure:
                 print(figure.line())
         our_phases = median_phases(phases)
@@ -112,6 +120,14 @@ def main() -> None:
             "ours_over_copy_wall": round(ours.seconds / copy.seconds, 2),
             **{f"ours_{name}_s": round(seconds, 3) for name, seconds in our_phases.items()},
         }
+        figures["sql_database_reader_s"] = round(by_sql_database.work_seconds, 3)
+        figures["sql_database_reader_peak_rss_mb"] = round(by_sql_database.peak_rss_mb, 1)
+        figures["sql_database_over_copy_reader"] = round(
+            by_sql_database.work_seconds / ours.work_seconds, 2)
+        print(f"readers side by side: COPY {ours.work_seconds:.2f} s, {ours.peak_rss_mb:.0f} MB; "
+              f"sql_database {by_sql_database.work_seconds:.2f} s, "
+              f"{by_sql_database.peak_rss_mb:.0f} MB "
+              f"({figures['sql_database_over_copy_reader']:.2f}x the COPY reader's time)")
         print(f"ours / COPY: {figures['ours_over_copy']:.2f}x work time "
               f"({figures['ours_over_copy_wall']:.2f}x wall, interpreter start included)")
         if connectorx:

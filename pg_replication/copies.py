@@ -32,6 +32,7 @@ from .slots import (INSERT_ONLY_SUFFIX, check_partition_root_publishing, check_s
                     drop_slot, ensure_publications, existing_publications, get_slot,
                     publication_statements, publication_tables, unpublished_tables)
 from .snapshot import begin_snapshot_transaction, read_table
+from .sql_reader import SqlDatabaseReader
 from .standby import primary_connection, standby_snapshots, wait_for_replay
 from .state import SOURCE_NAME, record_copy, start_snapshot
 
@@ -189,7 +190,7 @@ def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
         write_counts = {} if create_slot_now else _write_counts(primary, tables)
     online_tables = [name for name in online if name in tables and tables[name].merge_key]
     parts, workers = _plan_reading(conn, [t for t in tables.values() if t.label not in online_tables],
-                                   settings.snapshot_workers, settings.snapshot_part_bytes)
+                                   settings)
     return CopyPlan(list(tables.values()), load_type_catalog(conn), slot is None, write_counts,
                     online_tables, parts, workers, failover)
 
@@ -231,14 +232,16 @@ def _write_counts(primary, tables: Dict[str, TableInfo]) -> Dict[int, Dict[str, 
     return updated_or_deleted_rows(primary, [table.oid for table in keyless]) if keyless else {}
 
 
-def _plan_reading(conn, tables: List[TableInfo], workers: Optional[int], part_bytes: int
+def _plan_reading(conn, tables: List[TableInfo], settings: Settings
                   ) -> Tuple[List[CopyPart], int]:
-    """The parts the copy reads and the number of connections reading them (`workers`, or a
-    default from the tables' sizes)."""
+    """The parts the copy reads and the number of connections reading them (`snapshot_workers`,
+    or a default from the tables' sizes). dlt's sql_database reads whole tables, one at a time."""
     sizes = table_sizes(conn, tables) if tables else {}
-    workers = workers or default_workers(sizes)
-    parts = plan_parts(tables, sizes, workers, ctid_ranges=conn.server_version >= 140000,
-                       part_blocks=max(1, part_bytes // BLOCK_BYTES))
+    by_copy = settings.snapshot_reader == "copy"
+    workers = (settings.snapshot_workers or default_workers(sizes)) if by_copy else 1
+    parts = plan_parts(tables, sizes, workers,
+                       ctid_ranges=by_copy and conn.server_version >= 140000,
+                       part_blocks=max(1, settings.snapshot_part_bytes // BLOCK_BYTES))
     return parts, max(1, min(workers, len(parts)))
 
 
@@ -247,11 +250,13 @@ def copy_source(*, settings: Settings, plan: CopyPlan,
     """A `pg_replication` source whose one resource copies the planned tables inside a snapshot
     exported at a slot's consistent point, and records their hand-off (handoff.py) in the source
     state, with the rows updated or deleted before it of the insert-only ones."""
-    readers, handoff_lsn = _open_snapshot_readers(settings.dsn, settings.slot_name,
-                                                  plan.new_stream, settings.snapshot_max_wait,
-                                                  plan.workers, plan.failover,
-                                                  settings.primary_dsn)
+    with_sql_database = settings.snapshot_reader == "sql_database"
+    readers, handoff_lsn, exporter = _open_snapshot_readers(
+        settings.dsn, settings.slot_name, plan.new_stream, settings.snapshot_max_wait,
+        plan.workers, plan.failover, settings.primary_dsn, keep_exporter=with_sql_database)
     copy = _Copy(readers, plan, handoff_lsn, settings, include_columns, columns)
+    if exporter is not None:
+        copy.read_with_sql_database(exporter)
     # Each table carries its own `replace` hint. The resource itself must not be `replace`: dlt
     # would then also truncate every other table this resource loaded before (a later
     # `snapshot --tables b` would empty table a).
@@ -264,12 +269,15 @@ def copy_source(*, settings: Settings, plan: CopyPlan,
 
 def _open_snapshot_readers(dsn: str, slot_name: str, new_stream: bool,
                            max_wait: Optional[float] = None, count: int = 1,
-                           failover: bool = False, primary_dsn: Optional[str] = None):
-    """`count` connections inside one exported snapshot, and that snapshot's hand-off LSN.
+                           failover: bool = False, primary_dsn: Optional[str] = None,
+                           keep_exporter: bool = False):
+    """`count` connections inside one exported snapshot, that snapshot's hand-off LSN, and the
+    exporting connection with `keep_exporter` (else None).
 
     With `new_stream` the pipeline's slot is created here and exports it; otherwise a temporary
     slot does. The snapshot is imported before the exporting connection closes (which also drops a
-    temporary slot): the importing transactions keep it alive.
+    temporary slot): the importing transactions keep it alive. Kept open, the exporter lets other
+    connections import the snapshot later (`ExportedSnapshot`: sql_reader.py).
     """
     readers: List[Any] = []
     try:
@@ -281,9 +289,13 @@ def _open_snapshot_readers(dsn: str, slot_name: str, new_stream: bool,
         try:
             for reader in readers:
                 begin_snapshot_transaction(reader, snapshot_name)
-        finally:
+        except BaseException:
             exporter.close()
-        return readers, handoff_lsn
+            raise
+        if not keep_exporter:
+            exporter.close()
+            return readers, handoff_lsn, None
+        return readers, handoff_lsn, ExportedSnapshot(exporter, snapshot_name)
     except Exception:
         for reader in readers:
             reader.close()
@@ -300,6 +312,16 @@ class _Copy:
         self.readers, self.plan, self.handoff_lsn = readers, plan, handoff_lsn
         self.settings, self.include_columns, self.columns = settings, include_columns, columns
         self.marker = delete_marker(settings.deletes)
+        self.exported: Optional[ExportedSnapshot] = None
+        self.sql_reader: Optional[SqlDatabaseReader] = None
+
+    def read_with_sql_database(self, exported: "ExportedSnapshot") -> None:
+        """Reads the tables with dlt's sql_database (sql_reader.py) in the exported snapshot,
+        which stays importable until the copy ends."""
+        self.exported = exported
+        settings = self.settings
+        self.sql_reader = SqlDatabaseReader(settings.dsn, exported.name, self.readers[0],
+                                            settings.sql_database_backend)
 
     def rows(self) -> Iterator[Any]:
         try:
@@ -324,6 +346,10 @@ class _Copy:
                     record(table, online=True)
             yield from self._read_parts(lambda table: record(table, online=False))
         finally:
+            if self.sql_reader is not None:
+                self.sql_reader.close()
+            if self.exported is not None:
+                self.exported.close()
             for reader in self.readers:
                 reader.close()
 
@@ -349,6 +375,8 @@ class _Copy:
 
     def _read_part(self, conn, part: CopyPart) -> Iterator[pa.Table]:
         kinds = column_kinds(part.table, self.plan.types)
+        if self.sql_reader is not None:  # whole tables (the plan has no CTID ranges then)
+            return self.sql_reader.read_table(part.table, kinds, self.handoff_lsn, self.marker)
         return read_table(conn, part.table, kinds, self.handoff_lsn, self.marker, part.blocks)
 
     def _output(self, table: TableInfo) -> "_TableOutput":
@@ -362,6 +390,18 @@ class _Copy:
         hints = with_delta_options(hints, self.settings.delta_options)
         hints = snapshot_hints(with_column_hints(hints, self.columns))
         return _TableOutput(hints, renames, {renames.get(n, n): kind for n, kind in kinds.items()})
+
+
+@dataclass
+class ExportedSnapshot:
+    """A snapshot exported by a replication connection kept open and idle, so that connections
+    opened later can still import it (`SET TRANSACTION SNAPSHOT name`)."""
+
+    exporter: Any
+    name: str
+
+    def close(self) -> None:
+        self.exporter.close()
 
 
 @dataclass

@@ -20,6 +20,7 @@ from .copy_workers import PART_BLOCKS
 from .exceptions import ConfigError
 from .hints import DeltaOptions
 from .slots import validate_slot_name
+from .sql_reader import check_backend
 from .names import split_table_name
 from .state import SOURCE_NAME, table_key
 
@@ -68,6 +69,10 @@ class StreamConfiguration(BaseConfiguration):
     # A table larger than two of these is read in CTID ranges of about this many bytes, in
     # parallel when there are several workers (PostgreSQL 14+).
     snapshot_part_bytes: int = PART_BLOCKS * 8192
+    # What reads the consistent copy: "copy" (COPY TO STDOUT, the fastest) or "sql_database"
+    # (dlt's sql_database in the same snapshot, sql_reader.py) with one of its backends.
+    snapshot_reader: str = "copy"
+    sql_database_backend: str = "pyarrow"
     # An online copy's chunk (chunks.py): at most this many rows, and about this many bytes of
     # text (the row count follows the bytes per row of the table's previous chunk).
     online_chunk_rows: int = 200_000
@@ -183,6 +188,10 @@ def checked(settings: PgReplicationConfiguration) -> PgReplicationConfiguration:
         raise ConfigError(f"invalid deletes {settings.deletes!r}: use \"hard\" or \"soft\"")
     _check_positive(settings)
     _check_filters(settings)
+    if settings.snapshot_reader not in ("copy", "sql_database"):
+        raise ConfigError(f"invalid snapshot_reader {settings.snapshot_reader!r}: use \"copy\" "
+                          "or \"sql_database\"")
+    check_backend(settings.sql_database_backend)
     if settings.merge_strategy not in (None, "", "delete-insert", "upsert"):
         raise ConfigError(f"invalid merge_strategy {settings.merge_strategy!r}: use "
                           "\"delete-insert\" or \"upsert\" (default: by destination)")

@@ -46,24 +46,24 @@ def _copy_sql(table: TableInfo, blocks: Optional[BlockRange] = None) -> sql.Comp
     # no rows itself and must be read with its partitions.
     only = sql.SQL("") if table.is_partitioned else sql.SQL("ONLY ")
     columns = _row_marker_and(c.name for c in table.columns)
-    conditions = _row_filter(table)
+    conditions = row_filter_conditions(table)
     if blocks is not None:  # a TID range scan (PostgreSQL 14+) reads only these blocks
         first, end = blocks
         conditions.append(sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({first},0)")))
         if end is not None:
             conditions.append(sql.SQL("ctid < {}::tid").format(sql.Literal(f"({end},0)")))
     return sql.SQL("COPY (SELECT {} FROM {}{}{}) TO STDOUT (FORMAT csv)").format(
-        columns, only, sql.Identifier(table.schema, table.name), _where(conditions)
+        columns, only, sql.Identifier(table.schema, table.name), where_clause(conditions)
     )
 
 
-def _row_filter(table: TableInfo) -> List[sql.Composable]:
+def row_filter_conditions(table: TableInfo) -> List[sql.Composable]:
     """The publication's row filter as a condition of the copy (filters.py): the copy holds the
     rows the stream's filter lets through."""
     return [sql.SQL("({})").format(sql.SQL(table.row_filter))] if table.row_filter else []
 
 
-def _where(conditions: List[sql.Composable]) -> sql.Composable:
+def where_clause(conditions: List[sql.Composable]) -> sql.Composable:
     if not conditions:
         return sql.SQL("")
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
@@ -94,15 +94,21 @@ def read_table(
     names = [c.name for c in table.columns]
     copy_sql = _copy_sql(table, blocks).as_string(conn)
     for batch in _copy_csv_batches(conn, copy_sql, names):
-        rows = batch.num_rows
-        refuse_inexact_keys(table.name, [(name, batch.column(names.index(name)), kinds[name])
-                                         for name in table.merge_key])
-        arrays: List[pa.Array] = [text_to_arrow(batch.column(i), kinds[name])
-                                  for i, name in enumerate(names)]
-        arrays += copied_row_meta(rows, lsn, deleted_column)
-        yield pa.Table.from_arrays(arrays, names=names + [LSN_COLUMN, CHANGE_LSN_COLUMN,
-                                                          COMMIT_TS_COLUMN, deleted_column])
+        yield typed_batch(table, names, batch, kinds, lsn, deleted_column)
     release_freed_memory()
+
+
+def typed_batch(table: TableInfo, names: List[str], batch: pa.Table,
+                kinds: Dict[str, ColumnKind], lsn: int, deleted_column: str) -> pa.Table:
+    """Rows read as PostgreSQL's text (one string column per name) as their destination types,
+    with the `_pg_*` columns of copied rows (whichever reader read them: sql_reader.py too)."""
+    refuse_inexact_keys(table.label, [(name, batch.column(names.index(name)), kinds[name])
+                                      for name in table.merge_key])
+    arrays: List[pa.Array] = [text_to_arrow(batch.column(i), kinds[name])
+                              for i, name in enumerate(names)]
+    arrays += copied_row_meta(batch.num_rows, lsn, deleted_column)
+    return pa.Table.from_arrays(arrays, names=names + [LSN_COLUMN, CHANGE_LSN_COLUMN,
+                                                       COMMIT_TS_COLUMN, deleted_column])
 
 
 def read_key_range(conn, table: TableInfo, names: List[str], after: Optional[List[str]],
@@ -111,11 +117,11 @@ def read_key_range(conn, table: TableInfo, names: List[str], after: Optional[Lis
     the key columns; None: from the start), every column as PostgreSQL's text, as one Arrow table
     of strings (an online copy's chunk, chunks.py). Runs in the caller's transaction."""
     key = sql.SQL(", ").join(sql.Identifier(k) for k in table.merge_key)
-    conditions = _row_filter(table)
+    conditions = row_filter_conditions(table)
     if after is not None:  # a row comparison: the key's btree index finds where to start
         conditions.append(sql.SQL("({}) > ({})").format(
             key, sql.SQL(", ").join(sql.Literal(value) for value in after)))
-    after_key = _where(conditions)
+    after_key = where_clause(conditions)
     only = sql.SQL("") if table.is_partitioned else sql.SQL("ONLY ")  # as _copy_sql
     query = sql.SQL("COPY (SELECT {} FROM {}{}{} ORDER BY {} LIMIT {}) TO STDOUT (FORMAT csv)"
                     ).format(_row_marker_and(names), only,

@@ -47,7 +47,19 @@ def test_defaults_are_the_documented_ones(tmp_path):
         "target_load_bytes": None, "merge_strategy": None, "delta_table_properties": None,
         "change_data_feed": False, "cluster_by_key": False, "snapshot_max_wait": None,
         "snapshot_workers": None, "snapshot_part_bytes": 64 << 20, "online_chunk_rows": 200000,
-        "online_chunk_bytes": 32 << 20, "flush_slot": True}
+        "online_chunk_bytes": 32 << 20, "flush_slot": True, "schema_names": ["public"],
+        "exclude_columns": None, "row_filters": None, "failover": None,
+        "primary_credentials": None, "snapshot_reader": "copy", "sql_database_backend": "pyarrow"}
+
+
+def test_schema_names_and_filters_from_the_environment(tmp_path):
+    env = {**URL, "SOURCES__PG_REPLICATION__SCHEMA_NAMES": '["sales", "public"]',
+           "SOURCES__PG_REPLICATION__EXCLUDE_COLUMNS": '{"people": ["ssn"], "sales.x": "a,b"}',
+           "SOURCES__PG_REPLICATION__ROW_FILTERS": '{"public.people": "id < 5"}'}
+    settings = resolve(tmp_path, env=env)
+    assert (settings["schema_names"], settings["schema_name"]) == (["sales", "public"], "sales")
+    assert settings["exclude_columns"] == {"people": ["ssn"], "sales.x": ["a", "b"]}
+    assert settings["row_filters"] == {"public.people": "id < 5"}
 
 
 def test_environment_toml_and_given_values_in_that_order(tmp_path):
