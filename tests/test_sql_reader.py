@@ -40,7 +40,9 @@ def _two_projects(tmp_path: Path, source_url: str):
     return Project(tmp_path / "a", source_url), Project(tmp_path / "b", source_url)
 
 
-@pytest.mark.parametrize("backend", ["pyarrow", "sqlalchemy", "pandas"])
+# The other backends in `make test-matrix`: the same conversion, slower readers.
+@pytest.mark.parametrize("backend", ["pyarrow", pytest.param("sqlalchemy", marks=pytest.mark.matrix),
+                                     pytest.param("pandas", marks=pytest.mark.matrix)])
 def test_type_matrix_lands_the_same_with_either_reader(source, source_url, tmp_path, backend):
     run_sql(source, ALL_TYPES, VALUES.format(id=1, nulls_id=2, special_id=3))
     by_copy, by_dlt = _two_projects(tmp_path, source_url)
