@@ -21,7 +21,7 @@ class TableBatch:
     data: pa.Table
     replace: bool = False  # the truncate of a table: load it as an empty replace
     xid: Optional[int] = None  # a truncate's transaction (ddl._check_leaves)
-    key: str = ""  # a truncate's source table (state.table_key), and as users write it
+    key: str = ""  # the source table (state.table_key), and as users write it (names.py)
     label: str = ""
 
 
@@ -48,7 +48,8 @@ class ArrowBuilder:
         arrays.append(pa.array(commit_ts, pa.int64()).cast(META_ARROW_TYPES[COMMIT_TS_COLUMN]))
         arrays.append(self._delete_markers(commit_ts, deleted))
         data = pa.Table.from_arrays(arrays, names=state.output_names + self.meta_names)
-        return TableBatch(state.hints["table_name"], state.hints, data)
+        return TableBatch(state.hints["table_name"], state.hints, data, key=state.table_key,
+                          label=state.label)
 
     def copied_batch(self, state: RelationBuffer, strings: pa.Table, lsn: int) -> TableBatch:
         """Rows read from the table (an online copy's chunk: every column as PostgreSQL's text,
@@ -60,7 +61,8 @@ class ArrowBuilder:
         arrays = [text_to_arrow(column, kind) for column, kind in zip(columns, state.kinds)]
         arrays += copied_row_meta(strings.num_rows, lsn, self.meta_names[-1])
         data = pa.Table.from_arrays(arrays, names=state.output_names + self.meta_names)
-        return TableBatch(state.hints["table_name"], state.hints, data)
+        return TableBatch(state.hints["table_name"], state.hints, data, key=state.table_key,
+                          label=state.label)
 
     def _delete_markers(self, commit_ts: Sequence[int], deleted: Sequence[bool]) -> pa.Array:
         """Hard deletes: True on deleted rows; soft deletes: when the row was deleted."""

@@ -20,7 +20,7 @@ from .ddl import read_catalog, read_leaves, shape_of
 from .dlt_compat import destination_identifier, destination_table_identifier, make_source
 from .exceptions import ConfigError, SourceNotReadyError
 from .failover import align_failover, wanted_failover
-from .filters import published_record, with_filters
+from .filters import published_filters, published_record, with_filters
 from .hints import (META_ARROW_TYPES, RESERVED_COLUMNS, delete_marker, existing_destination_column,
                     mark_batch, name_collisions, output_column_names, snapshot_hints, table_hints,
                     with_column_hints, with_delta_options)
@@ -53,12 +53,12 @@ def select_tables(conn, settings: Settings) -> Dict[str, TableInfo]:
     pairs = [pair for pair in pairs if pair not in skipped]
     if not pairs:
         raise ConfigError(f"no tables to replicate in schema {', '.join(settings.schema_names)}")
-    _refuse_unknown_filtered_tables(conn, settings)
+    refuse_unknown_filtered_tables(conn, settings)
     return with_filters(describe_schema_tables(conn, pairs, settings.schema_name),
                         conn.server_version, settings.table_filters)
 
 
-def _refuse_unknown_filtered_tables(conn, settings: Settings) -> None:
+def refuse_unknown_filtered_tables(conn, settings: Settings) -> None:
     """A table named in exclude_columns or row_filters that is not a table of the schemas (a
     typo would let a column leave the source that was meant to stay)."""
     known = set(list_schema_tables(conn, settings.schema_names))
@@ -187,7 +187,7 @@ def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
                 create_slot(conn, settings.slot_name, failover)
         # Read before the slot's consistent point: every UPDATE or DELETE after it counts (only
         # a copy records them).
-        write_counts = {} if create_slot_now else _write_counts(primary, tables)
+        write_counts = {} if create_slot_now else _write_counts(conn, primary, tables)
     online_tables = [name for name in online if name in tables and tables[name].merge_key]
     parts, workers = _plan_reading(conn, [t for t in tables.values() if t.label not in online_tables],
                                    settings)
@@ -200,6 +200,12 @@ def _publish(conn, primary, settings: Settings, tables: List[TableInfo], reset: 
     a standby without `primary_credentials` needs them published already."""
     if primary is None:
         missing = unpublished_tables(conn, settings.pub_name, tables)
+        # An admin's column list is checked by name; a row filter cannot be compared with the
+        # configured one, so the pipeline must set it itself, on the primary.
+        published = published_filters(conn, [settings.pub_name,
+                                             settings.pub_name + INSERT_ONLY_SUFFIX])
+        missing += [t for t in tables if t not in missing and (t.row_filter or (
+            published.get((t.schema, t.name), (None,))[0] or None) != t.column_list)]
         if reset:
             raise SourceNotReadyError("the source is a standby (read-only), where the "
                                       "publications cannot be made again: set "
@@ -207,8 +213,9 @@ def _publish(conn, primary, settings: Settings, tables: List[TableInfo], reset: 
         if missing:
             raise SourceNotReadyError(
                 f"the source is a standby (read-only), and publication {settings.pub_name!r} "
-                f"does not cover {', '.join(t.label for t in missing)}: set primary_credentials "
-                "to the primary, or have an admin run on the primary: "
+                f"does not publish {', '.join(t.label for t in missing)} as configured (the "
+                "table, its column list; a row filter only the pipeline can set): set "
+                "primary_credentials to the primary, or have an admin run on the primary: "
                 f"{'; '.join(publication_statements(conn, settings.pub_name, missing))}")
         return
     if reset:
@@ -219,17 +226,26 @@ def _publish(conn, primary, settings: Settings, tables: List[TableInfo], reset: 
                                   "primary in time: is it streaming? (run the command again)")
 
 
-def _write_counts(primary, tables: Dict[str, TableInfo]) -> Dict[int, Dict[str, Any]]:
+def _write_counts(conn, primary, tables: Dict[str, TableInfo]) -> Dict[int, Dict[str, Any]]:
     """The UPDATE and DELETE counts of the tables without a key (insert_only.py), from the
-    primary: a standby's statistics do not count the primary's writes."""
+    primary: a standby's statistics do not count the primary's writes. They must be read before
+    the copy's consistent point: on a standby, which replays behind the primary, the slot is
+    created only once the standby has replayed past the moment they were read."""
     keyless = [table for table in tables.values() if not table.merge_key]
-    if keyless and primary is None:
+    if not keyless:
+        return {}
+    if primary is None:
         raise SourceNotReadyError(
             f"{', '.join(t.label for t in keyless)}: a table without a key takes only inserts "
             "through the stream, and its updates and deletes are found in the primary's "
             "statistics, which a standby does not have: set primary_credentials to the primary, "
             "or leave the table out (`--tables`)")
-    return updated_or_deleted_rows(primary, [table.oid for table in keyless]) if keyless else {}
+    counts = updated_or_deleted_rows(primary, [table.oid for table in keyless])
+    if primary is not conn and not wait_for_replay(conn, current_wal_lsn(primary)):
+        raise SourceNotReadyError("the standby did not replay the primary's WAL in time (the "
+                                  "copy must start after the counts it records): is it "
+                                  "streaming? (run the command again)")
+    return counts
 
 
 def _plan_reading(conn, tables: List[TableInfo], settings: Settings

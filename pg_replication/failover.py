@@ -17,7 +17,8 @@ from psycopg2 import sql
 
 from .connect import connect, describe_pg_error
 from .exceptions import SourceNotReadyError
-from .slots import get_slot
+from .slots import get_slot, wait_until_inactive
+from .standby import is_standby
 
 FAILOVER_SINCE = 170000  # server_version
 
@@ -33,6 +34,13 @@ def wanted_failover(conn, setting: Optional[bool]) -> bool:
             raise SourceNotReadyError(
                 f"failover = true needs PostgreSQL 17 or later (the server is "
                 f"{conn.server_version // 10000}): set failover = false, or leave it unset")
+        return False
+    if is_standby(conn):  # a slot created on a standby cannot be a failover slot
+        if setting:
+            raise SourceNotReadyError(
+                "failover = true: the source is a standby, where a slot cannot be a failover "
+                "slot (PostgreSQL synchronizes failover slots from the primary): set failover = "
+                "false, or point the source at the primary")
         return False
     if setting is not None:
         return setting
@@ -60,6 +68,7 @@ def align_failover(conn, dsn: str, slot_name: str, setting: Optional[bool]) -> N
         return
     if setting is None and not wanted:
         return  # the default never turns off what someone turned on
+    wait_until_inactive(conn, slot_name)  # the previous run's walsender may still be exiting
     replication = connect(dsn, replication=True)
     try:
         with replication.cursor() as cur:
@@ -79,6 +88,19 @@ SELECT name, s.slot_type, s.active, s.wal_status
 FROM unnest(string_to_array(current_setting('synchronized_standby_slots', true), ',')) AS name
 LEFT JOIN pg_replication_slots s ON s.slot_name = btrim(name)
 """
+
+
+def unguarded_failover_problem(conn, slot_name: str) -> Optional[str]:
+    """A failover slot on a server whose `synchronized_standby_slots` names no standby: the
+    pipeline may load transactions a standby has not received, which a promotion then loses on
+    the source side while the destination keeps them. Reported by `status` (a monitor alerts)."""
+    slot = get_slot(conn, slot_name)
+    if slot is None or not slot.failover or standby_configured(conn):
+        return None
+    return (f"slot {slot_name!r} is a failover slot, but synchronized_standby_slots names no "
+            "standby: after a promotion the destination may hold transactions the new primary "
+            "does not have; have an admin set synchronized_standby_slots to the standby's "
+            "physical slot")
 
 
 def standby_wait_problem(conn, slot_name: str) -> Optional[str]:

@@ -139,6 +139,23 @@ def refuse_rejected_writes(conn, pub_name: str, tables: Sequence[TableInfo]) -> 
                 "IDENTITY FULL")
 
 
+def rejected_writes(conn, table: TableInfo, published: Published) -> Optional[str]:
+    """Why PostgreSQL would now reject the application's UPDATE and DELETE on a table of the
+    publication of updates and deletes (its column list leaves out a column of the replica
+    identity, or its row filter uses another column: after an ALTER TABLE changed the key or the
+    replica identity), or None. `table` as the catalog describes it (no filters applied)."""
+    columns, _, tree = published.get((table.schema, table.name), (None, None, None))
+    identity = ([c.name for c in table.columns] if table.replica_identity == "f"
+                else table.merge_key)
+    if columns is not None and not set(identity) <= set(columns):
+        return "its column list leaves out a column that now identifies its rows"
+    used = _attribute_names(conn, table, {int(n) for n in re.findall(r":varattno (\d+)",
+                                                                     tree or "")})
+    if not set(used) <= set(identity):
+        return "its row filter uses a column that no longer identifies its rows"
+    return None
+
+
 def _attribute_names(conn, table: TableInfo, attnums: Set[int]) -> List[str]:
     if not attnums:
         return []
@@ -181,6 +198,8 @@ def filter_problem(table: TableInfo, recorded: Optional[Mapping[str, Any]],
             expected is not None and sorted(columns) != sorted(expected)):
         return ("the publication's column list is not the configured one (a column added since "
                 "the copy, or changed by an admin)")
+    if table.row_filter and not recorded.get("printed"):
+        return "the publication had no row filter when the table was copied"
     if printed != (recorded.get("printed") if table.row_filter else None):
         return "the publication's row filter is not the one its copy was made with"
     return None

@@ -31,7 +31,8 @@ from .ddl import Leaves, TableCheck, check_tables
 from .dlt_compat import destination_state, existing_destination_tables, state_version
 from .exceptions import SourceNotReadyError, snapshot_command
 from .failures import essential_line
-from .filters import FILTERS_SINCE, filter_problem, published_filters, with_filters
+from .filters import (FILTERS_SINCE, filter_problem, published_filters, rejected_writes,
+                      with_filters)
 from .handoff import short_names, tables_without_copy
 from .insert_only import insert_only_problems
 from .names import destination_table
@@ -39,7 +40,7 @@ from .settings import PgReplicationConfiguration as Settings
 from .standby import primary_connection
 from .state import LoadedState
 from .slots import (INSERT_ONLY_SUFFIX, check_partition_root_publishing, ensure_publications,
-                    existing_publications, get_slot, publication_tables)
+                    existing_publications, get_slot, publication_tables, republish_whole)
 
 # The state version of the last load this machine saw complete, kept beside the pipeline's state.
 LOADED_RECORD_FILE = "last_loaded_state.json"
@@ -223,6 +224,36 @@ def release_tables_without_identity(conn, settings: Settings) -> Optional[str]:
     return (f"{problem}ed: moved to publication {settings.pub_name + INSERT_ONLY_SUFFIX}, where "
             "they work again, but those changes are not streamed: run "
             f"{snapshot_command(shown)} to copy {them} again")
+
+
+def release_rejected_filters(conn, settings: Settings) -> Optional[str]:
+    """Takes the column list and row filter off the tables whose key or replica identity changed
+    so that PostgreSQL now rejects the application's UPDATE and DELETE on them (filters.py), and
+    returns the problem line, or None. Published whole, they work again; the stream would send
+    what the copy lacks, so the table needs a new copy (filter_problems asks for it too)."""
+    if not settings.table_filters or conn.server_version < FILTERS_SINCE:
+        return None
+    published = published_filters(conn, [settings.pub_name])
+    pairs = [pair for pair in settings.table_filters if pair in published]
+    tables = describe_schema_tables(conn, pairs, settings.schema_name, strict=False)
+    found = [(table, why) for table in tables.values()
+             if (why := rejected_writes(conn, table, published))]
+    if not found:
+        return None
+    shown = [table.label for table, _ in found]
+    problem = (f"{_tables(shown)}: {'; '.join(why for _, why in found)}, so PostgreSQL rejects "
+               "the application's UPDATE and DELETE")
+    try:
+        with primary_connection(conn, settings.primary_dsn) as primary:
+            if primary is None:
+                raise SourceNotReadyError("the source is a standby, set primary_credentials")
+            republish_whole(primary, settings.pub_name, [table for table, _ in found])
+    except (psycopg2.Error, SourceNotReadyError) as e:
+        return (f"{problem}: have an admin take the column list and row filter off in "
+                f"publication {settings.pub_name} ({essential_line(e)}), then fix "
+                f"exclude_columns or row_filters and run {snapshot_command(shown)}")
+    return (f"{problem}: the publication now sends them whole, so they work again; fix "
+            f"exclude_columns or row_filters, then run {snapshot_command(shown)}")
 
 
 def check_schema_changes(conn, schema_name: str, loaded: LoadedState,

@@ -36,19 +36,21 @@ from .catalog import TableInfo, table_key, unreplicable_schema_tables
 from .changes import SegmentResult
 from .connect import connect
 from .chunks import Chunk
-from .copies import addable_tables, copy_source, prepare_copy, select_tables
+from .copies import (addable_tables, copy_source, prepare_copy, refuse_unknown_filtered_tables,
+                     select_tables)
 from .ddl import Leaves, read_leaves
 from .destinations import apply_table_format, is_local_duckdb
 from .dlt_compat import (destination_state, destination_table_identifier, make_source,
                          recreate_tables_gone_from_destination, repair_crashed_packages)
 from .exceptions import (CopyMissingError, SlotError, SlotInUseError, SourceNotReadyError,
                          mask_secrets, snapshot_command)
-from .failover import align_failover, standby_wait_problem
+from .failover import align_failover, standby_wait_problem, unguarded_failover_problem
 from .failures import essential_line, is_file_lock_conflict
 from .handoff import short_names
 from .insert_only import insert_only_problems
 from .integrity import (check_schema_changes, copy_problems, destination_lost, filter_problems,
-                        integrity_problems, loaded_state, release_tables_without_identity,
+                        integrity_problems, loaded_state, release_rejected_filters,
+                        release_tables_without_identity,
                         remember_loaded_state, required_tables, schema_change_notes,
                         tables_not_replicated)
 from .online import ChunkReader, CopyProgress, copy_progress
@@ -441,7 +443,9 @@ def _checked_start(lock, settings: Settings, pipeline: dlt.Pipeline, report: Cdc
     acquire_run_lock(lock, settings.slot_name)
     # First: without publish_via_partition_root the publication lists partitions, not tables.
     check_partition_root_publishing(lock, settings.pub_name, settings.table_filters)
-    released = release_tables_without_identity(lock, settings)
+    refuse_unknown_filtered_tables(lock, settings)  # a typo would let a column out
+    released = (release_tables_without_identity(lock, settings)
+                or release_rejected_filters(lock, settings))
     if released:
         raise CopyMissingError(released)
     remote = destination_state(pipeline)
@@ -518,8 +522,9 @@ def run_status(settings: Settings, pipeline: dlt.Pipeline,
         report = collect_status(conn, settings.slot_name, settings.pub_name, position,
                                 read_run_record(pipeline.working_dir), max_lag_mb)
         report.running_pid = run_lock_holder(conn, settings.slot_name)
-        report.problems += [held for held in [standby_wait_problem(conn, settings.slot_name)]
-                            if held]
+        report.problems += [problem for problem in (
+            standby_wait_problem(conn, settings.slot_name),
+            unguarded_failover_problem(conn, settings.slot_name)) if problem]
         if not report.running_pid:  # a running job's own packages are not left behind
             report.pending_packages = len(pending_packages(pipeline))
         # The running job holds DuckDB's file: opening it, even to read, would fail here and

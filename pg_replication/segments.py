@@ -32,7 +32,7 @@ from .handoff import NEVER, NO_COPY, HandoffRule
 from .hints import (LOAD_ID_COLUMN, DeltaOptions, existing_destination_column, mark_batch,
                     with_column_hints, with_delta_options)
 from .insert_only import insert_only_problems
-from .integrity import check_schema_changes
+from .integrity import check_schema_changes, filter_problems
 from .settings import PgReplicationConfiguration as Settings
 from .slots import (advance_slot, check_slot_usable, current_database, current_wal_lsn,
                     existing_publications, get_slot, publication_relations, publication_tables)
@@ -65,8 +65,7 @@ def changes_resource(*, settings: Settings, bounds: RunBounds = RunBounds(),
         segment.position = loaded.position
         reader = _SlotSegment(settings, bounds.started(), segment, loaded,
                                 HandoffRule(loaded.handoffs, require_copies, loaded.oids),
-                                ShapeCheck(loaded, settings.schema_name, table_shapes,
-                                           settings.primary_dsn),
+                                ShapeCheck(loaded, settings, table_shapes),
                                 include_columns, columns, chunk)
         with _checked_connection(conn, settings) as connection:
             pipeline = current_pipeline()
@@ -191,23 +190,25 @@ class ShapeCheck:
     """The table shapes a segment records and reads with (ddl.py): those a check before the run
     accepted (`cdc`), or, for the library, the result of a check made here."""
 
-    def __init__(self, loaded: LoadedState, schema_name: str,
-                 checked: Optional[Shapes], primary_dsn: Optional[str] = None) -> None:
-        self.loaded, self.schema_name, self.checked = loaded, schema_name, checked
-        self.primary_dsn = primary_dsn  # a standby source's primary (standby.py)
+    def __init__(self, loaded: LoadedState, settings: Settings,
+                 checked: Optional[Shapes]) -> None:
+        self.loaded, self.settings, self.checked = loaded, settings, checked
 
     def column_maps(self, conn) -> Dict[str, ColumnMap]:
         """Records the shapes in the source state and returns each table's ColumnMap.
 
         Raises:
             CopyMissingError: (checking here) a table changed in a way the stream cannot carry,
-                or one that takes only inserts was updated (insert_only.py).
+                one that takes only inserts was updated (insert_only.py), or its column list or
+                row filter is not the one its copy had (filters.py).
         """
         shapes = self.checked
         if shapes is None:
-            problems, checks = check_schema_changes(conn, self.schema_name, self.loaded)
-            problems += insert_only_problems(conn, self.loaded, self.loaded.handoffs,
-                                             self.schema_name, self.primary_dsn)
+            settings, copied = self.settings, list(self.loaded.handoffs)
+            problems, checks = check_schema_changes(conn, settings.schema_name, self.loaded)
+            problems += insert_only_problems(conn, self.loaded, copied, settings.schema_name,
+                                             settings.primary_dsn)
+            problems += filter_problems(conn, settings, self.loaded, copied)
             if problems:
                 raise CopyMissingError(problems[0])
             shapes = {key: check.shape for key, check in checks.items()}
@@ -284,8 +285,8 @@ def _published_tables(conn, settings: Settings, publications: List[str]) -> Dict
 def _batch_item(batch: TableBatch, sent_hints: Dict[str, int], include_columns, columns,
                 delta_options: DeltaOptions) -> Any:
     data, hints = batch.data, batch.hints
-    if include_columns and batch.table_name in include_columns:
-        keep = set(include_columns[batch.table_name]) | set(hints.get("primary_key") or [])
+    if include_columns and batch.label in include_columns:  # by table, as the copy's
+        keep = set(include_columns[batch.label]) | set(hints.get("primary_key") or [])
         keep |= {n for n in data.column_names if n.startswith("_pg_")}
         data = data.select([n for n in data.column_names if n in keep])
         hints = dict(hints, columns={k: v for k, v in hints["columns"].items() if k in keep})

@@ -230,6 +230,13 @@ def _check_filters(settings: PgReplicationConfiguration) -> None:
     for table, condition in (settings.row_filters or {}).items():
         if not isinstance(condition, str) or not condition.strip():
             raise ConfigError(f"invalid row_filters for {table!r}: use an SQL condition")
+    for key in ("exclude_columns", "row_filters"):
+        written = list(getattr(settings, key) or {})
+        pairs = [settings.source_table(name) for name in written]
+        for i, pair in enumerate(pairs):
+            if pair in pairs[:i]:  # `t` and `public.t`: one would silently win
+                raise ConfigError(f"{key} names table {'.'.join(pair)} twice "
+                                  f"({written[pairs.index(pair)]!r} and {written[i]!r})")
 
 
 def _check_positive(settings: PgReplicationConfiguration) -> None:

@@ -184,12 +184,36 @@ def ensure_publications(conn, pub_name: str, tables: Sequence[TableInfo]) -> Lis
     try:
         return _ensure_publications(conn, pub_name, tables)
     except psycopg2.errors.InsufficientPrivilege as e:
-        names = ", ".join(f"{t.schema}.{t.name}" for t in tables)
+        statements = publication_statements(conn, pub_name,
+                                            unpublished_tables(conn, pub_name, tables))
         raise SourceNotReadyError(
             f"cannot create or change publication {pub_name!r} ({describe_pg_error(e)}); "
-            f"have an admin run: CREATE PUBLICATION {pub_name} FOR TABLE {names} "
-            "WITH (publish_via_partition_root = true)"
-        ) from None
+            f"have an admin run: {'; '.join(statements)}") from None
+    except psycopg2.Error as e:
+        filtered = [t.label for t in tables if t.row_filter or t.excluded]
+        if not filtered:
+            raise
+        # The server checks a row filter (its syntax, its columns, only immutable functions)
+        # when the publication takes it.
+        raise ConfigError(f"the publication refused the exclude_columns or row_filters of "
+                          f"{', '.join(filtered)}: {describe_pg_error(e)}") from None
+
+
+def republish_whole(conn, pub_name: str, tables: Sequence[TableInfo]) -> None:
+    """Takes the tables out of `pub_name` and adds them back without a column list or row
+    filter, in one transaction."""
+    names = sql.SQL(", ").join(_table_identifier(t) for t in tables)
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        try:
+            cur.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+                sql.Identifier(pub_name), names))
+            cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                sql.Identifier(pub_name), names))
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
 
 
 def _publication_targets(pub_name: str, tables: Sequence[TableInfo]

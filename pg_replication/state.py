@@ -75,8 +75,8 @@ class LoadedState:
     write_counts: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     # table_key -> {"cursor", "chunks", "rows"}: the tables whose online copy is not finished
     online_copies: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    # table_key -> {"excluded": [...], "row_filter": as configured, "deparsed": as the server
-    # stores it}: the column list and row filter the copy was made with (filters.py)
+    # table_key -> {"excluded": [...], "row_filter": as configured, "printed": as the server
+    # prints it}: the column list and row filter the copy was made with (filters.py)
     published: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     @property

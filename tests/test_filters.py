@@ -100,6 +100,14 @@ def test_what_would_fail_the_applications_writes_is_refused(source, duckdb_proje
     _configure(project, excluded={"nosuch": ["a"]})
     line = one_error_line(project.run("snapshot", expect=2))
     assert "public.nosuch" in line, line
+    # cdc checks the names too: a typo added later must not let a column out unnoticed.
+    _configure(project, filters={"events": "region = 'us'"}, excluded={"event": ["payload"]})
+    line = one_error_line(project.run("cdc", expect=2))
+    assert "public.event," in line, line
+    # A condition the server refuses is one line naming the setting (nothing changed).
+    _configure(project, filters={"events": "region = "})
+    line = one_error_line(project.run("snapshot", "--tables", "events", expect=2))
+    assert "refused the exclude_columns or row_filters of events" in line, line
 
 
 def test_a_changed_configuration_or_publication_asks_for_a_copy(source, duckdb_project: Project):
@@ -124,6 +132,17 @@ def test_a_changed_configuration_or_publication_asks_for_a_copy(source, duckdb_p
     project.run("cdc")
     emails = {r["id"]: r["email"] for r in project.dest_rows("people")}
     assert emails[1] == "e" and emails[2] == "e2"
+    # The key changes under the column list (REPLICA IDENTITY FULL needs every column): the
+    # application's UPDATE fails until the next run takes the list off, and refuses.
+    run_sql(source, "ALTER TABLE people REPLICA IDENTITY FULL")
+    with pytest.raises(Exception, match="does not cover the replica identity"):
+        run_sql(source, "UPDATE people SET name = 'blocked' WHERE id = 3")
+    line = one_error_line(project.run("cdc", expect=EXIT_NO_COPY))
+    assert "now sends them whole" in line and "--tables people" in line, line
+    run_sql(source, "UPDATE people SET name = 'works again' WHERE id = 3")
+    run_sql(source, "ALTER TABLE people REPLICA IDENTITY DEFAULT")
+    project.run("snapshot", "--tables", "people")
+    project.run("cdc")
     # An admin's change of the filter is found too.
     run_sql(source, f"ALTER PUBLICATION {project.pub} SET TABLE people (id, name) WHERE (id < 5)")
     line = one_error_line(project.run("cdc", expect=EXIT_NO_COPY))

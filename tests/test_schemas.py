@@ -130,17 +130,23 @@ def test_library_takes_schema_names(source, source_url, tmp_path):
     slot, pub = "lib_slot_schemas", "lib_pub_schemas"
     pipeline = dlt.pipeline("lib_schemas", destination=dlt.destinations.duckdb(
         str(tmp_path / "lib.duckdb")), dataset_name="raw", pipelines_dir=str(tmp_path / "p"))
+    # include_columns by table as written, for the copy and the stream alike.
+    keep = {"sales.orders": ["id", "amount"]}
     copy = init_replication(slot_name=slot, pub_name=pub, schema_names=["public", "sales"],
                             table_names=["orders", "sales.orders"], credentials=source_url,
-                            persist_snapshots=True)
+                            persist_snapshots=True, include_columns=keep)
     pipeline.run(copy)
     run_sql(source, "INSERT INTO sales.orders VALUES (500, 1, 'lib')")
     pipeline.run(pg_replication(credentials=source_url, slot_name=slot, pub_name=pub,
-                                schema_names=["public", "sales"]))
+                                schema_names=["public", "sales"], include_columns=keep))
     with pipeline.sql_client() as client:
         rows = client.execute_sql("SELECT count(*) FROM sales__orders WHERE id = 500")
         assert rows[0][0] == 1
         assert client.execute_sql("SELECT count(*) FROM orders")[0][0] == 30
+        columns = [row[0] for row in client.execute_sql(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'sales__orders'")]
+        assert "amount" in columns and "note" not in columns, columns
     with psycopg2.connect(source_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
     conn.close()

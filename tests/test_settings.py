@@ -62,6 +62,16 @@ def test_schema_names_and_filters_from_the_environment(tmp_path):
     assert settings["row_filters"] == {"public.people": "id < 5"}
 
 
+def test_one_table_written_two_ways_in_exclude_columns_is_refused(tmp_path):
+    env = {**URL, "SOURCES__PG_REPLICATION__EXCLUDE_COLUMNS": '{"people": ["ssn"], '
+                                                             '"public.people": ["born"]}'}
+    result = subprocess.run([sys.executable, str(ROOT / "pipeline_main.py"), "--destination",
+                             "duckdb", "status"], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                                 "DLT_PROJECT_DIR": str(tmp_path), **env})
+    assert result.returncode == 2 and "names table public.people twice" in result.stderr, result
+
+
 def test_environment_toml_and_given_values_in_that_order(tmp_path):
     config = '[sources.pg_replication]\nslot_name = "from_toml"\ntable_names = ["a", "b"]\n'
     env = {**URL, "SOURCES__PG_REPLICATION__SLOT_NAME": "from_env",

@@ -130,6 +130,11 @@ def test_a_standby_without_primary_credentials(servers, tmp_path):
     _wait_replayed(conn, standby_url)
     project.run("cdc")  # reads up to the standby's replay position
     assert_table_matches(conn, project, "t")
+    # A row filter cannot be checked against an admin's: only the pipeline sets it (primary).
+    project.env["SOURCES__PG_REPLICATION__ROW_FILTERS"] = '{"t": "id < 40"}'
+    line = one_error_line(project.run("snapshot", expect=EXIT_SOURCE_NOT_READY))
+    assert "as configured" in line and "primary_credentials" in line, line
+    del project.env["SOURCES__PG_REPLICATION__ROW_FILTERS"]
     # A table without a key needs the primary's statistics.
     project.env["SOURCES__PG_REPLICATION__TABLE_NAMES"] = "t,log"
     line = one_error_line(project.run("snapshot", "--tables", "log", expect=EXIT_SOURCE_NOT_READY))

@@ -59,8 +59,11 @@ def test_failover_slot_is_created_and_changed_as_configured(failover_server, sou
     duckdb_project.env["SOURCES__PG_REPLICATION__FAILOVER"] = "true"
     duckdb_project.run("snapshot")
     assert _slot_failover(source, duckdb_project.slot) is True
-    assert json.loads(duckdb_project.run("status", "--json").stdout)["failover"] is True
-    assert re.search(r"^failover +yes$", duckdb_project.run("status").stdout, re.M)
+    status = json.loads(duckdb_project.run("status", "--json", expect=9).stdout)
+    assert status["failover"] is True
+    # No standby guards it (synchronized_standby_slots is empty): status alerts.
+    assert any("synchronized_standby_slots names no standby" in p for p in status["problems"])
+    assert re.search(r"^failover +yes$", duckdb_project.run("status", expect=9).stdout, re.M)
     run_sql(source, "UPDATE t SET v = 'x' WHERE id = 1")
     duckdb_project.run("cdc")
     assert_table_matches(source, duckdb_project, "t")
@@ -115,3 +118,40 @@ def test_failover_default_follows_the_standby_configuration(failover_server, sou
     del duckdb_project.env["SOURCES__PG_REPLICATION__FAILOVER"]
     duckdb_project.run("cdc")
     assert _slot_failover(source, duckdb_project.slot) is False
+
+
+def test_a_slot_on_a_standby_is_never_a_failover_slot(source, tmp_path):
+    """A standby's own synchronized_standby_slots (copied by pg_basebackup, or a symmetric HA
+    configuration) does not turn failover on there; an explicit true is refused with why."""
+    from sandbox.pg_server import PostgresCluster, find_bindir
+
+    if source.server_version < 170000:
+        pytest.skip("failover slots need PostgreSQL 17+ (make test-versions runs this on 18)")
+    primary = PostgresCluster(bindir=find_bindir()).start()
+    try:
+        conn = psycopg2.connect(primary.url)
+        conn.autocommit = True
+        run_sql(conn, "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t VALUES (1)",
+                "CREATE PUBLICATION p_failover FOR TABLE t WITH (publish_via_partition_root = true)")
+        standby = primary.start_standby(slot="phys_for_failover")
+        try:
+            standby.set_setting("synchronized_standby_slots", "phys_for_failover")
+            standby.pg_ctl("reload")
+            standby.wait_ready()
+            run_sql(conn, "SELECT pg_log_standby_snapshot()")
+            project = Project(tmp_path, standby.url)
+            project.env.update({"SOURCES__PG_REPLICATION__PUB_NAME": "p_failover",
+                                "SOURCES__PG_REPLICATION__PRIMARY_CREDENTIALS": primary.url,
+                                "SOURCES__PG_REPLICATION__FAILOVER": "true"})
+            line = one_error_line(project.run("snapshot", expect=EXIT_SOURCE_NOT_READY))
+            assert "the source is a standby" in line and "failover = false" in line, line
+            del project.env["SOURCES__PG_REPLICATION__FAILOVER"]
+            project.run("snapshot")
+            standby_conn = psycopg2.connect(standby.url)
+            assert _slot_failover(standby_conn, project.slot) is False
+            standby_conn.close()
+        finally:
+            standby.stop()
+        conn.close()
+    finally:
+        primary.stop()
