@@ -57,6 +57,9 @@ class SegmentResult:
     last_lsn: Optional[int] = None
     transactions: int = 0
     exhausted: bool = False  # the stream ended by itself: nothing more to read before the stop
+    # The stream went silent before the stop (the server still decoding past STALL_SECONDS), or
+    # ended without the rest of a transaction a load split: the run says so (jobs.py).
+    stalled: bool = False
 
     def took(self, lsn: int) -> None:
         """A change at `lsn` is in the segment."""

@@ -17,6 +17,8 @@ class RunBounds:
         stop_lsn (Optional[int]): a transaction committing after this WAL position is left for
             the next run; default: the server's position when the run starts reading.
         deadline (Optional[float]): `time.monotonic()` at which `max_seconds` are up (`started()`).
+        stop_written (bool): `stop_lsn` is a message the run wrote (a heartbeat, a watermark):
+            the server will send WAL up to it, so the stream waits for it (stream.STALL_SECONDS).
     """
 
     max_changes: Optional[int] = None
@@ -24,14 +26,17 @@ class RunBounds:
     stop_requested: Optional[Callable[[], bool]] = None
     stop_lsn: Optional[int] = None
     deadline: Optional[float] = None
+    stop_written: bool = False
 
-    def started(self, stop_lsn: Optional[int] = None) -> "RunBounds":
+    def started(self, stop_lsn: Optional[int] = None, stop_written: bool = False) -> "RunBounds":
         """The bounds from now on: `max_seconds` become a deadline (once: a run of several
         segments keeps the first), and the stop position is fixed."""
         deadline = self.deadline
         if deadline is None and self.max_seconds:
             deadline = time.monotonic() + self.max_seconds
-        return replace(self, deadline=deadline, stop_lsn=stop_lsn or self.stop_lsn)
+        if stop_lsn:
+            return replace(self, deadline=deadline, stop_lsn=stop_lsn, stop_written=stop_written)
+        return replace(self, deadline=deadline)
 
     def after(self, changes: int) -> "RunBounds":
         """What is left for the next segment once `changes` were read."""

@@ -57,6 +57,7 @@ from .online import ChunkReader, CopyProgress, copy_progress
 from .names import destination_table, display_name
 from .protocol import int_to_lsn
 from .segments import changes_resource, run_stop_position
+from .stream import STALL_SECONDS
 from .settings import PgReplicationConfiguration as Settings
 from .slots import (acquire_run_lock, advance_slot, check_logical_messages,
                     check_partition_root_publishing, check_server, check_slot_usable,
@@ -334,9 +335,10 @@ def run_cdc(settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds = RunB
 def _run_cdc_on(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds,
             report: CdcReport, on_chunk: Optional[Callable[[CopyProgress], None]]) -> None:
     """A cdc run on the run's connection; then, with `on_chunk`, the online copies' chunks."""
-    shapes, expected_truncates, stop_lsn = _checked_start(lock, settings, pipeline, report)
+    shapes, expected_truncates, (stop_lsn, written) = _checked_start(lock, settings, pipeline,
+                                                                     report)
     # The bounds count from here: the checks above can take seconds on a remote destination.
-    bounds = bounds.started(stop_lsn)
+    bounds = bounds.started(stop_lsn, written)
     while True:
         segment = _load_segment(lock, settings, pipeline, bounds.after(report.total), shapes)
         _confirm_segment(lock, settings, report, segment)
@@ -356,6 +358,11 @@ def _confirm_segment(lock, settings: Settings, report: CdcReport, segment: Segme
         advance_slot(lock, settings.slot_name, segment.confirm_lsn)
         report.confirmed_lsn = segment.confirm_lsn
     _add_counts(report, segment)
+    if segment.stalled:
+        raise SourceNotReadyError(
+            f"the server sent nothing for {STALL_SECONDS:.0f} s before the run's stop position "
+            "(still decoding a large transaction, or WAL far behind the slot's restart_lsn?): "
+            "what was read is loaded and the slot confirmed that far; run cdc again")
 
 
 def _advance_online_copies(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunBounds,
@@ -415,10 +422,11 @@ def _copy_chunk(lock, reader: ChunkReader, settings: Settings, pipeline: dlt.Pip
                               loaded.online_copies[key])
     if chunk is None and not reader.gone:
         return None
-    stop = chunk.high if chunk is not None else run_stop_position(lock, settings.primary_dsn)
+    stop, written = ((chunk.high, True) if chunk is not None
+                     else run_stop_position(lock, settings.primary_dsn))
     # The window's stop is taken: the schema changes before it are checked.
     shapes, truncates = _refuse_uncarried_schema_changes(lock, settings, loaded, report, leaves)
-    window = RunBounds(stop_lsn=stop, stop_requested=bounds.stop_requested)
+    window = RunBounds(stop_lsn=stop, stop_requested=bounds.stop_requested, stop_written=written)
     ended = [] if chunk is not None else [key]
     while True:
         pending = chunk if chunk is not None and chunk.released is None else None
@@ -435,10 +443,10 @@ def _copy_chunk(lock, reader: ChunkReader, settings: Settings, pipeline: dlt.Pip
 
 
 def _checked_start(lock, settings: Settings, pipeline: dlt.Pipeline, report: CdcReport
-                   ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, int], int]:
+                   ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, int], Tuple[int, bool]]:
     """The checks before a cdc run reads (steps 1-6 of the module docstring); returns the shapes
-    to record, the TRUNCATEs expected by the stop, and
-    the stop position."""
+    to record, the TRUNCATEs expected by the stop, and the stop position (with whether it is a
+    heartbeat the run wrote: segments.run_stop_position)."""
     check_server(lock)
     acquire_run_lock(lock, settings.slot_name)
     # First: without publish_via_partition_root the publication lists partitions, not tables.
@@ -458,11 +466,11 @@ def _checked_start(lock, settings: Settings, pipeline: dlt.Pipeline, report: Cdc
     # Read before the stop is taken: a TRUNCATE that changed them is before the stop.
     leaves = read_leaves(lock, list(loaded.oids.values()))
     # Taken before the catalog is checked: every DDL the run reads up to is in that check.
-    stop_lsn = run_stop_position(lock, settings.primary_dsn)
+    stop = run_stop_position(lock, settings.primary_dsn)
     shapes, expected_truncates = _refuse_uncarried_schema_changes(lock, settings, loaded,
                                                                   report, leaves)
     report.not_replicated, report.not_replicable = _not_replicated(lock, settings)
-    return shapes, expected_truncates, stop_lsn
+    return shapes, expected_truncates, stop
 
 
 def follow_cdc(settings: Settings, pipeline: dlt.Pipeline, interval: float,
@@ -623,7 +631,7 @@ def _refuse_without_copies(conn, settings: Settings, pipeline: dlt.Pipeline,
         return
     if not loaded.anything_loaded:
         # Nothing loaded needs the slot's WAL (see the module docstring).
-        advance_slot(conn, settings.slot_name, run_stop_position(conn, settings.primary_dsn))
+        advance_slot(conn, settings.slot_name, run_stop_position(conn, settings.primary_dsn)[0])
     raise CopyMissingError(problems[0])
 
 

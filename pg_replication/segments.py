@@ -39,6 +39,7 @@ from .slots import (advance_slot, check_slot_usable, current_database, current_w
 from .snapshot import release_freed_memory
 from .state import (LoadedState, Position, end_online_copy, record_chunk, record_shapes,
                     record_truncate, save_position)
+from .protocol import int_to_lsn
 from .standby import is_standby, primary_connection, replay_lsn, wait_for_replay
 from .stream import ReplicationStream, emit_heartbeat
 
@@ -124,17 +125,19 @@ class _SlotSegment:
     def read(self, conn) -> Iterator[Any]:
         publications = existing_publications(conn, self.settings.pub_name)
         published = _published_tables(conn, self.settings, publications)
-        stop_lsn = self.bounds.stop_lsn or run_stop_position(conn, self.settings.primary_dsn)
+        stop_lsn, stop_written = self.bounds.stop_lsn, self.bounds.stop_written
+        if not stop_lsn:
+            stop_lsn, stop_written = run_stop_position(conn, self.settings.primary_dsn)
         column_maps = self.shape_check.column_maps(conn)  # after the stop is fixed (ddl.py)
         slot = _existing_slot(conn, self.settings.slot_name)  # dropped since the checks?
         streamed, deferred_until = _publications_to_stream(
             conn, publications, self.handoffs, slot.confirmed_flush_lsn or 0)
         if deferred_until is not None and deferred_until <= stop_lsn:
-            stop_lsn = deferred_until
+            stop_lsn, stop_written = deferred_until, False
         reached = True  # nothing to decode before stop_lsn
         if streamed:
             collector = self._collector(conn, published, column_maps)
-            yield from self._stream(collector, streamed, stop_lsn)
+            yield from self._stream(collector, streamed, stop_lsn, stop_written)
             reached = self._streamed_to(stop_lsn, deferred_until)
         self._finish(stop_lsn, deferred_until, reached)
 
@@ -149,11 +152,15 @@ class _SlotSegment:
                                self.limits.buffer_bytes, self.settings.schema_name)
 
     def _stream(self, collector: ChangeCollector, streamed: List[str],
-                stop_lsn: int) -> Iterator[Any]:
+                stop_lsn: int, stop_written: bool) -> Iterator[Any]:
         segment, bounds = self.segment, self.bounds
+        # The server will send WAL up to a message the run wrote, and the rest of a transaction
+        # a load split: silence then means it is still decoding, not that nothing is left.
+        pending = segment.position.partial_commit_lsn
         with ReplicationStream(self.settings.dsn, self.settings.slot_name, streamed, stop_lsn,
                                bounds.deadline, bounds.stop_was_requested,
-                               messages=self.chunk is not None) as stream:
+                               messages=self.chunk is not None,
+                               patient=stop_written or pending is not None) as stream:
             sent_hints: Dict[str, int] = {}
             for batch in read_changes(stream.messages(), collector, self.loaded.position,
                                       stop_lsn, segment, self.limits, bounds,
@@ -164,6 +171,8 @@ class _SlotSegment:
                                   self.settings.delta_options)
             if segment.exhausted and not segment.more:
                 segment.confirm_lsn = max(segment.confirm_lsn, stream.wal_end)
+            segment.stalled = stream.stalled
+        _keep_pending_transaction(segment, stream.stalled)
 
     def _streamed_to(self, stop_lsn: int, deferred_until: Optional[int]) -> bool:
         """Whether the stream was read up to the stop."""
@@ -176,6 +185,8 @@ class _SlotSegment:
 
     def _finish(self, stop_lsn: int, deferred_until: Optional[int], reached: bool) -> None:
         segment = self.segment
+        if segment.position.partial_commit_lsn is not None:
+            reached = False  # the rest of a split transaction never came: not at the stop
         if reached:
             segment.confirm_lsn = max(segment.confirm_lsn, stop_lsn)
             # A publication waited for this position: read on with it.
@@ -227,6 +238,27 @@ class ShapeCheck:
                 carried.append(xid)
 
 
+def _keep_pending_transaction(segment: SegmentResult, stalled: bool) -> None:
+    """A transaction a load split (the position holds its first changes) must be decoded
+    again: the slot is never confirmed up to its commit until all of it is loaded, whatever the
+    stream said it had sent (confirming past it would make the server skip it for good).
+
+    Raises:
+        CopyMissingError: The stream went past the transaction without sending the rest of it:
+            the slot was confirmed past it by something else, and the rest is gone.
+    """
+    pending = segment.position.partial_commit_lsn
+    if pending is None or segment.confirm_lsn < pending or segment.more:
+        return
+    if not stalled:
+        raise CopyMissingError(
+            f"the transaction committed at {int_to_lsn(pending)} was loaded in part "
+            f"({segment.position.partial_changes} changes), and the slot no longer sends the "
+            "rest (it was confirmed past it by something else): the destination lacks those "
+            "changes; run `snapshot` to copy the tables again")
+    segment.confirm_lsn = min(segment.confirm_lsn, segment.position.lsn, pending - 1)
+
+
 def _publications_to_stream(conn, publications: List[str], handoffs: HandoffRule,
                             start_lsn: int) -> Tuple[List[str], Optional[int]]:
     """The publications to decode from `start_lsn`, and the position from which the others are
@@ -259,19 +291,21 @@ def _in_schemas(schema_names: Sequence[str], applies_from):
     return rule
 
 
-def run_stop_position(conn, primary_dsn: Optional[str] = None) -> int:
-    """Where a run stops reading: a heartbeat written now (so an idle slot has a position to
-    reach), or the WAL insert position when the role may not write one. On a standby the
-    heartbeat is written on the primary (`primary_dsn`) and awaited; without one, or when the
-    standby does not replay it in time, the standby's replay position (standby.py)."""
+def run_stop_position(conn, primary_dsn: Optional[str] = None) -> Tuple[int, bool]:
+    """Where a run stops reading, and whether it is a message written now: a heartbeat (so an
+    idle slot has a position to reach, and the stream knows the server will send WAL up to it),
+    or the WAL insert position when the role may not write one. On a standby the heartbeat is
+    written on the primary (`primary_dsn`) and awaited; without one, or when the standby does
+    not replay it in time, the standby's replay position (standby.py)."""
     if not is_standby(conn):
-        return emit_heartbeat(conn) or current_wal_lsn(conn)
+        heartbeat = emit_heartbeat(conn)
+        return (heartbeat, True) if heartbeat else (current_wal_lsn(conn), False)
     if primary_dsn:
         with primary_connection(conn, primary_dsn) as primary:
             heartbeat = emit_heartbeat(primary)
         if heartbeat and wait_for_replay(conn, heartbeat):
-            return heartbeat
-    return replay_lsn(conn)
+            return heartbeat, True
+    return replay_lsn(conn), False
 
 
 def _published_tables(conn, settings: Settings, publications: List[str]) -> Dict[str, TableInfo]:

@@ -22,6 +22,11 @@ _BEGIN, _COMMIT, _STREAM_START, _STREAM_STOP = b"BCSE"
 # With nothing arriving and the server's sent position not moving for this long, the slot has
 # nothing more for us: the stop position may sit in a page header the decoder never "reaches".
 IDLE_SECONDS = 1.5
+# With a stop position the server is known to send (a message the run wrote, or the rest of a
+# transaction a load split), silence means it is still decoding: a large transaction decoded
+# again from the slot's restart_lsn, or WAL far behind it. Waited for this long before the run
+# gives up and says so (the idle cut-off above would end it quietly short of the stop).
+STALL_SECONDS = 120.0
 # How long a slot may stay "active" after our own previous connection to it closed.
 SLOT_RELEASE_SECONDS = 5.0
 
@@ -39,13 +44,18 @@ class ReplicationStream:
         stop_requested: Returns True to stop at the next transaction boundary (SIGTERM).
         messages (bool): Also send the logical messages written with pg_logical_emit_message
             (PostgreSQL 14+): the watermarks of an online copy (chunks.py).
+        patient (bool): The server will send WAL up to `stop_lsn`: wait STALL_SECONDS of silence
+            (then `stalled` is set) rather than IDLE_SECONDS.
     """
 
     def __init__(self, dsn: str, slot_name: str, publication_names: Sequence[str], stop_lsn: int,
                  deadline: Optional[float] = None,
                  stop_requested: Callable[[], bool] = lambda: False,
-                 messages: bool = False) -> None:
+                 messages: bool = False, patient: bool = False) -> None:
         self.dsn = dsn
+        self.idle_seconds = STALL_SECONDS if patient else IDLE_SECONDS
+        self.patient = patient
+        self.stalled = False  # went silent for idle_seconds before reaching stop_lsn
         self.with_logical_messages = messages  # the online copy's watermarks
         self.slot_name = slot_name
         self.publication_names = list(publication_names)
@@ -152,7 +162,10 @@ class ReplicationStream:
             return True
         if self.stop_requested():
             return True
-        return now - last_progress >= IDLE_SECONDS
+        if now - last_progress >= self.idle_seconds:
+            self.stalled = self.patient
+            return True
+        return False
 
 
 def emit_heartbeat(conn) -> Optional[int]:

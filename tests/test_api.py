@@ -177,3 +177,28 @@ def test_destination_gives_a_library_pipeline_the_own_merge(source, source_url, 
     with duckdb.connect(str(tmp_path / "api.duckdb"), read_only=True) as con:
         assert con.execute("SELECT id, v FROM api_data.t").fetchall() == [(1, "new")]
     assert pipeline.default_schema.tables["t"]["x-merge-strategy"] == "upsert"
+
+
+def test_a_split_transaction_whose_rest_the_slot_skipped_is_refused(source, source_url, tmp_path):
+    """A load ends inside a large transaction (target_load_bytes); if the slot is then confirmed
+    past it by something else, the server never sends the rest: the next read must refuse, not
+    confirm past the transaction and report success with part of it missing."""
+    import pytest
+
+    run_sql(source, "CREATE TABLE big (id int PRIMARY KEY, pad text)")
+    pipeline = _duckdb_pipeline("api_split", tmp_path)
+    pipeline.run(init_replication("split_slot", "split_pub", "public", ["big"],
+                                  credentials=source_url, persist_snapshots=True))
+
+    def changes():
+        return pg_replication(credentials=source_url, slot_name="split_slot",
+                              pub_name="split_pub", target_load_bytes=200_000)
+
+    run_sql(source, "INSERT INTO big SELECT g, repeat('x', 300) FROM generate_series(1, 5000) g")
+    pipeline.run(changes())  # the first part of the transaction only
+    with duckdb.connect(str(tmp_path / "api.duckdb"), read_only=True) as con:
+        loaded = con.execute("SELECT count(*) FROM api_data.big").fetchone()[0]
+    assert 0 < loaded < 5000
+    run_sql(source, "SELECT pg_replication_slot_advance('split_slot', pg_current_wal_lsn())")
+    with pytest.raises(Exception, match="loaded in part"):
+        pipeline.run(changes())
