@@ -169,7 +169,12 @@ def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
     copy follows); otherwise the copy creates it with its exported snapshot. The keyed tables
     named in `online` are to be copied online; the others are copied whole."""
     refuse_colliding_names(tables.values(), published_tables(conn, settings))
-    check_partition_root_publishing(conn, settings.pub_name, settings.table_filters)
+    # The tables copied now are published again with the configured list and filter (or
+    # none): whatever their publication has is replaced, not refused.
+    check_partition_root_publishing(
+        conn, settings.pub_name,
+        {*settings.table_filters, *((t.schema, t.name) for t in tables.values())},
+        settings.schema_name)
     if reset:
         drop_slot(conn, settings.slot_name)
     with primary_connection(conn, settings.primary_dsn) as primary:

@@ -293,7 +293,8 @@ def schema_change_notes(checks: Dict[str, TableCheck], schema: str) -> List[str]
 def integrity_problems(conn, settings: Settings, pipeline: dlt.Pipeline) -> List[str]:
     """Every problem, for `status` and `verify` (which load nothing)."""
     try:  # before anything reads the publication: without it, it lists partitions
-        check_partition_root_publishing(conn, settings.pub_name, settings.table_filters)
+        check_partition_root_publishing(conn, settings.pub_name, settings.table_filters,
+                                        settings.schema_name)
     except SourceNotReadyError as e:
         return [str(e)]
     remote = destination_state(pipeline)
@@ -328,7 +329,7 @@ def filter_problems(conn, settings: Settings, loaded: LoadedState,
     if not found:
         return []
     names = [label for label, _ in found]
-    return [f"{_tables(names)}: {'; '.join(problem for _, problem in found)}: run "
+    return [f"{'; '.join(f'{label}: {problem}' for label, problem in found)}: run "
             f"{snapshot_command(names)} to copy {'it' if len(names) == 1 else 'them'} with the "
             "columns and rows the stream sends now"]
 

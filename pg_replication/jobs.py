@@ -450,7 +450,8 @@ def _checked_start(lock, settings: Settings, pipeline: dlt.Pipeline, report: Cdc
     check_server(lock)
     acquire_run_lock(lock, settings.slot_name)
     # First: without publish_via_partition_root the publication lists partitions, not tables.
-    check_partition_root_publishing(lock, settings.pub_name, settings.table_filters)
+    check_partition_root_publishing(lock, settings.pub_name, settings.table_filters,
+                                    settings.schema_name)
     refuse_unknown_filtered_tables(lock, settings)  # a typo would let a column out
     released = (release_tables_without_identity(lock, settings)
                 or release_rejected_filters(lock, settings))
@@ -557,7 +558,8 @@ def _tables_by_schema(conn, settings: Settings) -> Dict[str, List[str]]:
     for key in required_tables(conn, settings):
         schema, name = key.split(".", 1)
         target = destination_table(schema, name, settings.schema_name)
-        tables[schema].append(name if target == name else f"{name} -> {target}")
+        landing = destination_table_identifier(target)  # as dlt's snake_case names it
+        tables[schema].append(name if landing == name else f"{name} -> {landing}")
     return tables
 
 

@@ -21,6 +21,7 @@ from .filters import (needs_readding, publication_item, published_filters,
 from .connect import connect, describe_pg_error
 from .exceptions import (ConfigError, SlotError, SlotInUseError, SourceNotReadyError,
                          snapshot_command)
+from .names import display_name
 from .protocol import int_to_lsn, lsn_to_int
 from .standby import check_standby
 
@@ -325,7 +326,8 @@ def existing_publications(conn, pub_name: str) -> List[str]:
 
 
 def check_partition_root_publishing(conn, pub_name: str,
-                                    filtered: Collection[Tuple[str, str]] = ()) -> None:
+                                    filtered: Collection[Tuple[str, str]] = (),
+                                    default_schema: str = "public") -> None:
     """Raises SourceNotReadyError when a publication (an admin's) publishes a partitioned table
     without `publish_via_partition_root`: its changes would arrive under each partition's name,
     and the root's destination table would go stale. Also when it leaves out an action, or has a
@@ -346,7 +348,7 @@ def check_partition_root_publishing(conn, pub_name: str,
             "publish_via_partition_root, so its changes would arrive per partition: have an admin "
             f"run ALTER PUBLICATION {publication} SET (publish_via_partition_root = true)")
     _check_published_actions(conn, pub_name)
-    _check_no_filters(conn, [pub_name, pub_name + INSERT_ONLY_SUFFIX], filtered)
+    _check_no_filters(conn, [pub_name, pub_name + INSERT_ONLY_SUFFIX], filtered, default_schema)
 
 
 def _check_published_actions(conn, pub_name: str) -> None:
@@ -381,7 +383,8 @@ ORDER BY 1, 2, 3
 """
 
 
-def _check_no_filters(conn, publications: List[str], filtered: Collection[Tuple[str, str]]) -> None:
+def _check_no_filters(conn, publications: List[str], filtered: Collection[Tuple[str, str]],
+                      default_schema: str) -> None:
     """Raises SourceNotReadyError when a publication (an admin's) has a column list or a row
     filter: the copy reads whole tables, while the stream would send rows without the columns
     left out (updates would set them to NULL in the destination) and skip filtered rows."""
@@ -400,7 +403,7 @@ def _check_no_filters(conn, publications: List[str], filtered: Collection[Tuple[
             "pipeline does not apply (the copy would hold what the stream leaves out): have an "
             f"admin run BEGIN; ALTER PUBLICATION {pub_sql} DROP TABLE {table_sql}; "
             f"ALTER PUBLICATION {pub_sql} ADD TABLE {table_sql}; COMMIT; then run "
-            f"{snapshot_command([table])}")
+            f"{snapshot_command([display_name(schema, table, default_schema)])}")
 
 
 def copy_slot_name(slot_name: str) -> str:
