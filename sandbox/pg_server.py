@@ -112,11 +112,13 @@ class PostgresCluster:
                             "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"], check=False)
         if initdb.returncode != 0:
             raise RuntimeError(f"initdb failed: {initdb.stderr.strip()}")
-        with open(self.data / "postgresql.conf", "a") as conf:
-            for key, value in self.settings.items():
-                conf.write(f"{key} = '{value}'\n")
+        self._write_settings()
         self.pg_ctl("start")
         return self
+
+    def _write_settings(self) -> None:
+        for key, value in self.settings.items():
+            self.set_setting(key, value)
 
     def start_standby(self, slot: Optional[str] = None) -> "PostgresCluster":
         """A streaming physical standby of this (running) cluster, from `pg_basebackup` with the
@@ -133,9 +135,7 @@ class PostgresCluster:
         backup = standby._run(args, check=False)
         if backup.returncode != 0:
             raise RuntimeError(f"pg_basebackup failed: {backup.stderr.strip()}")
-        with open(standby.data / "postgresql.conf", "a") as conf:
-            for key, value in standby.settings.items():
-                conf.write(f"{key} = '{value}'\n")
+        standby._write_settings()
         standby.pg_ctl("start")
         return standby
 
