@@ -16,9 +16,10 @@ install: $(VENV)/.installed
 	./scripts/ensure-java.sh
 
 # Two workers, one test file each (files share their throw-away servers). The long matrices of
-# key types and table shapes run in `make test-matrix` (CI runs both).
+# key types and table shapes run in `make test-matrix`, the standby clusters in
+# `make test-versions` (CI runs all three).
 test: install
-	$(PY) -m pytest -n 2 --dist loadfile -m "not matrix"
+	$(PY) -m pytest -n 2 --dist loadfile -m "not matrix and not versions"
 
 test-matrix: install
 	$(PY) -m pytest -n 2 -m matrix
@@ -28,7 +29,7 @@ test-matrix: install
 # requirements install; sandbox/pg_server.py SERVER_WHEELS). `make test` uses the machine's server.
 VERSION_TESTS = tests/test_snapshot.py tests/test_cdc.py tests/test_ddl_columns.py \
 	tests/test_ddl_tables.py tests/test_handoff.py tests/test_insert_only.py tests/test_crash.py \
-	tests/test_schemas.py tests/test_versions.py
+	tests/test_schemas.py tests/test_versions.py tests/test_standby.py
 test-versions: install
 	for version in 16 18; do \
 		echo "== PostgreSQL $$version"; \

@@ -169,12 +169,11 @@ def prepare_copy(conn, *, settings: Settings, tables: Dict[str, TableInfo],
     copy follows); otherwise the copy creates it with its exported snapshot. The keyed tables
     named in `online` are to be copied online; the others are copied whole."""
     refuse_colliding_names(tables.values(), published_tables(conn, settings))
-    # The tables copied now are published again with the configured list and filter (or
-    # none): whatever their publication has is replaced, not refused.
-    check_partition_root_publishing(
-        conn, settings.pub_name,
-        {*settings.table_filters, *((t.schema, t.name) for t in tables.values())},
-        settings.schema_name)
+    # A column list or row filter the configuration does not ask for is an admin's (or left
+    # from an earlier configuration): refused with the statements, never silently replaced (an
+    # admin's column list may keep PII on the source).
+    check_partition_root_publishing(conn, settings.pub_name, settings.table_filters,
+                                    settings.schema_name)
     if reset:
         drop_slot(conn, settings.slot_name)
     with primary_connection(conn, settings.primary_dsn) as primary:

@@ -57,6 +57,7 @@ def test_type_matrix_lands_the_same_with_either_reader(source, source_url, tmp_p
     assert "'after'" in repr(by_dlt.dest_rows("everything"))
 
 
+@pytest.mark.matrix  # in `make test-matrix`: a minute of Pagila twice
 def test_pagila_lands_the_same_with_either_reader(source, source_url, tmp_path, pagila_dir):
     for name in ("pagila-schema.sql", "pagila-data.sql"):
         subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", source_url, "-f",

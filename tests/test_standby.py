@@ -1,10 +1,12 @@
 """Decoding on a physical standby (PostgreSQL 16+): a real primary and a streaming standby built
-with `pg_basebackup` from the same binaries (the machine's server when it is 16+, else the
-PostgreSQL 16 of the pgserver wheel the dev requirements install). The pipeline's source is the
+with `pg_basebackup` from the same binaries (those `make test-versions` runs with, 16 and 18; the
+machine's server when it is 16+, else the PostgreSQL 16 of the pgserver wheel). The pipeline's source is the
 standby; `primary_credentials` take heartbeats, publications and the statistics of keyless
 tables to the primary."""
 
+import glob
 import subprocess
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -14,6 +16,12 @@ from tests.tools import (EXIT_NO_COPY, Project, assert_table_matches, one_error_
                          publish_statistics, run_sql)
 
 EXIT_SOURCE_NOT_READY = 4
+pytestmark = pytest.mark.versions  # its own clusters, on 16 and 18: `make test-versions`
+
+
+def _major(bindir: str) -> int:
+    out = subprocess.run([f"{bindir}/pg_ctl", "--version"], capture_output=True, text=True)
+    return int(out.stdout.split()[-1].split(".")[0])
 
 
 def _bindir_16_or_later() -> str:
@@ -22,8 +30,7 @@ def _bindir_16_or_later() -> str:
             bindir = candidate()
         except RuntimeError:
             continue
-        out = subprocess.run([f"{bindir}/pg_ctl", "--version"], capture_output=True, text=True)
-        if int(out.stdout.split()[-1].split(".")[0]) >= 16:
+        if _major(bindir) >= 16:
             return bindir
     pytest.skip("no PostgreSQL 16+ server binaries (the pgserver wheel of the dev requirements "
                 "has them: run `make install`)")
@@ -147,10 +154,11 @@ def test_a_standby_without_primary_credentials(servers, tmp_path):
 
 
 def test_a_standby_before_16_is_refused(tmp_path):
-    bindir = find_bindir()
-    out = subprocess.run([f"{bindir}/pg_ctl", "--version"], capture_output=True, text=True)
-    if int(out.stdout.split()[-1].split(".")[0]) >= 16:
-        pytest.skip("the machine's server is 16+, where a standby can decode")
+    older = [path for path in sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+             if _major(path) < 16 and Path(path, "pg_basebackup").exists()]
+    if not older:
+        pytest.skip("no PostgreSQL server binaries before 16 on this machine (Debian's are 15)")
+    bindir = older[-1]
     primary = PostgresCluster(bindir=bindir).start()
     try:
         standby = primary.start_standby()
