@@ -72,7 +72,7 @@ def refuse_unknown_filtered_tables(conn, settings: Settings) -> None:
 def _refuse_unknown_schemas(conn, settings: Settings, pairs: List[Tuple[str, str]]) -> None:
     """A configured schema that does not exist, named plainly (not as an unknown table)."""
     for schema in dict.fromkeys(schema for schema, _ in pairs):
-        list_tables(conn, schema)  # ConfigError: the schema does not exist
+        list_tables(conn, schema)  # raises ConfigError naming the schema when it does not exist
 
 
 def refuse_colliding_names(tables, replicated: Sequence[TableInfo] = ()) -> None:

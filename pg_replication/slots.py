@@ -9,7 +9,8 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Collection, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Any, Collection, Iterator, List, Optional, Sequence, Tuple
 
 import psycopg2
 import psycopg2.errors
@@ -204,13 +205,21 @@ def republish_whole(conn, pub_name: str, tables: Sequence[TableInfo]) -> None:
     """Takes the tables out of `pub_name` and adds them back without a column list or row
     filter, in one transaction."""
     names = sql.SQL(", ").join(_table_identifier(t) for t in tables)
+    with _transaction(conn) as cur:
+        cur.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+            sql.Identifier(pub_name), names))
+        cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+            sql.Identifier(pub_name), names))
+
+
+@contextmanager
+def _transaction(conn) -> Iterator[Any]:
+    """One explicit transaction on an autocommit connection: committed at the end of the block,
+    rolled back if it raises."""
     with conn.cursor() as cur:
         cur.execute("BEGIN")
         try:
-            cur.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
-                sql.Identifier(pub_name), names))
-            cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                sql.Identifier(pub_name), names))
+            yield cur
         except BaseException:
             cur.execute("ROLLBACK")
             raise
@@ -257,20 +266,14 @@ def _ensure_publications(conn, pub_name: str, tables: Sequence[TableInfo]) -> Li
     """In one transaction: a row filter that would make the application's writes fail
     (filters.refuse_rejected_writes) is never committed."""
     targets = _publication_targets(pub_name, tables)
-    with conn.cursor() as cur:
-        cur.execute("BEGIN")
-        try:
-            for name, wanted, publish in targets:
-                for other, other_tables, _ in targets:
-                    if other != name:
-                        _drop_from_publication(conn, other, wanted)
-                if wanted:
-                    _add_to_publication(conn, name, wanted, publish)
-            refuse_rejected_writes(conn, pub_name, targets[0][1])
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        cur.execute("COMMIT")
+    with _transaction(conn):
+        for name, wanted, publish in targets:
+            for other, _, _ in targets:
+                if other != name:
+                    _drop_from_publication(conn, other, wanted)
+            if wanted:
+                _add_to_publication(conn, name, wanted, publish)
+        refuse_rejected_writes(conn, pub_name, targets[0][1])
     return [name for name, _, _ in targets if publication_tables(conn, name) is not None]
 
 
