@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-matrix test-versions soak install clean
+.PHONY: demo test test-slow test-matrix test-versions soak install clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +15,15 @@ install: $(VENV)/.installed
 	./scripts/ensure-postgres.sh
 	./scripts/ensure-java.sh
 
-# Two workers, one test file each (files share their throw-away servers). The long matrices of
-# key types and table shapes run in `make test-matrix`, the standby clusters in
-# `make test-versions` (CI runs all three).
+# Two workers, one test file each (files share their throw-away servers). `make test` runs each
+# behaviour once, on DuckDB; `make test-slow` the local-Delta variants and the tests under live
+# write loads, killed runs and long waits; `make test-matrix` the long matrices of key types and
+# table shapes; `make test-versions` the standby clusters and PostgreSQL 16 and 18 (CI runs all).
 test: install
-	$(PY) -m pytest -n 2 --dist loadfile -m "not matrix and not versions"
+	$(PY) -m pytest -n 2 --dist loadfile -m "not matrix and not versions and not slow"
+
+test-slow: install
+	$(PY) -m pytest -n 2 --dist loadfile -m "slow and not matrix and not versions"
 
 test-matrix: install
 	$(PY) -m pytest -n 2 -m matrix

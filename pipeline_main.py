@@ -4,7 +4,9 @@ Parses options and runs a job from pg_replication.jobs. Every failure becomes on
 with its own exit code (pg_replication.failures); --debug adds the traceback.
 """
 
+import contextlib
 import functools
+import json
 import logging
 import os
 import signal
@@ -12,7 +14,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import click
 
@@ -87,8 +89,29 @@ def _pipeline(ctx: click.Context):
                          progress)
 
 
+@contextlib.contextmanager
+def _usage_errors_in_one_line() -> Iterator[None]:
+    """A mistyped option becomes one `Error:` line (exit 2) like every other failure, rather
+    than click's usage block."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise  # no command at all: the help, as click shows it
+    except click.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        raise CliError(e.format_message() + hint, e.exit_code) from None
+
+
 class _CliGroup(click.Group):
     """The command group, whose `--help` ends with the exit codes."""
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        with _usage_errors_in_one_line():
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _usage_errors_in_one_line():
+            return super().invoke(ctx)
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Imported only when the help is shown, like every import of pg_replication in this
@@ -266,22 +289,82 @@ def status(ctx: click.Context, as_json: bool, max_lag_mb: Optional[float]) -> No
 
 
 @cli.command()
+@click.option("--data", is_flag=True,
+              help="Also compare every table's rows, source against destination, by chunk "
+                   "checksums; chunks that differ are compared again once the destination has "
+                   "caught up (runs a bounded cdc), and the differing rows are named.")
+@click.option("--tables", default=None,
+              help="With --data: comma-separated tables to compare (default: all replicated).")
+@click.option("--max-keys", type=click.IntRange(min=1), default=10, show_default=True,
+              help="With --data: rows named per table that differs.")
+@click.option("--wait", "wait", type=click.FloatRange(min=0), default=30, show_default=True,
+              help="With --data: seconds to wait for a running cdc or snapshot (cdc --follow "
+                   "runs one at a time) before exiting 5.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 @handle_errors
-def verify(ctx: click.Context) -> None:
-    """Check the deployment: slot exists, destination state matches the slot, no staged files.
+def verify(ctx: click.Context, data: bool, tables: Optional[str], max_keys: int,
+           wait: float, as_json: bool) -> None:
+    """Check the deployment: slot exists, destination state matches the slot, no staged files;
+    with --data, that every table holds the source's rows.
 
     One line per check (✓ passed, ✗ failed, - not applicable); exits 0 only when every applicable
     check passes, 9 otherwise.
+
+    \b
+    Example:
+        python pipeline_main.py verify --data --tables orders,customers
     """
     from pg_replication.exceptions import ExitCode
     from pg_replication.jobs import run_verify
 
-    checks = run_verify(_job_settings(), _pipeline(ctx))
-    for check in checks:
-        click.echo(check.line())
-    if any(check.passed is False for check in checks):
+    if not data and (tables is not None or max_keys != 10 or wait != 30):
+        raise CliError("--tables, --max-keys and --wait go with --data", ExitCode.CONFIG)
+    settings, pipeline = _job_settings(), _pipeline(ctx)
+    checks = []
+
+    def run_checklist() -> None:
+        checks.extend(run_verify(settings, pipeline))
+        if not as_json:  # before the data comparison, which takes a while and may fail
+            for check in checks:
+                click.echo(check.line())
+
+    report = None
+    if data:
+        from pg_replication.verify_data import run_verify_data
+
+        report = run_verify_data(settings, pipeline, _table_list(tables), max_keys,
+                                 _line_printer(), once_locked=run_checklist, wait=wait)
+    else:
+        run_checklist()
+    if as_json:
+        found = {"checks": [check.as_dict() for check in checks]}
+        found.update(report.as_dict() if report else {})
+        click.echo(json.dumps(found, indent=2))
+    elif report:
+        for line in report.lines():
+            click.echo(line)
+    if any(check.passed is False for check in checks) or (report and not report.equal):
         ctx.exit(ExitCode.CHECK_FAILED)
+
+
+def _table_list(tables: Optional[str]) -> Optional[List[str]]:
+    """`--tables a,b` as a list without repeats; None when not given."""
+    if tables is None:
+        return None
+    names = list(dict.fromkeys(name.strip() for name in tables.split(",") if name.strip()))
+    if not names:
+        from pg_replication.exceptions import ExitCode
+
+        raise CliError("--tables names no table", ExitCode.CONFIG)
+    return names
+
+
+def _line_printer() -> Callable[[str], None]:
+    """Progress lines on a terminal (stderr); nothing otherwise."""
+    if not sys.stderr.isatty():
+        return lambda line: None
+    return lambda line: click.echo(line, err=True)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,31 @@ BENCH_TABLE_DDL = """CREATE TABLE bench (
 )"""
 
 
+FILL_SQL = """
+INSERT INTO bench
+SELECT g, g % 1000, 'title number ' || g, (g % 100000) / 100.0,
+       timestamptz '2024-01-01' + g * interval '1 second',
+       md5(g::text) || md5((g + 1)::text),
+       jsonb_build_object('k', g % 10, 'tag', 'tag-' || (g % 50)),
+       g % 2 = 0
+FROM generate_series(1, {rows}) g;
+"""
+
+
+
+def fill_bench_table(url: str, rows: int, vacuum: bool = True) -> float:
+    """Creates and fills the bench table; returns its size on disk in MB."""
+    conn = connect_autocommit(url)
+    with conn.cursor() as cur:
+        cur.execute(BENCH_TABLE_DDL)
+        cur.execute(FILL_SQL.format(rows=rows))
+        cur.execute("VACUUM ANALYZE bench" if vacuum else "ANALYZE bench")
+        cur.execute("SELECT pg_total_relation_size('bench')")
+        size_mb = cur.fetchone()[0] / (1 << 20)
+    conn.close()
+    return size_mb
+
+
 def connect_autocommit(url: str):
     import psycopg2
 

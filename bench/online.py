@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List
 
-from common import (BENCH_TABLE_DDL, cli, connect_autocommit, measure, print_result,
+from common import (cli, connect_autocommit, fill_bench_table, measure, print_result,
                     round_environment, start_cluster)
-from snapshot import COPY_SCRIPT, FILL_SQL
+from snapshot import COPY_SCRIPT
 
 
 class WalPeak:
@@ -137,12 +137,7 @@ def main() -> None:
     cluster = start_cluster()
     work = Path(tempfile.mkdtemp(prefix="bench-online-"))
     try:
-        conn = connect_autocommit(cluster.url)
-        with conn.cursor() as cur:
-            cur.execute(BENCH_TABLE_DDL)
-            cur.execute(FILL_SQL.format(rows=args.rows))
-            cur.execute("ANALYZE bench")
-        conn.close()
+        fill_bench_table(cluster.url, args.rows, vacuum=False)
         subprocess.run(["pgbench", "-i", "-s", "10", "-q", cluster.url], check=True,
                        capture_output=True)
         figures: Dict[str, float] = {"rows": args.rows}

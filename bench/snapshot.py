@@ -19,19 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import (BENCH_TABLE_DDL, add_repeat_option, cli, cli_env, connect_autocommit,
-                    dlt_phases, measure, median_of, median_phases, phases_line, print_result,
-                    round_environment, start_cluster)
-
-FILL_SQL = """
-INSERT INTO bench
-SELECT g, g % 1000, 'title number ' || g, (g % 100000) / 100.0,
-       timestamptz '2024-01-01' + g * interval '1 second',
-       md5(g::text) || md5((g + 1)::text),
-       jsonb_build_object('k', g % 10, 'tag', 'tag-' || (g % 50)),
-       g % 2 = 0
-FROM generate_series(1, {rows}) g;
-"""
+from common import (add_repeat_option, cli, cli_env, dlt_phases, fill_bench_table, measure,
+                    median_of, median_phases, phases_line, print_result, round_environment,
+                    start_cluster)
 
 COPY_SCRIPT = """
 import sys, time, psycopg2
@@ -65,14 +55,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-snapshot-"))
     cluster = start_cluster()
     try:
-        conn = connect_autocommit(cluster.url)
-        with conn.cursor() as cur:
-            cur.execute(BENCH_TABLE_DDL)
-            cur.execute(FILL_SQL.format(rows=args.rows))
-            cur.execute("VACUUM ANALYZE bench")
-            cur.execute("SELECT pg_total_relation_size('bench')")
-            size_mb = cur.fetchone()[0] / (1 << 20)
-        conn.close()
+        size_mb = fill_bench_table(cluster.url, args.rows)
         print(f"table bench: {args.rows:,} rows, {size_mb:.0f} MB on disk")
         connectorx_env = cli_env(cluster.url, workdir)
 

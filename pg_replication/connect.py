@@ -1,5 +1,7 @@
 """Connections to the source database, with the session settings every reader relies on."""
 
+import os
+import socket
 from typing import Any, Optional
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +22,12 @@ SESSION_OPTIONS = (
     "-c extra_float_digits=1 -c client_encoding=UTF8 "
     "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
 )
-APPLICATION_NAME = "pg_replication"
+
+
+def application_name() -> str:
+    """This process, as pg_stat_activity shows it: a run told that another run holds the slot
+    learns which process and machine to look at (PostgreSQL keeps 63 bytes of it)."""
+    return f"pg_replication pid {os.getpid()} on {socket.gethostname()}"[:63]
 
 
 def to_dsn(credentials: Any) -> str:
@@ -54,7 +61,7 @@ def connect(dsn: str, replication: bool = False):
         SourceConnectionError: The server cannot be reached or refuses the login; the message has
             no password in it.
     """
-    kwargs = {"options": SESSION_OPTIONS, "application_name": APPLICATION_NAME,
+    kwargs = {"options": SESSION_OPTIONS, "application_name": application_name(),
               "connect_timeout": 10}
     if replication:
         kwargs["connection_factory"] = psycopg2.extras.LogicalReplicationConnection

@@ -14,9 +14,10 @@ tests/test_dlt_compat.py pins each of them to dlt 1.31.0. May import: exceptions
 import functools
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set
 
 import dlt
 import tomlkit.exceptions
@@ -197,6 +198,33 @@ def destination_sql(pipeline: dlt.Pipeline, statement: str) -> Any:
         return client.sql_client.execute_sql(statement)
 
 
+@dataclass(frozen=True)
+class DestinationTables:
+    """Reading an SQL destination's tables (verify --data): queries, names, columns."""
+
+    query: Callable[[str], List[Any]]  # rows of one SELECT
+    qualified: Callable[[str], str]  # a table's name in SQL, with its dataset
+    quote: Callable[[str], str]  # a column's name in SQL
+    columns: Callable[[str], Optional[List[str]]]  # a table's column names; None: no such table
+
+
+@contextmanager
+def destination_tables(pipeline: dlt.Pipeline) -> Iterator[DestinationTables]:
+    """The pipeline's SQL destination, through dlt's SQL client, open for the block."""
+    with pipeline.sql_client() as client:
+        def columns(table: str) -> Optional[List[str]]:
+            name = client.make_qualified_table_name(table)
+            try:
+                with client.execute_query(f"SELECT * FROM {name} WHERE 1 = 0") as cursor:
+                    return [d[0] for d in cursor.description]
+            except Exception:  # noqa: BLE001 - no such table: nothing was loaded into it
+                return None
+
+        yield DestinationTables(lambda statement: client.execute_sql(statement) or [],
+                                client.make_qualified_table_name, client.escape_column_name,
+                                columns)
+
+
 def filesystem_dataset_root(pipeline: dlt.Pipeline) -> str:
     """The local directory of a filesystem destination's dataset."""
     with pipeline.destination_client() as client:
@@ -342,6 +370,43 @@ def _delta_job_with_own_merge(own: OwnMerge) -> Any:
 
 
 # -- packages a killed run left ----------------------------------------------------------------
+
+@dataclass
+class RefusedLoad:
+    """A pending load the destination refused for good (a terminal error: retrying repeats it)."""
+
+    refused: List[str]  # destination tables whose files the destination refused
+    held: List[str]  # every destination table with rows in the pending packages
+
+
+def refused_pending_load(pipeline: dlt.Pipeline) -> Optional[RefusedLoad]:
+    """The pending load's refusal, or None when nothing pending failed for good. dlt 1.31
+    keeps a package whose job failed terminally pending until it is aborted: every later load
+    retries it and fails the same way."""
+    plan = pipeline.abort_packages(dry_run=True)
+    package = (plan or {}).get("package_to_abort")
+    if not package or not package.get("terminal_jobs"):
+        return None
+    refused = {_job_table(path) for path in package["terminal_jobs"]}
+    held = set()
+    for load_id in (pipeline.list_normalized_load_packages()
+                    + pipeline.list_extracted_load_packages()):
+        for jobs in pipeline.get_load_package_info(load_id).jobs.values():
+            held.update(job.job_file_info.table_name for job in jobs)
+    return RefusedLoad(sorted(refused), sorted(t for t in held | refused if not t.startswith("_dlt")))
+
+
+def _job_table(path: str) -> str:
+    from dlt.common.storages.load_package import ParsedLoadJobFileName
+
+    return ParsedLoadJobFileName.parse(os.path.basename(path)).table_name
+
+
+def set_aside_pending_loads(pipeline: dlt.Pipeline) -> None:
+    """Aborts every pending package: dlt restores the pipeline's local state and schemas to
+    where they were before them, and records no completed load for them in the destination."""
+    pipeline.abort_packages()
+
 
 def repair_crashed_packages(pipeline: dlt.Pipeline) -> None:
     """Undoes what a kill at the wrong moment leaves behind in dlt's package folders, so that

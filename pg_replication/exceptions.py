@@ -24,7 +24,8 @@ _EXIT_CODE_TABLE = """
  6 SLOT               slot missing, invalidated or unusable
  7 LOAD               the destination failed to load; the slot was not advanced
  8 DECODE             a replication message could not be decoded
- 9 CHECK_FAILED       status/verify: a check failed (lag above --max-lag-mb, last run failed, ...)
+ 9 CHECK_FAILED       status/verify: a check failed (lag above --max-lag-mb, last run failed,
+                      verify --data: a table differs, ...)
 10 COPY_MISSING       a table's copy is missing from the destination (never loaded, or lost), or
                       a schema change needs a new copy: run the snapshot the message names
 """
@@ -126,6 +127,16 @@ class LoadError(ReplicationError, exit_code=ExitCode.LOAD):
         """What failed, and that running the command again is safe."""
         return cls(f"the destination failed during {step}: {line}; the slot was not advanced: "
                    "run the command again once the destination works")
+
+    @classmethod
+    def refused(cls, refused: List[str], held: List[str], line: str) -> "LoadError":
+        """The destination refused a pending load for good: running again repeats it
+        (pending_loads)."""
+        tables = "table" + ("s " if len(refused) > 1 else " ") + ", ".join(refused)
+        return cls(f"the destination refused the load of {tables} for good ({line}); the slot "
+                   "was not advanced, and running again repeats the refusal: restore what was "
+                   f"changed in the destination and run again, or run {snapshot_command(held)}, "
+                   "which sets this load aside and copies the tables it held again")
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)")

@@ -62,6 +62,11 @@ def _from_destination_client_library(error: BaseException) -> bool:
     return type(error).__module__.split(".")[0] in _DESTINATION_CLIENT_PACKAGES
 
 
+def essential_cause(error: BaseException) -> str:
+    """The line that says what went wrong, from the real cause inside dlt's wrappers."""
+    return essential_line(_unwrap(error)[0])
+
+
 def _unwrap(error: BaseException) -> Tuple[BaseException, Optional[str]]:
     """Looks through dlt's PipelineStepFailed (and exception chains) for the real cause."""
     inner, step = error, None

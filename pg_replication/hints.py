@@ -246,6 +246,11 @@ def existing_destination_column() -> ExistingColumn:
         schema = dlt.current.source_schema()
     except Exception:  # noqa: BLE001 - outside an extract nothing exists yet
         return lambda table, column: None
+    return schema_column_lookup(schema)
+
+
+def schema_column_lookup(schema: Any) -> ExistingColumn:
+    """Looks up a column in a dlt schema (a pipeline's: where verify --data finds variants)."""
 
     def lookup(table: str, column: str) -> Optional[Dict[str, Any]]:
         found = schema.tables.get(schema.naming.normalize_tables_path(table))  # keeps `__`

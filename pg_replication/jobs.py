@@ -41,7 +41,7 @@ from .copies import (addable_tables, copy_source, prepare_copy, refuse_unknown_f
 from .ddl import Leaves, read_leaves
 from .destinations import apply_table_format, is_local_duckdb
 from .dlt_compat import (destination_state, destination_table_identifier, make_source,
-                         recreate_tables_gone_from_destination, repair_crashed_packages)
+                         recreate_tables_gone_from_destination)
 from .exceptions import (CopyMissingError, SlotError, SlotInUseError, SourceNotReadyError,
                          mask_secrets, snapshot_command)
 from .failover import align_failover, standby_wait_problem, unguarded_failover_problem
@@ -54,6 +54,7 @@ from .integrity import (check_schema_changes, copy_problems, destination_lost, f
                         remember_loaded_state, required_tables, schema_change_notes,
                         tables_not_replicated)
 from .online import ChunkReader, CopyProgress, copy_progress
+from .pending_loads import explain_refusal, finish_pending_load
 from .names import destination_table, display_name
 from .protocol import int_to_lsn
 from .segments import changes_resource, run_stop_position
@@ -175,19 +176,6 @@ def stored_position(pipeline: dlt.Pipeline) -> Position:
     return stored_state(pipeline).position
 
 
-def finish_pending_load(pipeline: dlt.Pipeline, conn, slot_name: str) -> bool:
-    """Loads what a crashed run left extracted or normalized, then confirms its position."""
-    if not pipeline.has_pending_data:
-        return False
-    repair_crashed_packages(pipeline)
-    pipeline.normalize()
-    pipeline.load()
-    remember_loaded_state(pipeline)
-    if get_slot(conn, slot_name) is not None:
-        advance_slot(conn, slot_name, stored_position(pipeline).lsn)
-    return True
-
-
 def run_snapshot(settings: Settings, pipeline: dlt.Pipeline) -> SnapshotReport:
     """Creates publication and slot if needed and copies the tables as of the slot's start."""
     started = time.monotonic()
@@ -196,11 +184,13 @@ def run_snapshot(settings: Settings, pipeline: dlt.Pipeline) -> SnapshotReport:
         check_server(lock)
         acquire_run_lock(lock, settings.slot_name)
         tables = select_tables(lock, settings)  # fail fast
-        finish_pending_load(pipeline, lock, settings.slot_name)
+        finish_pending_load(pipeline, lock, settings, copying=[
+            destination_table_identifier(t.target) for t in tables.values()])
         # Before any slot or snapshot exists: a slow destination holds nothing open on the source.
         recreate_tables_gone_from_destination(pipeline, [t.target for t in tables.values()])
         plan = prepare_copy(lock, settings=settings, tables=tables)
-        rows = _run_snapshot_source(copy_source(settings=settings, plan=plan), pipeline, tables)
+        rows = _run_snapshot_source(copy_source(settings=settings, plan=plan), pipeline, tables,
+                                    lock, settings)
         # Every table of one snapshot shares its hand-off: report the first one's.
         first = next(iter(tables.values()))
         handoff = LoadedState.from_pipeline_state(pipeline.state).handoffs.get(
@@ -238,7 +228,7 @@ def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
         check_logical_messages(lock)
         acquire_run_lock(lock, settings.slot_name)
         tables = select_tables(lock, settings)  # fail fast
-        finish_pending_load(pipeline, lock, settings.slot_name)
+        finish_pending_load(pipeline, lock, settings)
         resumed = _resumable_copies(lock, settings, stored_state(pipeline), tables)
         starting = {name: table for name, table in tables.items() if name not in resumed}
         rows: Dict[str, int] = {}
@@ -246,7 +236,7 @@ def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
             recreate_tables_gone_from_destination(pipeline, [t.target for t in starting.values()])
             plan = prepare_copy(lock, settings=settings, tables=starting, online=list(starting))
             rows = _run_snapshot_source(copy_source(settings=settings, plan=plan), pipeline,
-                                        starting)
+                                        starting, lock, settings)
         report = CdcReport()
         _run_cdc_on(lock, settings, pipeline, bounds, report, on_chunk)
         report.seconds = time.monotonic() - started
@@ -294,12 +284,11 @@ def _online_snapshot_report(tables: Dict[str, TableInfo], rows: Dict[str, int],
     return SnapshotReport(rows, None, time.monotonic() - started, keyless, online_chunks=chunks)
 
 
-def _run_snapshot_source(source, pipeline: dlt.Pipeline,
-                         tables: Dict[str, TableInfo]) -> Dict[str, int]:
+def _run_snapshot_source(source, pipeline: dlt.Pipeline, tables: Dict[str, TableInfo],
+                         conn, settings: Settings) -> Dict[str, int]:
     """Loads the copy; returns its rows per table, by TableInfo.label."""
     label_of = {destination_table_identifier(t.target): label for label, t in tables.items()}
-    apply_table_format(source, pipeline)
-    pipeline.run(source, loader_file_format="parquet")
+    _load(source, pipeline, conn, settings)
     remember_loaded_state(pipeline)
     trace = pipeline.last_trace
     counts: Dict[str, int] = {}
@@ -337,6 +326,8 @@ def _run_cdc_on(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunBou
     """A cdc run on the run's connection; then, with `on_chunk`, the online copies' chunks."""
     shapes, expected_truncates, (stop_lsn, written) = _checked_start(lock, settings, pipeline,
                                                                      report)
+    if bounds.stop_lsn and bounds.stop_lsn < stop_lsn:  # the caller's stop (catch_up)
+        stop_lsn, written = bounds.stop_lsn, False
     # The bounds count from here: the checks above can take seconds on a remote destination.
     bounds = bounds.started(stop_lsn, written)
     while True:
@@ -349,6 +340,19 @@ def _run_cdc_on(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunBou
     if on_chunk is not None and report.confirmed_lsn is not None and report.confirmed_lsn >= stop_lsn:
         _advance_online_copies(lock, settings, pipeline, bounds, report, on_chunk)
     report.in_progress = copy_progress(lock, stored_state(pipeline), settings.schema_name)
+
+
+def catch_up(lock, settings: Settings, pipeline: dlt.Pipeline, consistent_point: int
+             ) -> CdcReport:
+    """A cdc run on the run's connection (which holds the run lock) that applies exactly the
+    transactions a snapshot exported at `consistent_point` sees: those whose commit record lies
+    before it (verify --data). One committing exactly at the point is not in the snapshot (seen
+    in the WAL: RUNNING_XACTS, then that COMMIT at the consistent point), so the stop is the
+    position before it: a run leaves the transactions committing after its stop."""
+    report = CdcReport()
+    _run_cdc_on(lock, settings, pipeline, RunBounds(stop_lsn=consistent_point - 1), report,
+                None)
+    return report
 
 
 def _confirm_segment(lock, settings: Settings, report: CdcReport, segment: SegmentResult) -> None:
@@ -461,7 +465,7 @@ def _checked_start(lock, settings: Settings, pipeline: dlt.Pipeline, report: Cdc
     lost = destination_lost(pipeline, remote)
     if lost:
         raise CopyMissingError(lost)
-    report.pending_loaded = finish_pending_load(pipeline, lock, settings.slot_name)
+    report.pending_loaded = finish_pending_load(pipeline, lock, settings)
     loaded = loaded_state(pipeline, remote)
     _refuse_without_copies(lock, settings, pipeline, loaded)
     # Read before the stop is taken: a TRUNCATE that changed them is before the stop.
@@ -687,11 +691,22 @@ def _load_segment(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunB
     resource = changes_resource(settings=settings, bounds=bounds, result=segment, conn=lock,
                                 require_copies=True, table_shapes=shapes, chunk=chunk,
                                 ended_copies=ended_copies)
-    source = make_source(SOURCE_NAME, [resource])
-    apply_table_format(source, pipeline)
-    pipeline.run(source, loader_file_format="parquet")
+    _load(make_source(SOURCE_NAME, [resource]), pipeline, lock, settings)
     remember_loaded_state(pipeline)
     return segment
+
+
+def _load(source, pipeline: dlt.Pipeline, conn, settings: Settings) -> None:
+    """Extracts, normalizes and loads `source`; a load the destination refuses for good is
+    told as such (pending_loads)."""
+    apply_table_format(source, pipeline)
+    try:
+        pipeline.run(source, loader_file_format="parquet")
+    except Exception as error:
+        refused = explain_refusal(pipeline, conn, settings, error)
+        if refused is error:
+            raise
+        raise refused from error
 
 
 def _add_counts(report: CdcReport, segment: SegmentResult) -> None:

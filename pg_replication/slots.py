@@ -588,7 +588,8 @@ def wait_until_inactive(conn, slot_name: str, timeout: float = 10.0) -> Optional
             return slot
         if time.monotonic() >= deadline:
             raise SlotInUseError(
-                f"slot {slot_name!r} is in use by another consumer (pid {slot.active_pid})")
+                f"slot {slot_name!r} is in use by another consumer "
+                f"({_session_of(conn, slot.active_pid)})")
         time.sleep(0.02)
 
 
@@ -612,19 +613,36 @@ def run_lock_holder(conn, slot_name: str) -> Optional[int]:
     return row[0] if row else None
 
 
-def acquire_run_lock(conn, slot_name: str) -> None:
-    """Takes a session advisory lock named after the slot, so two runs never overlap.
+def acquire_run_lock(conn, slot_name: str, wait: float = 0.0) -> None:
+    """Takes a session advisory lock named after the slot, so two runs never overlap; tries for
+    `wait` seconds (a run of `cdc --follow` holds it for one run at a time).
 
     Raises:
         SlotInUseError: Another run (snapshot or cdc) holds it.
     """
+    deadline = time.monotonic() + wait
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(%s)", (_run_lock_key(cur, slot_name),))
-        if cur.fetchone()[0]:
-            return
+        key = _run_lock_key(cur, slot_name)
+        while True:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+            if cur.fetchone()[0]:
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
     pid = run_lock_holder(conn, slot_name)
-    holder = f" (pid {pid})" if pid else ""
+    holder = f" ({_session_of(conn, pid)})" if pid else ""
     raise SlotInUseError(f"slot {slot_name!r} is in use by another run{holder}; try again later")
+
+
+def _session_of(conn, pid: int) -> str:
+    """A server session as an operator finds its process: our runs name theirs
+    (connect.application_name); the server pid otherwise."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s", (pid,))
+        row = cur.fetchone()
+    name = row[0] if row else ""
+    return f"{name}, server pid {pid}" if name else f"server pid {pid}"
 
 
 def drop_slot(conn, slot_name: str) -> None:

@@ -22,7 +22,7 @@ import pyarrow as pa
 from psycopg2 import sql
 
 from .catalog import TableInfo
-from .connect import APPLICATION_NAME, SESSION_OPTIONS
+from .connect import SESSION_OPTIONS, application_name
 from .exceptions import ConfigError
 from .hints import DELETED_COLUMN
 from .snapshot import row_filter_conditions, typed_batch, where_clause
@@ -81,7 +81,7 @@ def _snapshot_engine(dsn: str, snapshot_name: str) -> Any:
     engine = sqlalchemy.create_engine(
         "postgresql+psycopg2://", pool_pre_ping=False,
         creator=lambda: psycopg2.connect(dsn, options=SESSION_OPTIONS,
-                                         application_name=APPLICATION_NAME))
+                                         application_name=application_name()))
 
     @sqlalchemy.event.listens_for(engine, "begin")
     def _import_snapshot(connection) -> None:

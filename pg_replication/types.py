@@ -137,13 +137,13 @@ def resolve_kind(type_oid: int, type_modifier: int, catalog: Mapping[int, PgType
         element_row = catalog.get(row.element_oid)
         return ColumnKind(
             "array", pa.string(), {"data_type": "json"},
-            element=_ELEMENT_CONVERSIONS.get(_base_oid(row.element_oid, catalog), "text"),
+            element=_ELEMENT_CONVERSIONS.get(base_oid(row.element_oid, catalog), "text"),
             delimiter=element_row.delimiter if element_row is not None else ",",
         )
     return TEXT_KIND
 
 
-def _base_oid(type_oid: int, catalog: Mapping[int, PgTypeRow]) -> int:
+def base_oid(type_oid: int, catalog: Mapping[int, PgTypeRow]) -> int:
     row = catalog.get(type_oid)
     while row is not None and row.type_type == "d":
         type_oid = row.base_type_oid

@@ -7,7 +7,7 @@
 5. no online copy is still in progress (chunks.py): such a table holds only part of its rows.
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional
 
 import dlt
@@ -31,6 +31,9 @@ class Check:
     def line(self) -> str:
         mark = {True: "✓", False: "✗", None: "-"}[self.passed]
         return f"{mark} {self.name}: {self.detail}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def check_slot(conn, slot_name: str) -> Check:

@@ -1,6 +1,7 @@
 """Fixtures: one real PostgreSQL server for the session, a fresh database and slot per test."""
 
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -14,6 +15,15 @@ from tests.spark import spark  # noqa: F401 - the session's local Spark, for eve
 from tests.tools import CliRunResult, Project
 
 os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """The local-Delta variant of a test run on both destinations is `slow` (make test-slow):
+    `make test` runs each behaviour once, on DuckDB."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "filesystem" in callspec.params.values():
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -45,15 +55,27 @@ def source_url(pg_server_url: str) -> Iterator[str]:
     try:
         yield _with_database(pg_server_url, database)
     finally:
-        with admin.cursor() as cur:
+        _drop_database(admin, database)
+        admin.close()
+
+
+def _drop_database(admin, database: str) -> None:
+    """Drops the test database and its slots. A terminated walsender keeps its slot active for a
+    moment after pg_terminate_backend returns, and DROP DATABASE ... (FORCE) refuses a database
+    with an active slot, so this waits for the slots to go idle before dropping them."""
+    deadline = time.monotonic() + 30
+    with admin.cursor() as cur:
+        while True:
             cur.execute(
                 "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
                 "WHERE database = %s AND active_pid IS NOT NULL", (database,))
-            cur.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                "WHERE database = %s AND NOT active", (database,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        admin.close()
+            if not cur.rowcount or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        cur.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE database = %s AND NOT active", (database,))
+        cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -210,6 +210,18 @@ def test_unknown_table_in_tables(shared):
     _check(shared, ["snapshot", "--tables", "items,no_such_table"], EXIT_CONFIG, "no_such_table")
 
 
+@pytest.mark.parametrize("args, wording", [
+    (["verify", "--data", "--max-keys", "0"], "--max-keys"),
+    (["cdc", "--interval", "abc"], "--interval"),
+    (["snapshot", "--tables"], "--tables"),
+    (["--no-such-option", "cdc"], "--no-such-option"),
+    (["no-such-command"], "no-such-command"),
+])
+def test_mistyped_options_are_one_line(shared, args, wording):
+    """Click's usage errors end like every other failure, one line (not a usage block)."""
+    _check(shared, args, EXIT_CONFIG, wording)
+
+
 @pytest.mark.parametrize("command, slot_name", [
     ("cdc", "bad name"), ("cdc", 'bad"quote'), ("cdc", "slot;drop"), ("snapshot", "Upper-Case"),
 ])

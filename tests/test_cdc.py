@@ -212,6 +212,7 @@ def test_max_changes_bounds_a_run_at_a_commit_and_the_rest_follows(source, proje
     assert "cdc: 0 changes, no new changes" in third.stdout
 
 
+@pytest.mark.slow
 def test_snapshot_again_with_existing_slot_converges_after_cdc(source, project):
     _items_table(source)
     project.run("snapshot")

@@ -466,6 +466,7 @@ def test_cdc_killed_under_live_load_loses_nothing(source, project):
     _cdc_kill_test(source, project, CDC_TARGETS, SEED)
 
 
+@pytest.mark.slow
 def test_snapshot_killed_under_live_load_loses_nothing(source, project):
     _snapshot_kill_test(source, project, SNAPSHOT_TARGETS, SEED)
 
@@ -623,6 +624,7 @@ def _restart_during(cluster: PostgresCluster, project: Project, moment: str) -> 
     print(f"{context}: exit {process.returncode} {err.strip()}")
 
 
+@pytest.mark.slow
 def test_postgres_restart_mid_run_and_between_runs(own_cluster, own_source_url, tmp_path):
     """A fast restart while cdc streams, then while it loads: the run finishes or fails with one
     line; the next run converges. A restart between runs changes nothing."""

@@ -941,6 +941,7 @@ def spark_tables(built: Built, spark) -> Any:
     return spark
 
 
+@pytest.mark.slow
 def test_spark_runs_the_snapshot_replace_statement(built: Built, spark_tables):
     from tests.spark import analyze
 

@@ -20,6 +20,7 @@ def databricks_project(project, source, monkeypatch):
     return project
 
 
+@pytest.mark.slow
 def test_unreachable_workspace_with_fake_token(databricks_project, source):
     project = databricks_project
     env = {

@@ -84,6 +84,7 @@ def test_table_renamed_and_renamed_back_between_runs_names_the_command_that_work
     ["DROP TABLE items", "CREATE TABLE items (id int PRIMARY KEY, a text, n int)",
      "INSERT INTO items VALUES (1, 'new table', 1)"],
 ], ids=["swapped", "recreated"])
+@pytest.mark.slow
 def test_a_name_that_belongs_to_another_table_now_needs_a_copy(source, duckdb_project, ddl):
     """Before, cdc and verify passed while each destination table kept the old table's rows,
     with the new one's changes merged on top."""
@@ -147,6 +148,7 @@ def _measurements(conn) -> None:
             "INSERT INTO m SELECT g, g % 20, 'v' FROM generate_series(1, 40) g")
 
 
+@pytest.mark.slow
 def test_partition_attached_with_rows_and_one_detached_in_the_same_run(source, project):
     _measurements(source)
     project.run("snapshot")
@@ -204,6 +206,7 @@ def test_partition_rewritten_by_vacuum_full_needs_a_copy(source, duckdb_project)
     refused_then_fixed(source, duckdb_project, "m", "partition m_2 truncated or rewritten")
 
 
+@pytest.mark.slow
 def test_every_partition_truncated_by_name_is_refused_once_the_stream_shows_it(source,
                                                                                duckdb_project):
     # One transaction gave every partition new storage, as a TRUNCATE of `m` would; the stream
@@ -214,6 +217,7 @@ def test_every_partition_truncated_by_name_is_refused_once_the_stream_shows_it(s
     refused_then_fixed(source, duckdb_project, "m", "every partition was truncated or rewritten")
 
 
+@pytest.mark.slow
 def test_truncate_of_the_partitioned_table_is_carried(source, project):
     _measurements(source)
     project.run("snapshot")
@@ -266,6 +270,7 @@ def test_new_table_outside_the_publication_is_reported(source, duckdb_project):
     assert_table_matches(source, duckdb_project, "fresh")
 
 
+@pytest.mark.slow
 def test_tables_left_out_are_reported_with_a_command_that_works(source, duckdb_project):
     # A whole-schema snapshot is refused while names collide; the user copies what can be copied.
     items_and_other(source)

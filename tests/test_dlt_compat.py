@@ -111,6 +111,9 @@ DLT_INTERNALS = [
     ("dlt.destinations.sql_client", "SqlClientBase.with_staging_dataset"),
     ("dlt.destinations.sql_client", "SqlClientBase.make_qualified_table_name"),
     ("dlt.destinations.sql_client", "SqlClientBase.escape_column_name"),
+    # verify --data reads the destination's tables (destination_tables)
+    ("dlt.destinations.sql_client", "SqlClientBase.execute_query"),
+    ("dlt.destinations.sql_client", "SqlClientBase.execute_sql"),
     ("dlt.destinations.impl.filesystem.filesystem",
      "FilesystemClient.get_reference_followup_job_class"),
     ("dlt.destinations.impl.filesystem.filesystem", "FilesystemClient.load_open_table"),

@@ -110,6 +110,7 @@ def test_what_would_fail_the_applications_writes_is_refused(source, duckdb_proje
     assert "refused the exclude_columns or row_filters of events" in line, line
 
 
+@pytest.mark.slow
 def test_a_changed_configuration_or_publication_asks_for_a_copy(source, duckdb_project: Project):
     project = duckdb_project
     _create(source)

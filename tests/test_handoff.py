@@ -77,6 +77,7 @@ def _keyed_and_keyless(conn, rows: int = 20_000) -> None:
 # -- reruns after a failed or killed first snapshot ---------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("pgbench") is None, reason="pgbench is not installed")
 def test_killed_first_snapshot_under_pgbench_then_rerun_is_exact(source, duckdb_project):
     seed = random.randrange(1_000_000)
@@ -119,6 +120,7 @@ def test_failed_first_snapshot_then_good_one_then_dropped_slot_refuses(source, p
     assert project.slot_confirmed_lsn() is None, "nothing is created silently"
 
 
+@pytest.mark.slow
 def test_cdc_after_a_snapshot_that_failed_on_its_last_table(source, duckdb_project, tmp_path):
     # The pipeline logs in as a role that may not read the last table: the copy fails there.
     _keyed_and_keyless(source, rows=1000)
@@ -184,6 +186,7 @@ def test_a_slot_no_load_used_retains_no_wal_while_cdc_refuses(source, project, t
 # -- snapshots of some tables on a running pipeline ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_resnapshot_of_one_table_under_writes_applies_nothing_twice(source, duckdb_project):
     _keyed_and_keyless(source)
     duckdb_project.run("snapshot")
@@ -209,6 +212,7 @@ def test_resnapshot_of_one_table_under_writes_applies_nothing_twice(source, duck
     assert copied and streamed and max(copied) < min(streamed)
 
 
+@pytest.mark.slow
 def test_table_added_later_starts_exactly_at_its_own_handoff(source, duckdb_project):
     _keyed_and_keyless(source, rows=100)
     duckdb_project.run("snapshot", "--tables", "a,b")
@@ -294,6 +298,7 @@ def _forget_local_state(project: Project) -> None:
     shutil.rmtree(project.dir / "dlt_data" / "pipelines" / project.pipeline_name)
 
 
+@pytest.mark.slow
 def test_local_state_lost_the_destination_state_is_the_truth(source, duckdb_project):
     _keyed_and_keyless(source, rows=100)
     duckdb_project.run("snapshot", "--tables", "a,a_log")
@@ -319,6 +324,7 @@ def test_local_state_lost_and_slot_dropped_is_refused(source, duckdb_project):
     assert duckdb_project.slot_confirmed_lsn() is None
 
 
+@pytest.mark.slow
 def test_destination_restored_from_a_backup_on_a_new_machine_is_refused(source, tmp_path,
                                                                         source_url):
     # An older destination and no local state: only the slot tells that changes since the backup

@@ -5,6 +5,7 @@ import random
 import threading
 
 import psycopg2
+import pytest
 
 from tests.test_online_snapshot import _big_table, _online_progress, _wait_for
 from tests.tools import assert_table_matches, run_sql
@@ -66,6 +67,7 @@ def test_chunk_options_without_online_are_refused(project):
                                          "--online"), result.stderr
 
 
+@pytest.mark.slow
 def test_a_table_dropped_during_its_online_copy_ends_that_copy_only(source, project):
     """The copy of a dropped table ends (the destination keeps what it got, as for any dropped
     table); it used to fail every later run ("unknown table"), after emptying the next table a
@@ -87,6 +89,7 @@ def test_a_table_dropped_during_its_online_copy_ends_that_copy_only(source, proj
     assert "✗" not in project.run("verify").stdout
 
 
+@pytest.mark.slow
 def test_a_schema_change_that_needs_a_new_copy_restarts_the_online_copy(source, project):
     """After such a change, the command `verify` names (`snapshot --online --tables t`) went on
     from the old cursor and was refused again, every time."""

@@ -10,6 +10,7 @@ import threading
 import time
 
 import psycopg2
+import pytest
 
 from tests.tools import Project, assert_table_matches, run_sql
 
@@ -96,6 +97,7 @@ def _chunks_in(output: str, table: str = "big") -> int:
     return int(found.group(1))
 
 
+@pytest.mark.slow
 def test_online_snapshot_under_concurrent_writes_equals_source(source, project):
     _big_table(source)
     run_sql(source, "CREATE TABLE events (payload text)",  # no key: copied whole
@@ -112,6 +114,7 @@ def test_online_snapshot_under_concurrent_writes_equals_source(source, project):
     assert "online copies: none in progress" in checks
 
 
+@pytest.mark.slow
 def test_online_snapshot_into_delta_under_concurrent_writes(source, tmp_path, source_url):
     project = Project(tmp_path, source_url, destination="filesystem")
     _big_table(source, rows=3000)
@@ -145,13 +148,20 @@ def _wait_for(condition, what: str, timeout: float = 120.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_killed_online_snapshot_resumes_from_its_last_loaded_chunk(source, project):
     _big_table(source)
     chunk_rows = 200
     with Writer(project.source_url):
         first = project.start("snapshot", "--online", "--chunk-rows", str(chunk_rows))
-        progress = _wait_for(lambda: (_online_progress(project).get("big") or {}).get("chunks", 0)
-                             >= 8 and _online_progress(project)["big"], "8 chunks loaded")
+        def eight_chunks_loaded():
+            # (a copy that ended, or failed, first would leave nothing to wait for)
+            assert first.poll() is None, ("the copy ended before it was killed",
+                                          first.returncode, first.communicate())
+            found = _online_progress(project).get("big") or {}
+            return found if found.get("chunks", 0) >= 8 else None
+
+        progress = _wait_for(eight_chunks_loaded, "8 chunks loaded")
         # A cdc and an online snapshot never overlap: they share the run lock.
         assert "in use by another run" in project.run("cdc", expect=5).stderr
         first.send_signal(signal.SIGKILL)
@@ -169,6 +179,7 @@ def test_killed_online_snapshot_resumes_from_its_last_loaded_chunk(source, proje
     assert _online_progress(project) == {}
 
 
+@pytest.mark.slow
 def test_truncate_during_an_online_snapshot(source, project):
     _big_table(source)
     with Writer(project.source_url, truncate_after=2.0) as writer:
@@ -178,6 +189,7 @@ def test_truncate_during_an_online_snapshot(source, project):
     assert_table_matches(source, project, "big")
 
 
+@pytest.mark.slow
 def test_online_snapshot_split_across_bounded_cdc_runs(source, project):
     _big_table(source)
     with Writer(project.source_url):
@@ -190,7 +202,8 @@ def test_online_snapshot_split_across_bounded_cdc_runs(source, project):
         assert re.search(r"✗ online copies: big: .*`snapshot --online --tables big` finishes",
                          unfinished), unfinished
         advancing_runs = 0
-        for _ in range(30):
+        deadline = time.monotonic() + 240  # a loaded machine copies less in each second
+        while time.monotonic() < deadline:
             summary = project.run("cdc", "--max-seconds", "1",
                                   env={"SOURCES__PG_REPLICATION__ONLINE_CHUNK_ROWS": "500"}).stdout
             advancing_runs += "rows copied online" in summary

@@ -5,6 +5,7 @@ schema.table`; collisions and unknown schemas refused; DDL refusals naming `sche
 import json
 
 import psycopg2
+import pytest
 
 from tests.tools import EXIT_NO_COPY, Project, assert_table_matches, one_error_line, run_sql
 
@@ -71,6 +72,7 @@ def test_two_schemas_share_one_slot_and_publication(source, duckdb_project: Proj
     project.run("verify")
 
 
+@pytest.mark.slow
 def test_qualified_table_names_refresh_one_table(source, duckdb_project: Project):
     project = _multi(duckdb_project)
     _create(source)

@@ -167,6 +167,7 @@ def _assert_marked_for_spark(path: Path) -> None:
         footer), (path.name, keys)
 
 
+@pytest.mark.slow
 def test_snapshot_and_cdc_files_read_by_spark_exactly(source, project, spark, tmp_path):
     run_sql(source, SCHEMA, ROWS)
     project.run("snapshot")

@@ -111,6 +111,7 @@ def test_large_values_in_the_stream_are_loaded_in_bounded_parts(source, project)
     assert assert_table_matches(source, project, "docs") == 12
 
 
+@pytest.mark.slow
 def test_ten_megabyte_values_load_within_the_default_duckdb_budget(source, duckdb_project):
     """A cdc of rows with 10 MB values exited 7 on every run (DuckDB out of memory, 192 MB)."""
     run_sql(source, "CREATE TABLE blobs (id int PRIMARY KEY, body text)")

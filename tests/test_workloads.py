@@ -333,6 +333,7 @@ class Writer(threading.Thread):
             conn.close()
 
 
+@pytest.mark.slow
 def test_writes_during_snapshot_then_cdc_converge(source, project):
     """Commits during the copy are either in it or come through cdc: the result is exact."""
     _accounts_table(source)
@@ -357,6 +358,7 @@ def test_writes_during_snapshot_then_cdc_converge(source, project):
     _assert_all_match(source, project, ["accounts"], context)
 
 
+@pytest.mark.slow
 def test_writes_during_cdc_runs_converge_and_each_run_ends(source, project):
     """Runs under a never-pausing writer end, and once it stops the destination is exact."""
     _accounts_table(source)
@@ -385,6 +387,7 @@ def test_writes_during_cdc_runs_converge_and_each_run_ends(source, project):
     _assert_all_match(source, project, ["accounts"], context)
 
 
+@pytest.mark.slow
 def test_cdc_run_ends_while_a_writer_keeps_truncating(source, tmp_path, source_url):
     """A run ends although the writer truncates a table every few hundred milliseconds."""
     # Destination-independent (segments end on TRUNCATE for every merge strategy): DuckDB only.

@@ -235,7 +235,52 @@ def assert_table_matches(conn, project: Project, table: str, schema: str = "publ
     assert len(actual) == len(expected), f"{table}: {len(actual)} rows, source has {len(expected)}"
     for got, want in zip(actual, expected):
         assert got == want, f"{table}: destination row {got} != source row {want}"
+    # The same comparison by `verify --data`'s checksums: what passes here must pass there.
+    differences = checksum_differences(conn, project, table, schema, dest_table, columns_as)
+    assert not differences, f"{table}: verify --data finds {differences}"
     return len(expected)
+
+
+def checksum_differences(conn, project: Project, table: str, schema: str = "public",
+                         dest_table: Optional[str] = None,
+                         columns_as: Optional[Dict[str, str]] = None) -> List[str]:
+    """The rows `verify --data`'s comparison (data_check.py) finds differing, in process."""
+    from pg_replication.canonical import DuckDBDialect
+    from pg_replication.data_check import (ChunkSums, DeltaDestination, Side, chunk_digits,
+                                           compare, live_rows, source_side,
+                                           table_plans)
+    from pg_replication.state import LoadedState
+
+    info = describe_tables(conn, schema, [table])[table]
+    (plan,) = table_plans(conn, [info], LoadedState())
+    plan.target = dest_table or plan.target
+    for column in plan.columns:
+        column.destination = (columns_as or {}).get(column.name, column.destination)
+    ours = source_side(plan, conn, utf8=True)
+    if project.destination == "filesystem":
+        reader = DeltaDestination(str(project.delta_root / DATASET))
+        theirs = reader.side(plan)
+    else:
+        import duckdb
+
+        reader = duckdb.connect(str(project.duckdb_path), read_only=True)
+        present = [row[0] for row in reader.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND "
+            "table_name = ?", [DATASET, plan.target]).fetchall()]
+        theirs = Side(plan, DuckDBDialect(), lambda sql: reader.execute(sql).fetchall(),
+                      f'"{DATASET}"."{plan.target}"', _quoted, present,
+                      live_rows(present, _quoted), destination=True)
+    try:
+        assert theirs is not None, f"{plan.target} is not in the destination"
+        sums = ChunkSums.read(plan, ours, theirs, chunk_digits(plan, 1000))
+        result = compare(plan, ours, theirs, 10, sums)
+        return [] if result.equal else [d.line() for d in result.differences] or [result.line()]
+    finally:
+        reader.close()
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 # -- refusals -----------------------------------------------------------------------------------
