@@ -182,8 +182,7 @@ def _table_plan(table: TableInfo, catalog: Mapping[int, PgTypeRow],
         # snake_case: `txt_` lands in `txtx`)
         held_in = destination_identifier(destinations.get(column.name, column.name))
         # A column whose type changed since its destination column was made goes on in a
-        # variant (hints.output_column_names), as the stream writes it: `a__v_bigint`, which
-        # snake_case would make `a_v_bigint` (a column's `__` collapses).
+        # variant (hints.output_column_names), as the stream writes it: `a__v_bigint`.
         held_in = output_column_names(table.target, [(held_in, kind)], existing)[0]
         columns.append(ColumnPlan(column.name, held_in, kind, base_oid(column.type_oid, catalog)))
     return TablePlan(table, list(key), columns, not_compared,

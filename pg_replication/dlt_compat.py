@@ -136,11 +136,12 @@ def recreate_tables_gone_from_destination(pipeline: dlt.Pipeline, table_names: I
 
 
 def destination_identifier(name: str) -> str:
-    """The name dlt's default naming convention (snake_case) gives a source table or column in
-    the destination."""
+    """The name dlt's default naming convention (snake_case) gives a source column in the
+    destination. dlt normalizes a column's name as a path: `x__y` keeps its `__` and a leading
+    `__` goes (`__lead` lands in `lead`), where `normalize_identifier` would give `x_y`."""
     from dlt.common.normalizers.naming.snake_case import NamingConvention
 
-    return NamingConvention().normalize_identifier(name)
+    return NamingConvention().normalize_path(name)
 
 
 def destination_table_identifier(name: str) -> str:

@@ -256,6 +256,6 @@ def schema_column_lookup(schema: Any) -> ExistingColumn:
         found = schema.tables.get(schema.naming.normalize_tables_path(table))  # keeps `__`
         if not found:
             return None
-        return found.get("columns", {}).get(schema.naming.normalize_identifier(column))
+        return found.get("columns", {}).get(schema.naming.normalize_path(column))  # as dlt does
 
     return lookup

@@ -501,3 +501,33 @@ def test_the_catch_up_leaves_the_transaction_committing_at_the_snapshot_point(so
     assert 100 in ids and 101 not in ids, sorted(ids)
     project.run("cdc")
     assert 101 in {row["id"] for row in project.dest_rows("orders")}
+
+
+def test_columns_with_double_underscores_are_compared_where_dlt_wrote_them(source,
+                                                                          duckdb_project):
+    """dlt keeps a column's `__` (a path separator) and drops a leading one: `x__y` lands in
+    `x__y`, `__lead` in `lead`. verify --data read them as `x_y` and `_lead`, absent, so every
+    row differed, and a NULL in the source hid any value in the destination; a snapshot refused
+    `x_y` beside `x__y` as a collision."""
+    project = duckdb_project
+    run_sql(source, 'CREATE TABLE dunder (id int PRIMARY KEY, "x__y" text, "a___b" text, '
+                    '"__lead" text, c__d int, x_y text)',
+            "INSERT INTO dunder VALUES (1, 'a', 'b', 'c', 4, 'x'), (2, NULL, NULL, NULL, NULL, NULL)")
+    project.run("snapshot")
+    run_sql(source, "INSERT INTO dunder VALUES (3, 'e', 'f', 'g', 5)",
+            "UPDATE dunder SET x__y = 'changed' WHERE id = 1")
+    project.run("cdc")
+    assert "✓ dunder: 3 rows equal" in _verify(project).stdout
+    assert_table_matches(source, project, "dunder", columns_as={"__lead": "lead"})
+    import duckdb
+
+    with duckdb.connect(str(project.duckdb_path)) as con:
+        columns = [row[0] for row in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'dunder' "
+            f"AND table_schema = '{DATASET}' "
+            "AND column_name NOT LIKE '\\_pg\\_%' ESCAPE '\\' AND column_name NOT LIKE '\\_dlt%' "
+            "ESCAPE '\\' ORDER BY ordinal_position").fetchall()]
+    _duckdb_sql(project, "UPDATE dunder SET x__y = 'tampered', lead = 'z' WHERE id = 2")
+    result = _verify(project, expect=EXIT_DIFFERENT)
+    assert "different id=2 (columns x__y, __lead)" in result.stdout, (columns, result.stdout)
+    assert columns == ["id", "x__y", "a___b", "lead", "c__d", "x_y"]
