@@ -186,8 +186,6 @@ def run_snapshot(settings: Settings, pipeline: dlt.Pipeline) -> SnapshotReport:
         tables = select_tables(lock, settings)  # fail fast
         finish_pending_load(pipeline, lock, settings, copying=[
             destination_table_identifier(t.target) for t in tables.values()])
-        # Before any slot or snapshot exists: a slow destination holds nothing open on the source.
-        recreate_tables_gone_from_destination(pipeline, [t.target for t in tables.values()])
         plan = prepare_copy(lock, settings=settings, tables=tables)
         rows = _run_snapshot_source(copy_source(settings=settings, plan=plan), pipeline, tables,
                                     lock, settings)
@@ -233,7 +231,6 @@ def run_online_snapshot(settings: Settings, pipeline: dlt.Pipeline,
         starting = {name: table for name, table in tables.items() if name not in resumed}
         rows: Dict[str, int] = {}
         if starting:  # emptied in the destination, with a hand-off from now on
-            recreate_tables_gone_from_destination(pipeline, [t.target for t in starting.values()])
             plan = prepare_copy(lock, settings=settings, tables=starting, online=list(starting))
             rows = _run_snapshot_source(copy_source(settings=settings, plan=plan), pipeline,
                                         starting, lock, settings)
@@ -288,11 +285,13 @@ def _run_snapshot_source(source, pipeline: dlt.Pipeline, tables: Dict[str, Table
                          conn, settings: Settings) -> Dict[str, int]:
     """Loads the copy; returns its rows per table, by TableInfo.label."""
     label_of = {destination_table_identifier(t.target): label for label, t in tables.items()}
-    _load(source, pipeline, conn, settings)
+    # A copied table dropped in the destination is created again (empty) only once its copy is
+    # extracted and normalized: a copy that fails before leaves it missing, so that cdc, verify
+    # and status go on saying so (an empty table would pass for a copied one).
+    normalize = _load(source, pipeline, conn, settings, before_load=lambda: (
+        recreate_tables_gone_from_destination(pipeline, [t.target for t in tables.values()])))
     remember_loaded_state(pipeline)
-    trace = pipeline.last_trace
     counts: Dict[str, int] = {}
-    normalize = trace.last_normalize_info if trace else None
     if normalize is not None:
         for table, count in normalize.row_counts.items():
             if not table.startswith("_dlt"):
@@ -696,12 +695,22 @@ def _load_segment(lock, settings: Settings, pipeline: dlt.Pipeline, bounds: RunB
     return segment
 
 
-def _load(source, pipeline: dlt.Pipeline, conn, settings: Settings) -> None:
-    """Extracts, normalizes and loads `source`; a load the destination refuses for good is
-    told as such (pending_loads)."""
+def _load(source, pipeline: dlt.Pipeline, conn, settings: Settings,
+          before_load: Optional[Callable[[], Any]] = None) -> Optional[Any]:
+    """Extracts, normalizes and loads `source` (calling `before_load` between normalize and
+    load); returns what normalize counted (dlt's NormalizeInfo). A load the destination
+    refuses for good is told as such (pending_loads)."""
     apply_table_format(source, pipeline)
     try:
-        pipeline.run(source, loader_file_format="parquet")
+        if before_load is None:
+            pipeline.run(source, loader_file_format="parquet")
+            return pipeline.last_trace.last_normalize_info if pipeline.last_trace else None
+        pipeline.sync_destination()  # as run() does first: a new machine restores the state
+        pipeline.extract(source, loader_file_format="parquet")
+        normalized = pipeline.normalize()
+        before_load()
+        pipeline.load()
+        return normalized
     except Exception as error:
         refused = explain_refusal(pipeline, conn, settings, error)
         if refused is error:

@@ -211,7 +211,8 @@ def test_nothing_to_read_returns_and_max_seconds_bounds_a_run(source, project):
     project.run("snapshot")
     idle = project.run("cdc", timeout=60)
     assert "cdc: 0 changes, no new changes" in idle.stdout
-    transactions = 20_000
+    # Enough that no bound tried below reads them all: 20 000 were read whole within 0.3 s.
+    transactions = 100_000
     run_sql(source, f"DO $$ BEGIN FOR i IN 1..{transactions} LOOP "
                  "UPDATE items SET qty = i WHERE id = 1 + i % 50; COMMIT; END LOOP; END $$")
     loaded = 0

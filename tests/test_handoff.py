@@ -280,6 +280,33 @@ def test_destination_lost_between_runs_is_refused_and_snapshot_recovers(source, 
     project.run("verify")
 
 
+def test_a_snapshot_that_fails_leaves_a_dropped_table_missing(source, source_url,
+                                                            duckdb_project):
+    """A table dropped in the destination was created again, empty, before the snapshot that
+    would copy it; when that snapshot then gave up (an open transaction), cdc, verify and status
+    saw the table, said nothing, and the rows never came back."""
+    project = duckdb_project
+    _keyed_and_keyless(source, rows=50)
+    project.run("snapshot")
+    with duckdb.connect(str(project.duckdb_path)) as con:
+        con.execute(f"DROP TABLE {DATASET}.a")
+    expected = "table a missing from the destination although copied: run `snapshot --tables a`"
+    assert expected in _one_error_line(project.run("cdc", expect=EXIT_NO_COPY))
+    blocker = psycopg2.connect(source_url)  # idle in transaction: the snapshot waits, gives up
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("INSERT INTO b VALUES (1000, 'open')")
+        project.run("snapshot", "--tables", "a", "--max-wait", "1", expect=4)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert expected in _one_error_line(project.run("cdc", expect=EXIT_NO_COPY))
+    assert "✗ table copies: " + expected in project.run("verify", expect=EXIT_CHECK_FAILED).stdout
+    project.run("snapshot", "--tables", "a")
+    project.run("cdc")
+    assert_table_matches(source, project, "a")
+
+
 def test_positions_of_another_slot_are_refused(source, duckdb_project):
     # The configured slot changed (or another pipeline's slot has that name): the stored
     # positions mean nothing for it.
