@@ -36,7 +36,7 @@ from .catalog import TableInfo, load_type_catalog
 from .dlt_compat import (DestinationTables, destination_identifier, destination_table_identifier,
                          destination_tables, filesystem_dataset_root)
 from .destinations import destination_name
-from .hints import DELETED_AT_COLUMN, DELETED_COLUMN, ExistingColumn, output_column_names
+from .hints import DELETED_AT_COLUMN, ExistingColumn, output_column_names
 from .state import LoadedState, table_key
 from .types import ColumnKind, PgTypeRow, base_oid, resolve_kind
 
@@ -529,13 +529,12 @@ class DeltaDestination(DestinationReader):
 
 
 def live_rows(present: Sequence[str], quote: Callable[[str], str]) -> str:
-    """Rows the source still holds: soft-deleted rows stay in the destination, marked."""
-    conditions = []
+    """Rows the source still holds: soft-deleted rows stay in the destination, marked.
+    `_pg_deleted` marks a delete only on its way to the merge, which removes the row: a row
+    marked so in the destination is not left out but compared (an extra row, found)."""
     if DELETED_AT_COLUMN in present:
-        conditions.append(f"{quote(DELETED_AT_COLUMN)} IS NULL")
-    if DELETED_COLUMN in present:
-        conditions.append(f"{quote(DELETED_COLUMN)} IS NOT TRUE")
-    return " AND ".join(conditions) or "TRUE"
+        return f"{quote(DELETED_AT_COLUMN)} IS NULL"
+    return "TRUE"
 
 
 @contextmanager
