@@ -158,7 +158,9 @@ class PostgresDialect(Dialect):
         if conversion == "bytea" or type_oid == BYTEA:
             return f"encode({c}, 'hex')"
         if conversion == "array":
-            if kind.element in ("int", "bool"):
+            if kind.element == "int":  # through numeric: JSON prints an oid[]'s elements quoted
+                return f"array_to_json({c}::text::numeric[])::text"
+            if kind.element == "bool":
                 return f"array_to_json({c})::text"
             if kind.element == "text" and kind.delimiter == ",":
                 # Through the array's own text: each element as its output function prints it,

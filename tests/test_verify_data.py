@@ -543,3 +543,16 @@ def test_a_row_marked_deleted_in_the_destination_is_found(source, duckdb_project
                          "VALUES (5000, 'ghost', 0, true)")
     result = _verify(project, expect=EXIT_DIFFERENT)
     assert "extra id=5000" in result.stdout, result.stdout
+
+
+def test_arrays_of_oids_compare_equal(source, duckdb_project):
+    """The pipeline writes an oid[] as integers; PostgreSQL's JSON of it quotes each element,
+    so verify --data said every row differed."""
+    project = duckdb_project
+    run_sql(source, "CREATE TABLE arrs (id int PRIMARY KEY, oa oid[], xa int8[], ya int2[][])",
+            "INSERT INTO arrs VALUES (1, '{1,2,4294967295}', '{-9223372036854775808,NULL}', "
+            "'{{1,2},{3,4}}'), (2, '{}', NULL, '[2:2]={7}')")
+    project.run("snapshot")
+    assert "✓ arrs: 2 rows equal" in _verify(project).stdout
+    _duckdb_sql(project, "UPDATE arrs SET oa = [1, 3] WHERE id = 1")
+    assert "different id=1 (columns oa)" in _verify(project, expect=EXIT_DIFFERENT).stdout
