@@ -44,7 +44,16 @@ def to_dsn(credentials: Any) -> str:
     if hasattr(credentials, "to_native_representation"):
         credentials = credentials.to_native_representation()
     text = str(credentials).strip()
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - reads the port: a malformed one raises here, not in libpq
+    except ValueError as error:
+        raise ConfigError(f"the source URL cannot be read: {error}") from None
+    if parts.scheme.startswith("postgres") and parts.netloc.count("@") > 1:
+        # libpq takes the host from after the first '@' and would print the password's rest as
+        # a host name it cannot find.
+        raise ConfigError("the source URL has more than one '@' before its host: write an '@' "
+                          "of the user name or password as %40")
     if parts.scheme.startswith("postgres"):
         # SQLAlchemy spellings ("postgresql+psycopg2://") are not libpq's.
         return urlunsplit(("postgresql",) + tuple(parts)[1:])

@@ -186,6 +186,19 @@ def test_unknown_database(shared):
     _check(shared, ["cdc"], EXIT_CONNECT, "no_such_database", env={CREDENTIALS: url})
 
 
+@pytest.mark.parametrize("url, wording, secret", [
+    # libpq reads the host after the first '@': it printed the password's tail as a host name
+    ("postgresql://app:se@krit@127.0.0.1:{port}/appdb", "%40", "krit"),
+    ("postgresql://app:pw@[::1:{port}/appdb", "cannot be read", "pw"),
+])
+def test_a_url_libpq_would_read_otherwise_is_refused_without_its_secret(shared, url, wording,
+                                                                         secret):
+    port = urlsplit(shared.project.source_url).port
+    result = _check(shared, ["cdc"], EXIT_CONFIG, wording,
+                    env={CREDENTIALS: url.format(port=port)})
+    assert secret not in result.output
+
+
 # -- the source server is not ready -------------------------------------------------------------
 
 
