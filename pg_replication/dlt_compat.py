@@ -97,9 +97,11 @@ def _parses(fs_client: Any, path: str) -> bool:
 def existing_destination_tables(pipeline: dlt.Pipeline, table_names: Iterable[str]) -> Set[str]:
     """Which of the destination tables (named as the pipeline hands them to dlt, before
     snake_case: catalog.TableInfo.target) exist in the destination."""
-    naming = pipeline.default_schema.naming if pipeline.default_schema_name else None
-    wanted = {(naming.normalize_tables_path(name) if naming else name): name
-              for name in table_names}
+    # Without a local schema (a new machine) the names are those the default naming gives, as
+    # the pipeline wrote them: `MixedCase` is in `mixed_case`.
+    normalize = (pipeline.default_schema.naming.normalize_tables_path
+                 if pipeline.default_schema_name else destination_table_identifier)
+    wanted = {normalize(name): name for name in table_names}
     if not wanted:
         return set()
     with pipeline.destination_client() as client:

@@ -340,6 +340,25 @@ def test_local_state_lost_the_destination_state_is_the_truth(source, duckdb_proj
         assert_table_matches(source, duckdb_project, table)
 
 
+def test_local_state_lost_with_names_snake_case_rewrites(source, duckdb_project):
+    """Without a local schema, the destination's tables were looked up under their source
+    names: `MixedCase` (in `mixed_case`) and `sales.Items` (in `sales__items`) were said to be
+    missing, and cdc refused on every new machine."""
+    project = duckdb_project
+    run_sql(source, 'CREATE TABLE "MixedCase" (id int PRIMARY KEY, v text)',
+            "CREATE SCHEMA sales", 'CREATE TABLE sales."Items" (id int PRIMARY KEY, v text)',
+            """INSERT INTO "MixedCase" VALUES (1, 'a')""",
+            """INSERT INTO sales."Items" VALUES (1, 'a')""")
+    schemas = {"SOURCES__PG_REPLICATION__SCHEMA_NAMES": "public,sales"}
+    project.run("snapshot", env=schemas)
+    _forget_local_state(project)
+    run_sql(source, """UPDATE "MixedCase" SET v = 'b'""", 'DELETE FROM sales."Items"')
+    project.run("cdc", env=schemas)
+    project.run("verify", env=schemas)
+    assert_table_matches(source, project, "MixedCase", dest_table="mixed_case")
+    assert_table_matches(source, project, "Items", schema="sales", dest_table="sales__items")
+
+
 def test_local_state_lost_and_slot_dropped_is_refused(source, duckdb_project):
     _keyed_and_keyless(source, rows=10)
     duckdb_project.run("snapshot")
