@@ -22,8 +22,8 @@ from .exceptions import ConfigError, SourceNotReadyError
 from .failover import align_failover, wanted_failover
 from .filters import published_filters, published_record, with_filters
 from .hints import (META_ARROW_TYPES, RESERVED_COLUMNS, delete_marker, existing_destination_column,
-                    mark_batch, name_collisions, output_column_names, snapshot_hints, table_hints,
-                    with_column_hints, with_delta_options)
+                    mark_batch, name_collisions, output_column_names, released_columns,
+                    snapshot_hints, table_hints, with_column_hints, with_delta_options)
 from .insert_only import updated_or_deleted_rows
 from .settings import PgReplicationConfiguration as Settings
 from .slots import (INSERT_ONLY_SUFFIX, check_partition_root_publishing, check_slot_usable, copy_slot_name,
@@ -409,7 +409,9 @@ class _Copy:
                             [renames.get(k, k) for k in table.merge_key], self.settings.deletes)
         hints = with_delta_options(hints, self.settings.delta_options)
         hints = snapshot_hints(with_column_hints(hints, self.columns))
-        return _TableOutput(hints, renames, {renames.get(n, n): kind for n, kind in kinds.items()})
+        released = released_columns(table.target, list(hints["columns"]))
+        return _TableOutput(hints, renames, {renames.get(n, n): kind for n, kind in kinds.items()},
+                            released)
 
 
 @dataclass
@@ -431,19 +433,25 @@ class _TableOutput:
     hints: Dict[str, Any]
     renames: Dict[str, str]
     kinds: Dict[str, Any]  # destination column -> ColumnKind
+    released: Dict[str, Dict[str, Any]]  # columns the copy leaves NULL (hints.released_columns)
     first: bool = True
+
+    @property
+    def table_hints(self) -> Dict[str, Any]:
+        """What dlt is told on the first batch: the copied columns, and the released ones."""
+        return dict(self.hints, columns={**self.released, **self.hints["columns"]})
 
     def batch(self, data: pa.Table) -> Any:
         data = data.rename_columns([self.renames.get(n, n) for n in data.column_names])
         data = data.select([n for n in data.column_names if n in self.hints["columns"]])
-        marked = mark_batch(data, self.hints, self.first)
+        marked = mark_batch(data, self.table_hints, self.first)
         self.first = False
         return marked
 
     def empty_batch(self) -> Any:
         """No rows: still replaces what the destination holds."""
         self.first = False
-        return mark_batch(_empty_like(self.hints, self.kinds), self.hints, True)
+        return mark_batch(_empty_like(self.hints, self.kinds), self.table_hints, True)
 
 
 def _copied_columns(table: TableInfo) -> List[str]:

@@ -110,6 +110,56 @@ def existing_destination_tables(pipeline: dlt.Pipeline, table_names: Iterable[st
 
 
 @_destination_read
+def drop_tables_a_copy_cannot_fill(pipeline: dlt.Pipeline, table_names: Iterable[str]
+                                   ) -> List[str]:
+    """Drops, in an SQL destination, the tables about to be replaced by a copy whose NOT NULL
+    columns no longer fit it (a key column renamed or added since the last copy), and returns
+    their names; recreate_tables_gone_from_destination then creates them as the copy's schema
+    says. dlt only adds columns: it would add a new key column NOT NULL to a table that has rows
+    (refused), and keep the old key column NOT NULL, which the copy leaves empty."""
+    if not pipeline.default_schema_name:
+        return []
+    schema = pipeline.default_schema
+    known = {schema.naming.normalize_tables_path(name): name for name in table_names}
+    known = {table: name for table, name in known.items() if table in schema.tables}
+    with pipeline.destination_client() as client:
+        if (not known or not isinstance(client, SqlJobClientBase)
+                or not client.is_storage_initialized()):
+            return []
+        stale = _drop_unfillable(client, schema, known)
+        # The staging dataset's tables (where the merges stage changes) are updated the same way.
+        with_staging = getattr(client, "with_staging_dataset", None)
+        if with_staging is not None:
+            with with_staging():
+                if client.is_storage_initialized():
+                    _drop_unfillable(client, schema, known)
+    return sorted(known[table] for table in stale)
+
+
+def _drop_unfillable(client: SqlJobClientBase, schema: Any, tables: Iterable[str]) -> List[str]:
+    stale = [table for table, stored in client.get_storage_tables(list(tables))
+             if stored and _not_null_differs(schema.tables[table]["columns"], stored)]
+    if stale:
+        client.sql_client.drop_tables(*stale)
+    return stale
+
+
+def _not_null_differs(columns: Dict[str, Any], stored: Dict[str, Any]) -> bool:
+    """Whether a table's stored NOT NULL columns do not fit the columns of its schema."""
+    stored = {name.lower(): column for name, column in stored.items()}
+    for name, column in columns.items():
+        if not column.get("data_type"):
+            continue
+        wanted_not_null = column.get("nullable") is False
+        held = stored.get(name.lower())
+        if held is None and wanted_not_null:
+            return True  # dlt would add it NOT NULL to a table that has rows
+        if held is not None and held.get("nullable") is False and not wanted_not_null:
+            return True  # the copy leaves it NULL
+    return False
+
+
+@_destination_read
 def recreate_tables_gone_from_destination(pipeline: dlt.Pipeline, table_names: Iterable[str]
                                           ) -> List[str]:
     """Creates again, empty, the tables dlt's schema knows that an SQL destination no longer has

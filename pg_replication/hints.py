@@ -249,6 +249,26 @@ def existing_destination_column() -> ExistingColumn:
     return schema_column_lookup(schema)
 
 
+def released_columns(table_name: str, copied: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """The hints that release the columns a copy no longer writes (a key column renamed since
+    the last copy, a NOT NULL column dropped): nullable, and no longer a key. dlt keeps every
+    column a table ever had, with its hints; the copy's rows would carry NULL in them, which dlt
+    refuses in a non-nullable column, and the merge would still match on an old key."""
+    import dlt
+
+    try:
+        schema = dlt.current.source_schema()
+    except Exception:  # noqa: BLE001 - outside an extract nothing exists yet
+        return {}
+    table = schema.tables.get(schema.naming.normalize_tables_path(table_name)) or {}
+    kept = {schema.naming.normalize_path(name) for name in copied}
+    return {name: dict(column, nullable=True, primary_key=False, merge_key=False)
+            for name, column in table.get("columns", {}).items()
+            if name not in kept and not name.startswith("_dlt") and column.get("data_type")
+            and (column.get("primary_key") or column.get("merge_key")
+                 or column.get("nullable") is False)}
+
+
 def schema_column_lookup(schema: Any) -> ExistingColumn:
     """Looks up a column in a dlt schema (a pipeline's: where verify --data finds variants)."""
 

@@ -41,7 +41,7 @@ from .copies import (addable_tables, copy_source, prepare_copy, refuse_unknown_f
 from .ddl import Leaves, read_leaves
 from .destinations import apply_table_format, is_local_duckdb
 from .dlt_compat import (destination_state, destination_table_identifier, make_source,
-                         recreate_tables_gone_from_destination)
+                         recreate_tables_gone_from_destination, drop_tables_a_copy_cannot_fill)
 from .exceptions import (CopyMissingError, SlotError, SlotInUseError, SourceNotReadyError,
                          mask_secrets, snapshot_command)
 from .failover import align_failover, standby_wait_problem, unguarded_failover_problem
@@ -288,8 +288,13 @@ def _run_snapshot_source(source, pipeline: dlt.Pipeline, tables: Dict[str, Table
     # A copied table dropped in the destination is created again (empty) only once its copy is
     # extracted and normalized: a copy that fails before leaves it missing, so that cdc, verify
     # and status go on saying so (an empty table would pass for a copied one).
-    normalize = _load(source, pipeline, conn, settings, before_load=lambda: (
-        recreate_tables_gone_from_destination(pipeline, [t.target for t in tables.values()])))
+    targets = [t.target for t in tables.values()]
+
+    def before_load() -> None:
+        drop_tables_a_copy_cannot_fill(pipeline, targets)
+        recreate_tables_gone_from_destination(pipeline, targets)
+
+    normalize = _load(source, pipeline, conn, settings, before_load=before_load)
     remember_loaded_state(pipeline)
     counts: Dict[str, int] = {}
     if normalize is not None:

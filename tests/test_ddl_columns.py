@@ -97,6 +97,14 @@ def test_primary_key_rename_does_not_wedge(source, project):
     run_sql(source, "UPDATE items SET a = 'again' WHERE item_id = 3")
     project.run("cdc")
     assert_table_matches(source, project, "items", columns_as={"item_id": "id"})
+    # A copy takes the new name; the old key column must not stay a key (the copy failed on
+    # dlt's non-nullable `id`, and every snapshot of the table after it).
+    project.run("snapshot", "--tables", "items")
+    run_sql(source, "UPDATE items SET a = 'after the copy' WHERE item_id = 4",
+            "DELETE FROM items WHERE item_id = 5")
+    project.run("cdc")
+    assert_table_matches(source, project, "items")
+    project.run("verify", "--data")
 
 
 def test_column_renamed_twice_between_runs_needs_a_copy(source, duckdb_project):
@@ -297,3 +305,35 @@ def test_enum_value_renamed_inside_a_range_needs_a_copy(source, duckdb_project):
     duckdb_project.run("snapshot")
     run_sql(source, "ALTER TYPE tier RENAME VALUE 'pro' TO 'professional'")
     refused_then_fixed(source, duckdb_project, "plans", "enum type tier had value 'pro'")
+
+
+def test_a_copy_replaces_a_table_in_place_unless_its_not_null_columns_changed(source,
+                                                                              duckdb_project):
+    """A table is dropped before its copy only when its NOT NULL columns no longer fit (a key
+    renamed: test_primary_key_rename_does_not_wedge): a plain copy again, or a copy of a table
+    that got a key, keeps the table and what an admin set on it."""
+    project = duckdb_project
+    run_sql(source, "CREATE TABLE t (id int PRIMARY KEY, v text)",
+            "CREATE TABLE log (n int, v text)", "INSERT INTO t VALUES (1, 'a')",
+            "INSERT INTO log VALUES (1, 'a'), (1, 'a')")
+    project.run("snapshot")
+    import duckdb
+
+    def comments():
+        with duckdb.connect(str(project.duckdb_path)) as con:
+            return dict(con.execute("SELECT table_name, comment FROM duckdb_tables() "
+                                    "WHERE schema_name = 'bronze_postgres_raw'").fetchall())
+
+    with duckdb.connect(str(project.duckdb_path)) as con:
+        con.execute("COMMENT ON TABLE bronze_postgres_raw.t IS 'kept'")
+        con.execute("COMMENT ON TABLE bronze_postgres_raw.log IS 'kept'")
+    project.run("snapshot")
+    assert comments()["t"] == "kept" and comments()["log"] == "kept"
+    # The table without a key gets one: its column `n`, nullable in the destination, stays so.
+    run_sql(source, "DELETE FROM log", "INSERT INTO log VALUES (1, 'a'), (2, 'b')",
+            "ALTER TABLE log ADD PRIMARY KEY (n)")
+    project.run("snapshot", "--tables", "log")
+    assert comments()["t"] == "kept" and comments()["log"] == "kept"
+    run_sql(source, "UPDATE log SET v = 'changed' WHERE n = 2", "DELETE FROM log WHERE n = 1")
+    project.run("cdc")
+    assert_table_matches(source, project, "log")
