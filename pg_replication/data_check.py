@@ -59,6 +59,7 @@ class ColumnPlan:
     destination: str  # in the destination (dlt's snake_case, or the name the copy gave it)
     kind: ColumnKind
     type_oid: int  # the base type's OID
+    loaded: bool = False  # dlt's schema has it: a load created it in the destination
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,9 @@ def _table_plan(table: TableInfo, catalog: Mapping[int, PgTypeRow],
         # A column whose type changed since its destination column was made goes on in a
         # variant (hints.output_column_names), as the stream writes it: `a__v_bigint`.
         held_in = output_column_names(table.target, [(held_in, kind)], existing)[0]
-        columns.append(ColumnPlan(column.name, held_in, kind, base_oid(column.type_oid, catalog)))
+        loaded = bool(existing and existing(table.target, held_in))
+        columns.append(ColumnPlan(column.name, held_in, kind, base_oid(column.type_oid, catalog),
+                                  loaded))
     return TablePlan(table, list(key), columns, not_compared,
                      destination_table_identifier(table.target))
 
@@ -237,6 +240,11 @@ class Side:
         def quoted(column: ColumnPlan) -> str:
             name = column.destination if destination else column.name
             return quote(name) if present is None or name in present else "NULL"
+
+        # A column dlt loaded that the destination no longer has was dropped there by hand: no
+        # load adds it back (dlt's schema says it exists). One not loaded yet reads as NULL.
+        self.missing = [c.name for c in plan.columns if destination and present is not None
+                        and c.loaded and c.destination not in present]
 
         self.columns = {c.name: quoted(c) for c in plan.columns}
         column_texts = texts(dialect, list(self.columns.values()),

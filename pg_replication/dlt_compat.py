@@ -162,29 +162,37 @@ def _not_null_differs(columns: Dict[str, Any], stored: Dict[str, Any]) -> bool:
 @_destination_read
 def recreate_tables_gone_from_destination(pipeline: dlt.Pipeline, table_names: Iterable[str]
                                           ) -> List[str]:
-    """Creates again, empty, the tables dlt's schema knows that an SQL destination no longer has
-    (dropped by hand), and returns their names (TableInfo.target, as given).
+    """Creates again, empty, the tables dlt's schema knows that an SQL destination no longer has,
+    and the columns it knows that a table no longer has (dropped by hand); returns the names
+    (TableInfo.target, as given) of the tables it changed.
 
-    dlt creates tables only while migrating a schema version the destination has not stored; for
-    a stored one it would truncate or insert into a table that is not there, on every run. The
-    client's `update_stored_schema(force=True)` compares the schema with the tables that exist and
-    creates what is missing. (File destinations such as Delta create a table as they write it.)"""
+    dlt creates tables and columns only while migrating a schema version the destination has not
+    stored; for a stored one it would truncate or insert into what is not there, on every run.
+    The client's `update_stored_schema(force=True)` compares the schema with the tables that
+    exist and creates what is missing. (File destinations such as Delta create a table as they
+    write it.)"""
     if not pipeline.default_schema_name:
         return []
     schema = pipeline.default_schema
-    known = {name: schema.naming.normalize_tables_path(name) for name in table_names}
-    known = {name: table for name, table in known.items() if table in schema.tables}
-    if not known:
-        return []
+    known = {schema.naming.normalize_tables_path(name): name for name in table_names}
+    known = {table: name for table, name in known.items() if table in schema.tables}
     with pipeline.destination_client() as client:
         # No dataset at all (a deleted database file): dlt's own migration creates everything.
-        if not isinstance(client, SqlJobClientBase) or not client.is_storage_initialized():
+        if (not known or not isinstance(client, SqlJobClientBase)
+                or not client.is_storage_initialized()):
             return []
-    gone = sorted(set(known) - existing_destination_tables(pipeline, known))
-    if gone:
-        with pipeline.destination_client() as client:
-            client.update_stored_schema(only_tables=[known[name] for name in gone], force=True)
-    return gone
+        incomplete = [table for table, stored in client.get_storage_tables(list(known))
+                      if _lacks_columns(schema.tables[table]["columns"], stored)]
+        if incomplete:
+            client.update_stored_schema(only_tables=incomplete, force=True)
+    return sorted(known[table] for table in incomplete)
+
+
+def _lacks_columns(columns: Dict[str, Any], stored: Dict[str, Any]) -> bool:
+    """Whether a stored table (no columns: gone) lacks a column of its schema."""
+    held = {name.lower() for name in stored}
+    return any(column.get("data_type") and name.lower() not in held
+               for name, column in columns.items())
 
 
 def destination_identifier(name: str) -> str:

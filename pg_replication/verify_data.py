@@ -141,6 +141,11 @@ def _first_pass(lock, settings: Settings, pipeline: dlt.Pipeline, plans: List[Ta
                 results[plan.label] = _problem(plan, "not in the destination: "
                                                f"{snapshot_command([plan.label])} copies it")
                 continue
+            if theirs.missing:
+                results[plan.label] = _problem(
+                    plan, f"column {', '.join(theirs.missing)} is missing in the destination: "
+                    f"{snapshot_command([plan.label])} copies it again")
+                continue
             ours = source_side(plan, lock, utf8)
             sums[plan.label] = ChunkSums.read(
                 plan, ours, theirs, chunk_digits(plan, _estimated_rows(lock, plan.table)))

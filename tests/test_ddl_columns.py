@@ -337,3 +337,25 @@ def test_a_copy_replaces_a_table_in_place_unless_its_not_null_columns_changed(so
     run_sql(source, "UPDATE log SET v = 'changed' WHERE n = 2", "DELETE FROM log WHERE n = 1")
     project.run("cdc")
     assert_table_matches(source, project, "log")
+
+
+def test_a_column_dropped_in_the_destination_is_named_and_a_copy_brings_it_back(
+        source, duckdb_project):
+    """A destination column dropped by hand: dlt's schema still has it, so no load adds it back.
+    verify --data said the rows differed, and `snapshot --tables`, the fix it named, failed on
+    the same missing column, again and again."""
+    project = duckdb_project
+    items_and_other(source)
+    project.run("snapshot")
+    import duckdb
+
+    with duckdb.connect(str(project.duckdb_path)) as con:
+        con.execute("ALTER TABLE bronze_postgres_raw.items DROP COLUMN a")
+    result = project.run("verify", "--data", expect=9)
+    assert "items: column a is missing in the destination" in result.stdout, result.stdout
+    assert "snapshot --tables items" in result.stdout
+    project.run("snapshot", "--tables", "items")
+    run_sql(source, "UPDATE items SET a = 'after' WHERE id = 1")
+    project.run("cdc")
+    assert_table_matches(source, project, "items")
+    project.run("verify", "--data")
