@@ -299,7 +299,8 @@ def status(ctx: click.Context, as_json: bool, max_lag_mb: Optional[float]) -> No
               help="With --data: rows named per table that differs.")
 @click.option("--wait", "wait", type=click.FloatRange(min=0), default=30, show_default=True,
               help="With --data: seconds to wait for a running cdc or snapshot (cdc --follow "
-                   "runs one at a time) before exiting 5.")
+                   "runs one at a time) before exiting 5, and for the transactions open when "
+                   "a recheck starts (at least 1) before exiting 4.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 @handle_errors

@@ -416,10 +416,12 @@ def copy_slot_name(slot_name: str) -> str:
 
 
 def create_slot_with_snapshot(dsn: str, slot_name: str, temporary: bool = False,
-                              max_wait: Optional[float] = None,
-                              failover: bool = False) -> Tuple[object, int, str]:
+                              max_wait: Optional[float] = None, failover: bool = False,
+                              waiter: str = "snapshot", wait_option: str = "--max-wait"
+                              ) -> Tuple[object, int, str]:
     """Creates a pgoutput slot and exports the snapshot of its consistent point; a `failover`
-    slot (PostgreSQL 17+, failover.py) is synchronized to standbys.
+    slot (PostgreSQL 17+, failover.py) is synchronized to standbys. `waiter` names the command
+    in what is said while waiting, `wait_option` the option that sets `max_wait`.
 
     The snapshot sees exactly the transactions whose commit record lies before the consistent
     point; the slot decodes exactly those at or after it. The returned replication connection must
@@ -436,7 +438,7 @@ def create_slot_with_snapshot(dsn: str, slot_name: str, temporary: bool = False,
         (connection, consistent point LSN, snapshot name)
     """
     conn = connect(dsn, replication=True)
-    waiting = _SlotWait(dsn, conn, max_wait)
+    waiting = _SlotWait(dsn, conn, max_wait, waiter)
     try:
         with waiting, conn.cursor() as cur:
             # The option list (PostgreSQL 15+) only when it says more than the old syntax.
@@ -453,7 +455,7 @@ def create_slot_with_snapshot(dsn: str, slot_name: str, temporary: bool = False,
             raise SourceNotReadyError(
                 f"gave up after waiting {max_wait:g} s for the transactions that were open when "
                 f"the snapshot started ({waiting.last_seen or 'none seen'}): end them, or raise "
-                "--max-wait") from None
+                f"{wait_option}") from None
         raise _slot_error(e, slot_name, temporary) from None
     return conn, lsn_to_int(consistent_point), snapshot_name
 
@@ -477,8 +479,9 @@ class _SlotWait:
     FIRST_REPORT_SECONDS = 5.0
     REPORT_EVERY_SECONDS = 15.0
 
-    def __init__(self, dsn: str, creating, max_wait: Optional[float]) -> None:
-        self.dsn, self.creating, self.max_wait = dsn, creating, max_wait
+    def __init__(self, dsn: str, creating, max_wait: Optional[float],
+                 waiter: str = "snapshot") -> None:
+        self.dsn, self.creating, self.max_wait, self.waiter = dsn, creating, max_wait, waiter
         self.done = threading.Event()
         self.gave_up = False
         self.last_seen = ""
@@ -500,7 +503,8 @@ class _SlotWait:
         while not self.done.wait(wait):
             waited = time.monotonic() - started
             self.last_seen = self._open_transactions()
-            print(f"snapshot: waiting {waited:.0f} s for transactions open when it started to end: "
+            print(f"{self.waiter}: waiting {waited:.0f} s for transactions open when it started "
+                  "to end: "
                   f"{self.last_seen or 'none seen any more'}", file=sys.stderr, flush=True)
             if self.max_wait is not None and waited >= self.max_wait:
                 self.gave_up = True

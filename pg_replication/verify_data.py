@@ -13,7 +13,8 @@ Under the run lock (no cdc or snapshot runs meanwhile):
    its rows are named.
 
 Step 2 costs a slot creation, which waits for the transactions open at that moment to end, like
-`snapshot` (what it waits for is said on stderr).
+`snapshot` (what it waits for is said on stderr), for at most `wait` seconds (at least
+MIN_TRANSACTION_WAIT): the run lock is held meanwhile, and a cdc run would be turned away.
 """
 
 import time
@@ -72,6 +73,9 @@ class DataReport:
                 "seconds": round(self.seconds, 3)}
 
 
+MIN_TRANSACTION_WAIT = 1.0  # seconds: `--wait 0` still lets the slot creation itself finish
+
+
 def run_verify_data(settings: Settings, pipeline: dlt.Pipeline,
                     tables: Optional[Sequence[str]] = None, max_keys: int = DEFAULT_MAX_KEYS,
                     on_progress: Callable[[str], None] = lambda line: None,
@@ -94,7 +98,7 @@ def run_verify_data(settings: Settings, pipeline: dlt.Pipeline,
         report = DataReport()
         if suspects:
             report.caught_up_to = _recheck(lock, settings, pipeline, plans, suspects, max_keys,
-                                           results, on_progress)
+                                           results, on_progress, wait)
         for label, found in sums.items():
             results.setdefault(label, found.result())
         report.tables = [results[plan.label] for plan in plans]
@@ -154,12 +158,13 @@ def _first_pass(lock, settings: Settings, pipeline: dlt.Pipeline, plans: List[Ta
 
 def _recheck(lock, settings: Settings, pipeline: dlt.Pipeline, plans: List[TablePlan],
              suspects: Dict[str, ChunkSums], max_keys: int, results: Dict[str, TableResult],
-             on_progress: Callable[[str], None]) -> int:
+             on_progress: Callable[[str], None], wait: float) -> int:
     """Compares the differing chunks again once the destination holds exactly what a snapshot of
     the source holds; returns the snapshot's position."""
     on_progress(f"{len(suspects)} table(s) differ: catching up to compare them again")
     exporter, point, snapshot_name = create_slot_with_snapshot(
-        settings.dsn, f"{settings.slot_name[:40]}_verify_{uuid.uuid4().hex[:8]}", temporary=True)
+        settings.dsn, f"{settings.slot_name[:40]}_verify_{uuid.uuid4().hex[:8]}", temporary=True,
+        max_wait=max(wait, MIN_TRANSACTION_WAIT), waiter="verify --data", wait_option="--wait")
     reader = connect(settings.dsn)
     try:
         begin_snapshot_transaction(reader, snapshot_name)

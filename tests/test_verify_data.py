@@ -556,3 +556,31 @@ def test_arrays_of_oids_compare_equal(source, duckdb_project):
     assert "✓ arrs: 2 rows equal" in _verify(project).stdout
     _duckdb_sql(project, "UPDATE arrs SET oa = [1, 3] WHERE id = 1")
     assert "different id=1 (columns oa)" in _verify(project, expect=EXIT_DIFFERENT).stdout
+
+
+def test_the_recheck_waits_for_open_transactions_only_as_long_as_wait(source, source_url,
+                                                                      duckdb_project):
+    """The recheck's snapshot waits for the transactions open when it starts, holding the run
+    lock (cdc meanwhile exits 5): it waited as long as they lasted. `--wait` bounds it too."""
+    import psycopg2
+
+    project = duckdb_project
+    _orders(source, rows=20)
+    project.run("snapshot")
+    _duckdb_sql(project, "UPDATE orders SET customer = 'tampered' WHERE id = 3")  # a recheck
+    blocker = psycopg2.connect(source_url)  # idle in transaction, holding a transaction id
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("UPDATE orders SET note = 'open' WHERE id = 20")
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+        failed = _verify(project, "--wait", "2", expect=4)
+        assert f"pid {pid} (idle in transaction" in failed.stderr, failed.stderr
+        assert "verify --data: waiting" in failed.stderr, failed.stderr
+        line = failed.stderr.splitlines()[-1]
+        assert line.startswith("Error: gave up after waiting 2 s") and "--wait" in line, line
+        assert "Traceback" not in failed.stderr
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert "different id=3 (columns customer)" in _verify(project, expect=EXIT_DIFFERENT).stdout
