@@ -58,12 +58,18 @@ class DataReport:
             lines.append(f"- chunks that differed were compared again at "
                          f"{int_to_lsn(self.caught_up_to)}, once the destination held every "
                          "change before it")
-        differ = sum(not table.equal for table in self.tables)
         if not self.tables:
             lines.append("data: no table is replicated yet: nothing compared")
             return lines
-        lines.append(f"data: {len(self.tables)} table(s) compared, "
-                     f"{f'{differ} differ' if differ else 'all equal'}, {self.seconds:.2f}s")
+        # A table that could not be compared (not copied yet, ...) is not counted as compared.
+        compared = [table for table in self.tables if table.problem is None]
+        differ = sum(not table.equal for table in compared)
+        parts = [f"data: {len(compared)} table(s) compared"]
+        if compared:
+            parts.append(f"{differ} differ" if differ else "all equal")
+        if len(compared) < len(self.tables):
+            parts.append(f"{len(self.tables) - len(compared)} could not be compared")
+        lines.append(", ".join(parts + [f"{self.seconds:.2f}s"]))
         return lines
 
     def as_dict(self) -> Dict[str, object]:

@@ -584,3 +584,16 @@ def test_the_recheck_waits_for_open_transactions_only_as_long_as_wait(source, so
         blocker.rollback()
         blocker.close()
     assert "different id=3 (columns customer)" in _verify(project, expect=EXIT_DIFFERENT).stdout
+
+
+def test_tables_not_copied_yet_are_not_counted_as_compared(source, duckdb_project):
+    """A table of the publication without its copy was counted among those "compared"."""
+    project = duckdb_project
+    _orders(source, rows=5)
+    run_sql(source, "CREATE TABLE later (id int PRIMARY KEY)")
+    project.run("snapshot", "--tables", "orders")
+    run_sql(source, f"ALTER PUBLICATION {project.pub} ADD TABLE later")
+    result = _verify(project, expect=EXIT_DIFFERENT)
+    assert "✗ later: not in the destination: `snapshot --tables later` copies it" in result.stdout
+    assert "data: 1 table(s) compared, all equal, 1 could not be compared" in result.stdout, \
+        result.stdout
