@@ -40,6 +40,7 @@ MAX_ARGUMENTS = 90
 # Conversions whose canonical text is never empty and never holds a `,` (Dialect.row_text).
 PLAIN = ("int", "decimal", "float", "date", "timestamp", "timestamptz", "bool")
 HEX_DIGITS = 14  # 56 bits: a positive bigint
+SHOWN_CHARACTERS = 60  # of a value in a report
 
 
 class Dialect:
@@ -85,8 +86,9 @@ class Dialect:
         return self.as_text(f"length({text})")
 
     def display(self, column: str) -> str:
-        """A column's value as text for the report (not compared)."""
-        return f"left({self.as_text(column)}, 60)"
+        """A column's value as text for the report (not compared): its first SHOWN_CHARACTERS,
+        and one more to tell that it goes on."""
+        return f"left({self.as_text(column)}, {SHOWN_CHARACTERS + 1})"
 
     def part(self, text: str) -> str:
         """One column's text, alone (`columns_of`)."""
@@ -186,7 +188,8 @@ class PostgresDialect(Dialect):
 
     def display(self, column: str) -> str:  # the output function, as COPY and pgoutput send
         # (format prints NULL as ''; num_nulls: a composite with NULL fields is not NULL)
-        return f"CASE WHEN num_nulls({column}) = 0 THEN left(format('%s', {column}), 60) END"
+        return (f"CASE WHEN num_nulls({column}) = 0 THEN "
+                f"left(format('%s', {column}), {SHOWN_CHARACTERS + 1}) END")
 
 
 class DuckDBDialect(Dialect):

@@ -30,8 +30,8 @@ from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequ
 
 import dlt
 
-from .canonical import (DatabricksDialect, Dialect, DuckDBDialect, PostgresDialect, comparable,
-                        is_plain, texts)
+from .canonical import (SHOWN_CHARACTERS, DatabricksDialect, Dialect, DuckDBDialect,
+                        PostgresDialect, comparable, is_plain, texts)
 from .catalog import TableInfo, load_type_catalog
 from .dlt_compat import (DestinationTables, destination_identifier, destination_table_identifier,
                          destination_tables, filesystem_dataset_root)
@@ -453,11 +453,16 @@ def _shown(names: Sequence[str], values: Sequence[Any]) -> str:
 
 
 def _value(value: Any) -> str:
-    """A value as a report shows it: NULL, '' and text with spaces at its ends stand out."""
+    """A value as a report shows it: NULL, '' and text with spaces at its ends stand out, a line
+    break or another control character is escaped (a report's line stays one line), and a value
+    longer than SHOWN_CHARACTERS is cut with `…`."""
     if value is None:
         return "NULL"
     text = str(value)
-    return repr(text) if text != text.strip() or not text else text
+    cut = text[:SHOWN_CHARACTERS]
+    if cut != cut.strip() or not cut or not cut.isprintable():
+        cut = repr(cut)
+    return cut + ("…" if len(text) > SHOWN_CHARACTERS else "")
 
 
 # -- the sides ---------------------------------------------------------------------------------

@@ -597,3 +597,18 @@ def test_tables_not_copied_yet_are_not_counted_as_compared(source, duckdb_projec
     assert "✗ later: not in the destination: `snapshot --tables later` copies it" in result.stdout
     assert "data: 1 table(s) compared, all equal, 1 could not be compared" in result.stdout, \
         result.stdout
+
+
+def test_keys_are_shown_on_one_line_and_cut_visibly(source, duckdb_project):
+    """A key holding a line break broke the report's one line per table; two long keys that
+    differ after 60 characters were shown alike, with nothing saying they were cut."""
+    project = duckdb_project
+    run_sql(source, "CREATE TABLE notes (k text PRIMARY KEY, v int)",
+            "INSERT INTO notes VALUES (E'line\\nbreak', 1), (repeat('x', 70) || '1', 2), "
+            "(repeat('x', 70) || '2', 3)")
+    project.run("snapshot")
+    _duckdb_sql(project, "UPDATE notes SET v = v + 10")
+    result = _verify(project, expect=EXIT_DIFFERENT)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("✗ notes"))
+    assert "different k='line\\nbreak' (columns v)" in line, result.stdout
+    assert line.count(f"different k={'x' * 60}… (columns v)") == 2, line
