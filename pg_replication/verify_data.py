@@ -95,9 +95,9 @@ def run_verify_data(settings: Settings, pipeline: dlt.Pipeline,
     try:
         check_server(lock)
         acquire_run_lock(lock, settings.slot_name, wait)
+        compared = _tables_to_compare(lock, settings, tables)  # an unknown name: only its error
         once_locked()
-        plans = table_plans(lock, _tables_to_compare(lock, settings, tables),
-                            stored_state(pipeline), _schema_columns(pipeline))
+        plans = table_plans(lock, compared, stored_state(pipeline), _schema_columns(pipeline))
         results: Dict[str, TableResult] = {}
         sums = _first_pass(lock, settings, pipeline, plans, results, on_progress)
         suspects = {label: found for label, found in sums.items() if found.differing}

@@ -234,8 +234,10 @@ def test_bad_options_are_refused(source, duckdb_project):
     assert "--tables, --max-keys and --wait go with --data" in result.stderr
     _orders(source, rows=5)
     project.run("snapshot")
-    line = one_error_line(project.run("verify", "--data", "--tables", "orders,nope", expect=2))
+    unknown = project.run("verify", "--data", "--tables", "orders,nope", expect=2)
+    line = one_error_line(unknown)
     assert "--tables: nope not replicated (replicated: orders)" in line, line
+    assert unknown.stdout == "", unknown.stdout  # not the checklist, then the error
     assert "--tables names no table" in one_error_line(
         project.run("verify", "--data", "--tables", " , ", expect=2))
     assert "1 table(s) compared" in _verify(project, "--tables", "orders,orders").stdout
