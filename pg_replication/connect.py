@@ -1,6 +1,7 @@
 """Connections to the source database, with the session settings every reader relies on."""
 
 import os
+import re
 import socket
 from typing import Any, Optional
 from urllib.parse import urlsplit, urlunsplit
@@ -44,22 +45,39 @@ def to_dsn(credentials: Any) -> str:
     if hasattr(credentials, "to_native_representation"):
         credentials = credentials.to_native_representation()
     text = str(credentials).strip()
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - reads the port: a malformed one raises here, not in libpq
-    except ValueError as error:
-        raise ConfigError(f"the source URL cannot be read: {error}") from None
-    if parts.scheme.startswith("postgres") and parts.netloc.count("@") > 1:
-        # libpq takes the host from after the first '@' and would print the password's rest as
-        # a host name it cannot find.
-        raise ConfigError("the source URL has more than one '@' before its host: write an '@' "
-                          "of the user name or password as %40")
+    if text.startswith("postgres"):
+        _refuse_misread_url(text)
+    parts = urlsplit(text)
     if parts.scheme.startswith("postgres"):
         # SQLAlchemy spellings ("postgresql+psycopg2://") are not libpq's.
         return urlunsplit(("postgresql",) + tuple(parts)[1:])
     if "=" in text:  # libpq key=value form
         return text
     raise ConfigError("source credentials must be a postgresql:// URL or libpq key=value pairs")
+
+
+# What an unencoded character of a password makes of a URL: libpq and Python would read a host,
+# a port or a path out of the password, and print that part of it in their errors.
+_MISREAD_URL = ("the source URL cannot be read as written: percent-encode the special "
+                "characters of its user name and password ('@' as %40, '%' as %25, '#' as %23, "
+                "'/' as %2F, '?' as %3F, ':' as %3A)")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _refuse_misread_url(url: str) -> None:
+    """Raises ConfigError, naming no part of the URL, when its password would be read as
+    something else: more than one '@' (libpq takes the host after the first one), an '@' past
+    the host (a '/', '?' or '#' in the password ended it early), a '%' that starts no
+    percent-encoded byte, or a port that is not a number."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reads the port: a malformed one raises here
+    except ValueError:
+        raise ConfigError(_MISREAD_URL) from None
+    misread = (parts.netloc.count("@") > 1 or "@" in url[len(parts.scheme) + 3 + len(parts.netloc):]
+               or _BAD_PERCENT.search(url))
+    if misread:
+        raise ConfigError(_MISREAD_URL)
 
 
 def connect(dsn: str, replication: bool = False):

@@ -190,6 +190,13 @@ def test_unknown_database(shared):
     # libpq reads the host after the first '@': it printed the password's tail as a host name
     ("postgresql://app:se@krit@127.0.0.1:{port}/appdb", "%40", "krit"),
     ("postgresql://app:pw@[::1:{port}/appdb", "cannot be read", "pw"),
+    # a '#', '?' or '/' ends the password early: a port, or a host, read out of it
+    ("postgresql://app:Ab#Cd@Ef@127.0.0.1:{port}/appdb", "%23", "Ab"),
+    ("postgresql://app:Ab@Cd/Ef@127.0.0.1:{port}/appdb", "%2F", "Cd"),
+    ("postgresql://app:Gh?Ij@127.0.0.1:{port}/appdb", "%3F", "Gh"),
+    # libpq printed the whole password in its "invalid percent-encoded token" error
+    ("postgresql://app:Zq%409Vx%yU!Kw@127.0.0.1:{port}/appdb", "%25", "Vx"),
+    ("postgresql://app@127.0.0.1:{port}/appdb?password=Qw%ZZerty", "%25", "erty"),
 ])
 def test_a_url_libpq_would_read_otherwise_is_refused_without_its_secret(shared, url, wording,
                                                                          secret):
