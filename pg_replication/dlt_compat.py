@@ -97,16 +97,42 @@ def _parses(fs_client: Any, path: str) -> bool:
 def existing_destination_tables(pipeline: dlt.Pipeline, table_names: Iterable[str]) -> Set[str]:
     """Which of the destination tables (named as the pipeline hands them to dlt, before
     snake_case: catalog.TableInfo.target) exist in the destination."""
+    return {name for name, columns in _stored_columns(pipeline, table_names).items() if columns}
+
+
+def columns_gone_from_destination(pipeline: dlt.Pipeline, table_names: Iterable[str]
+                                  ) -> Dict[str, List[str]]:
+    """For the destination tables that exist (named as existing_destination_tables takes them):
+    the columns dlt's schema says a load created that the table no longer has (dropped by hand).
+    dlt would add such a column back, empty, with the next load that changes the schema."""
+    if not pipeline.default_schema_name:
+        return {}
+    schema = pipeline.default_schema
+    gone = {}
+    for name, stored in _stored_columns(pipeline, table_names).items():
+        table = schema.tables.get(schema.naming.normalize_tables_path(name))
+        if not stored or not table:
+            continue
+        held = {column.lower() for column in stored}
+        lacking = [column for column, hints in table.get("columns", {}).items()
+                   if hints.get("data_type") and column.lower() not in held]
+        if lacking:
+            gone[name] = lacking
+    return gone
+
+
+def _stored_columns(pipeline: dlt.Pipeline, table_names: Iterable[str]
+                    ) -> Dict[str, Dict[str, Any]]:
+    """Each table name -> its columns in the destination ({}: no such table)."""
     # Without a local schema (a new machine) the names are those the default naming gives, as
     # the pipeline wrote them: `MixedCase` is in `mixed_case`.
     normalize = (pipeline.default_schema.naming.normalize_tables_path
                  if pipeline.default_schema_name else destination_table_identifier)
     wanted = {normalize(name): name for name in table_names}
     if not wanted:
-        return set()
+        return {}
     with pipeline.destination_client() as client:
-        found = client.get_storage_tables(list(wanted))
-        return {wanted[name] for name, columns in found if columns}
+        return {wanted[name]: columns for name, columns in client.get_storage_tables(list(wanted))}
 
 
 @_destination_read

@@ -28,7 +28,8 @@ import psycopg2
 
 from .catalog import describe_schema_tables, list_schema_tables, load_type_catalog, table_key
 from .ddl import Leaves, TableCheck, check_tables
-from .dlt_compat import destination_state, existing_destination_tables, state_version
+from .dlt_compat import (columns_gone_from_destination, destination_state,
+                         existing_destination_tables, state_version)
 from .exceptions import SourceNotReadyError, snapshot_command
 from .failures import essential_line
 from .filters import (FILTERS_SINCE, filter_problem, published_filters, rejected_writes,
@@ -142,6 +143,12 @@ def copy_problems(conn, settings: Settings, pipeline: dlt.Pipeline,
     if gone:
         problems.append(f"{_tables(gone)} missing from the destination although copied: run "
                         f"{snapshot_command(gone)}")
+    lacking = columns_gone_from_destination(
+        pipeline, {target: key for target, key in copied.items() if target in present})
+    for target, columns in lacking.items():
+        name = short_names([copied[target]], settings.schema_name)[0]
+        problems.append(f"table {name}: column {', '.join(columns)} missing from the destination "
+                        f"although loaded (dropped there?): run {snapshot_command([name])}")
     return problems
 
 
