@@ -483,6 +483,19 @@ def refused_pending_load(pipeline: dlt.Pipeline) -> Optional[RefusedLoad]:
     return RefusedLoad(sorted(refused), sorted(t for t in held | refused if not t.startswith("_dlt")))
 
 
+def pending_change_tables(pipeline: dlt.Pipeline) -> Set[str]:
+    """The destination tables (identifiers) that pending packages merge or append rows into:
+    tables that must exist already (a pending copy, `replace`, creates its tables)."""
+    schema = pipeline.default_schema if pipeline.default_schema_name else None
+    tables = set()
+    for load_id in (pipeline.list_normalized_load_packages()
+                    + pipeline.list_extracted_load_packages()):
+        for jobs in pipeline.get_load_package_info(load_id).jobs.values():
+            tables.update(job.job_file_info.table_name for job in jobs)
+    return {table for table in tables if not table.startswith("_dlt") and schema is not None
+            and schema.tables.get(table, {}).get("write_disposition") != "replace"}
+
+
 def _job_table(path: str) -> str:
     from dlt.common.storages.load_package import ParsedLoadJobFileName
 

@@ -20,9 +20,10 @@ from typing import Collection, Dict
 
 import dlt
 
-from .dlt_compat import (destination_table_identifier, refused_pending_load,
-                         repair_crashed_packages, set_aside_pending_loads)
-from .exceptions import LoadError
+from .dlt_compat import (destination_table_identifier, existing_destination_tables,
+                         pending_change_tables, refused_pending_load, repair_crashed_packages,
+                         set_aside_pending_loads)
+from .exceptions import CopyMissingError, LoadError, snapshot_command
 from .failures import essential_cause
 from .integrity import remember_loaded_state, required_tables
 from .names import destination_table, display_name
@@ -43,6 +44,7 @@ def finish_pending_load(pipeline: dlt.Pipeline, conn, settings: Settings,
     if not pipeline.has_pending_data:
         return False
     repair_crashed_packages(pipeline)
+    _refuse_changes_to_tables_gone(pipeline, conn, settings, copying)
     try:
         pipeline.normalize()
         pipeline.load()
@@ -59,6 +61,26 @@ def finish_pending_load(pipeline: dlt.Pipeline, conn, settings: Settings,
         advance_slot(conn, settings.slot_name,
                      LoadedState.from_pipeline_state(pipeline.state).position.lsn)
     return True
+
+
+def _refuse_changes_to_tables_gone(pipeline: dlt.Pipeline, conn, settings: Settings,
+                                   copying: Collection[str]) -> None:
+    """A pending package of changes to a table dropped in the destination since would create it
+    again holding only those rows (dlt creates what it loads into, on Delta always), and the
+    table would pass for copied. Refused unless the caller copies the table again.
+
+    Raises:
+        CopyMissingError: Naming the tables and the snapshot that copies them.
+    """
+    changed = pending_change_tables(pipeline) - set(copying)
+    gone = sorted(changed - existing_destination_tables(pipeline, changed)) if changed else []
+    if gone:
+        names = _display_names(conn, settings)
+        shown = [names.get(table, table) for table in gone]
+        raise CopyMissingError(
+            f"{', '.join(shown)} missing from the destination although copied (changes to "
+            f"{'it' if len(shown) == 1 else 'them'} wait in a pending load): run "
+            f"{snapshot_command(shown)}")
 
 
 def explain_refusal(pipeline: dlt.Pipeline, conn, settings: Settings,

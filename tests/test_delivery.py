@@ -128,6 +128,27 @@ def test_a_load_the_destination_refuses_for_good_is_named_with_its_way_out(
     project.run("verify", "--data")
 
 
+def test_a_pending_load_never_recreates_a_table_dropped_since(source, duckdb_project):
+    """Changes to `items` wait in a pending load (refused here; killed in test_crash) when the
+    table is dropped in the destination: the table is named missing, with the snapshot that
+    copies it, before the load is tried again (which could create it holding only those rows)."""
+    project = duckdb_project
+    _items(source)
+    project.run("snapshot")
+    _recreate_items(project, "CHECK (qty >= 0)")
+    run_sql(source, "ALTER TABLE items ADD COLUMN extra int",  # dlt migrates: creates tables
+            "UPDATE items SET qty = -1, extra = 1 WHERE id <= 3")
+    project.run("cdc", expect=7)
+    _duckdb_sql(project, "DROP TABLE items")
+    expected = ("items missing from the destination although copied (changes to it wait in a "
+                "pending load): run `snapshot --tables items`")
+    assert expected in one_error_line(project.run("cdc", expect=10))
+    project.run("snapshot", "--tables", "items")
+    run_sql(source, "UPDATE items SET name = 'after' WHERE id = 4")
+    project.run("cdc")
+    assert_table_matches(source, project, "items")
+
+
 def test_a_refused_load_loads_once_the_destination_is_restored(source, duckdb_project):
     project = duckdb_project
     _refused_for_good(source, project)
