@@ -149,9 +149,10 @@ def drop_tables_a_copy_cannot_fill(pipeline: dlt.Pipeline, table_names: Iterable
     known = {schema.naming.normalize_tables_path(name): name for name in table_names}
     known = {table: name for table, name in known.items() if table in schema.tables}
     with pipeline.destination_client() as client:
-        if (not known or not isinstance(client, SqlJobClientBase)
-                or not client.is_storage_initialized()):
+        if not known or not client.is_storage_initialized():
             return []
+        if not isinstance(client, SqlJobClientBase):
+            return _drop_unfillable_delta(client, schema, known)
         stale = _drop_unfillable(client, schema, known)
         # The staging dataset's tables (where the merges stage changes) are updated the same way.
         with_staging = getattr(client, "with_staging_dataset", None)
@@ -168,6 +169,25 @@ def _drop_unfillable(client: SqlJobClientBase, schema: Any, tables: Iterable[str
     if stale:
         client.sql_client.drop_tables(*stale)
     return stale
+
+
+def _drop_unfillable_delta(client: Any, schema: Any, known: Dict[str, str]) -> List[str]:
+    """The same for the Delta tables of a filesystem destination: a column the table's Delta
+    schema holds NOT NULL makes the copy fail its validation when the copy leaves it NULL."""
+    from deltalake import DeltaTable
+
+    stale = []
+    for table in known:
+        path = client.get_table_dir(table).replace("file://", "")
+        if not DeltaTable.is_deltatable(path):
+            continue
+        stored = {field.name: {"nullable": field.nullable}
+                  for field in DeltaTable(path).schema().fields}
+        if _not_null_differs(schema.tables[table]["columns"], stored):
+            stale.append(table)
+    if stale:
+        client.drop_tables(*stale, delete_schema=False)
+    return sorted(known[table] for table in stale)
 
 
 def _not_null_differs(columns: Dict[str, Any], stored: Dict[str, Any]) -> bool:

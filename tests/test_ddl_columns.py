@@ -382,3 +382,22 @@ def test_a_not_null_column_dropped_in_the_source_then_a_copy(source, project):
     project.run("cdc")
     assert_table_matches(source, project, "t")
     project.run("verify", "--data")
+
+
+@pytest.mark.parametrize("key", ["code text", "code uuid", "k1 int, code text"])
+def test_a_renamed_key_of_any_type_then_a_copy(source, project, key):
+    """On Delta, the old key column stayed NOT NULL in the table's schema when the key was text
+    or uuid: the copy failed validation (exit 7), and every command after it retried that load."""
+    values = {"code text": "'c' || g", "code uuid": "md5(g::text)::uuid",
+              "k1 int, code text": "g % 3, 'c' || g"}[key]
+    primary = "k1, code" if key.startswith("k1") else "code"
+    run_sql(source, f"CREATE TABLE kt ({key}, v int, PRIMARY KEY ({primary}))",
+            f"INSERT INTO kt SELECT {values}, g FROM generate_series(1, 30) g")
+    project.run("snapshot")
+    run_sql(source, "ALTER TABLE kt RENAME COLUMN code TO code2", "UPDATE kt SET v = 0 WHERE v = 1")
+    project.run("cdc")
+    project.run("snapshot", "--tables", "kt")
+    run_sql(source, "UPDATE kt SET v = -1 WHERE v = 2", "DELETE FROM kt WHERE v = 3")
+    project.run("cdc")
+    assert_table_matches(source, project, "kt")
+    project.run("verify", "--data")
