@@ -17,7 +17,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import dlt
 import tomlkit.exceptions
@@ -143,11 +143,7 @@ def drop_tables_a_copy_cannot_fill(pipeline: dlt.Pipeline, table_names: Iterable
     their names; recreate_tables_gone_from_destination then creates them as the copy's schema
     says. dlt only adds columns: it would add a new key column NOT NULL to a table that has rows
     (refused), and keep the old key column NOT NULL, which the copy leaves empty."""
-    if not pipeline.default_schema_name:
-        return []
-    schema = pipeline.default_schema
-    known = {schema.naming.normalize_tables_path(name): name for name in table_names}
-    known = {table: name for table, name in known.items() if table in schema.tables}
+    schema, known = _schema_tables(pipeline, table_names)
     with pipeline.destination_client() as client:
         if not known or not client.is_storage_initialized():
             return []
@@ -169,6 +165,17 @@ def _drop_unfillable(client: SqlJobClientBase, schema: Any, tables: Iterable[str
     if stale:
         client.sql_client.drop_tables(*stale)
     return stale
+
+
+def _schema_tables(pipeline: dlt.Pipeline, table_names: Iterable[str]
+                   ) -> Tuple[Any, Dict[str, str]]:
+    """The pipeline's schema (None before any), and which of the tables (named as the pipeline
+    hands them to dlt) it knows: schema table name -> the name as given."""
+    if not pipeline.default_schema_name:
+        return None, {}
+    schema = pipeline.default_schema
+    known = {schema.naming.normalize_tables_path(name): name for name in table_names}
+    return schema, {table: name for table, name in known.items() if table in schema.tables}
 
 
 def _drop_unfillable_delta(client: Any, schema: Any, known: Dict[str, str]) -> List[str]:
@@ -217,11 +224,7 @@ def recreate_tables_gone_from_destination(pipeline: dlt.Pipeline, table_names: I
     The client's `update_stored_schema(force=True)` compares the schema with the tables that
     exist and creates what is missing. (File destinations such as Delta create a table as they
     write it.)"""
-    if not pipeline.default_schema_name:
-        return []
-    schema = pipeline.default_schema
-    known = {schema.naming.normalize_tables_path(name): name for name in table_names}
-    known = {table: name for table, name in known.items() if table in schema.tables}
+    schema, known = _schema_tables(pipeline, table_names)
     with pipeline.destination_client() as client:
         # No dataset at all (a deleted database file): dlt's own migration creates everything.
         if (not known or not isinstance(client, SqlJobClientBase)
