@@ -18,7 +18,8 @@ from . import merges
 from .changes import LOAD_BYTES
 from .exceptions import essential_line
 from .dlt_compat import (OwnMerge, databricks_staging_volumes, destination_sql,
-                         filesystem_dataset_root, has_own_merge, with_own_merge)
+                         drop_torn_schema_files, filesystem_dataset_root, has_own_merge,
+                         with_own_merge)
 
 # The pipeline's own merge and replace statements (merges.py), on every destination it builds.
 OWN_MERGE = OwnMerge(plan=merges.MergePlan.for_table, merge_sql=merges.merge_statement,
@@ -69,6 +70,7 @@ def make_pipeline(pipeline_name: str, destination: str, dataset_name: str,
     if destination == "duckdb":
         _set_defaults(DUCKDB_LOAD_SETTINGS)
     options = {"progress": progress} if progress else {}
+    drop_torn_schema_files(pipeline_name)
     return dlt.pipeline(pipeline_name=pipeline_name, destination=make_destination(destination),
                         dataset_name=dataset_name, **options)
 

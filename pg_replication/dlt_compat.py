@@ -531,6 +531,24 @@ def set_aside_pending_loads(pipeline: dlt.Pipeline) -> None:
     pipeline.abort_packages()
 
 
+# dlt saves a schema file through a temporary file named by 16 hex digits, renamed into place.
+_TORN_SCHEMA_FILE = re.compile(r"^[0-9a-f]{16}$")
+
+
+def drop_torn_schema_files(pipeline_name: str) -> None:
+    """Removes the temporary file of a schema save a kill interrupted: dlt takes every file in
+    the pipeline's `schemas` folder for a schema, fails to load this one, and so fails every
+    later run (`step=sync`). Called before the pipeline is made: making it lists the schemas."""
+    from dlt.common.pipeline import get_dlt_pipelines_dir
+
+    folder = Path(get_dlt_pipelines_dir()) / pipeline_name / "schemas"
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.is_file() and _TORN_SCHEMA_FILE.match(entry.name):
+            entry.unlink()
+
+
 def repair_crashed_packages(pipeline: dlt.Pipeline) -> None:
     """Undoes what a kill at the wrong moment leaves behind in dlt's package folders, so that
     loading the pending packages gives the destination each of their rows exactly once."""

@@ -695,3 +695,16 @@ def test_slot_dropped_between_runs_is_refused_with_one_line(own_cluster, own_sou
     _assert_one_clean_line(result, "slot dropped")
     assert "snapshot" in result.stderr, result.stderr
     assert project.slot_confirmed_lsn() is None, "cdc created a new slot"
+
+
+def test_a_schema_save_cut_by_a_kill_is_cleaned_up(source, duckdb_project):
+    """A kill while dlt saved a schema left its empty temporary file in the pipeline's `schemas`
+    folder; dlt took it for a schema and every later run failed at `step=sync` (exit 7)."""
+    project = duckdb_project
+    _items(source, 10)
+    project.run("snapshot")
+    (_pipeline_dir(project) / "schemas" / "0a40cb1c426a1b14").write_bytes(b"")
+    _sql(source, "UPDATE items SET name = 'after' WHERE id = 1")
+    project.run("cdc")
+    project.run("snapshot")
+    assert_table_matches(source, project, "items")
